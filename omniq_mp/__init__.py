@@ -1,0 +1,53 @@
+"""omniq_mp: a durable, multiprocess, CPU-oriented task queue.
+
+    from omniq_mp import OmniQ
+    with OmniQ() as q:
+        task_id = q.enqueue(lambda x: x * 2, 21)
+        assert q.get_result(task_id, timeout=10) == 42
+"""
+
+from __future__ import annotations
+
+from loguru import logger
+
+from omniq_mp.config import OmniQConfig, Settings
+from omniq_mp.core import AsyncOmniQ, OmniQ
+from omniq_mp.errors import (
+    ConfigError,
+    OmniqError,
+    ResultTimeoutError,
+    SerializationError,
+    StorageError,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskNotFoundError,
+)
+from omniq_mp.models import Task, TaskError, TaskStatus
+from omniq_mp.queue import AsyncTaskQueue
+from omniq_mp.worker import AsyncWorkerPool
+
+# A library stays quiet until the application asks for its logs (omniq_mp.logging.configure).
+logger.disable("omniq_mp")
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncOmniQ",
+    "AsyncTaskQueue",
+    "AsyncWorkerPool",
+    "ConfigError",
+    "OmniQ",
+    "OmniQConfig",
+    "OmniqError",
+    "ResultTimeoutError",
+    "SerializationError",
+    "Settings",
+    "StorageError",
+    "Task",
+    "TaskCancelledError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskNotFoundError",
+    "TaskStatus",
+    "__version__",
+]

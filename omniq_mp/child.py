@@ -1,0 +1,106 @@
+"""The worker process: receive a call, run it, send back the outcome, repeat.
+
+    supervisor --RUN(task_id, payload)--> child
+    supervisor <--STARTED(pid)----------- child   (timeout clock starts here)
+    supervisor <--DONE(ok | error, body)- child
+
+The child never touches storage and never decides retries: it only runs code and reports
+what happened as plain data. Anything a task does wrong (raises, returns something that
+cannot be pickled, calls sys.exit) becomes a DONE frame with an error and the child lives
+on; only a real death (segfault, os._exit, a kill) ends it, and the supervisor sees that
+through the process handle, not through a frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import faulthandler
+import inspect
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from omniq_mp import ipc
+from omniq_mp.models import ErrorKind, TaskError
+from omniq_mp.serialization import dumps_result, loads_call
+
+__all__ = ["main"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def main(sock: socket.socket, max_tasks: int | None) -> None:
+    """Entry point of a worker process (the target given to multiprocessing)."""
+    _die_with_parent()
+    # Own process group: a kill of the group also reaches grandchildren the task started.
+    os.setpgid(0, 0)
+    # The supervisor owns signals: Ctrl-C in a terminal must not kill tasks mid-way.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.enable()
+    ipc.send_frame(sock, ipc.READY, {"pid": os.getpid()})
+    served = 0
+    while (frame := ipc.recv_frame(sock)) is not None and frame.kind == ipc.RUN:
+        ipc.send_frame(sock, ipc.STARTED, {"task_id": frame.meta["task_id"], "pid": os.getpid()})
+        meta, body = _execute(frame.body, frame.meta.get("attempt", 1))
+        served += 1
+        meta["retire"] = max_tasks is not None and served >= max_tasks
+        ipc.send_frame(sock, ipc.DONE, meta, body)
+        if meta["retire"]:
+            break
+    sock.close()
+
+
+def _die_with_parent() -> None:
+    # Linux only: the kernel sends SIGKILL when our parent exits, so a supervisor killed
+    # with SIGKILL leaves no orphan running tasks while its leases expire.
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _execute(payload: bytes, attempt: int) -> tuple[dict[str, Any], bytes]:
+    """Run one call; return DONE meta and the pickled result (empty on failure)."""
+    try:
+        func, args, kwargs = loads_call(payload)
+    except ImportError as exc:
+        return _failure(exc, ErrorKind.IMPORT, attempt), b""
+    except Exception as exc:
+        return _failure(exc, ErrorKind.SERIALIZATION, attempt, "the task payload"), b""
+    try:
+        value = func(*args, **kwargs)
+        if inspect.isawaitable(value):
+            value = asyncio.run(_await(value))
+    except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the child survives
+        return _failure(exc, ErrorKind.EXCEPTION, attempt), b""
+    try:
+        body = dumps_result(value)
+    except BaseException as exc:
+        return _failure(exc, ErrorKind.SERIALIZATION, attempt, f"the result ({_type(value)})"), b""
+    return {"ok": True}, body
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _failure(
+    exc: BaseException, kind: ErrorKind, attempt: int, what: str | None = None
+) -> dict[str, Any]:
+    error = TaskError.from_exception(exc, kind=kind, retry_count=max(0, attempt - 1))
+    if what is not None:
+        message = f"{what} cannot be pickled or unpickled: {error.error_type}: {error.message}"
+        error = TaskError(
+            "SerializationError", message, error.traceback, False, error.retry_count,
+            kind=kind.value,
+        )
+    return {"ok": False, "error": error.to_dict()}
+
+
+def _type(value: Any) -> str:
+    return f"a {type(value).__module__}.{type(value).__qualname__}"

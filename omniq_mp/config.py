@@ -1,0 +1,149 @@
+"""One configuration object, :class:`Settings` (also importable as ``OmniQConfig``).
+
+Every field can come from an ``OMNIQ_<FIELD>`` environment variable; explicit arguments win
+over the environment, and the environment wins over the defaults. Values are checked here,
+where they enter, so a bad one fails at start with a message naming it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from omniq_mp.errors import ConfigError
+
+__all__ = ["BACKENDS", "START_METHODS", "OmniQConfig", "Settings"]
+
+BACKENDS = ("sqlite", "file", "memory")
+START_METHODS = ("forkserver", "spawn")
+
+
+def _default_start_method() -> str:
+    # forkserver respawns a killed worker in milliseconds; spawn is the portable fallback.
+    return "forkserver" if sys.platform.startswith("linux") else "spawn"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where tasks are stored and how workers run them.
+
+    :param backend: ``"sqlite"`` (default), ``"file"`` or ``"memory"`` (one process only).
+    :param base_dir: folder of the store; SQLite keeps ``omniq.db`` in it.
+    :param procs: worker processes of an embedded or CLI supervisor.
+    :param queues: queue names a supervisor serves.
+    :param max_retries: default retries after the first execution (3 means 4 runs).
+    :param default_timeout: default per-task timeout in seconds; None means no limit.
+    :param lease_ttl: seconds a claim stays valid without renewal; a dead supervisor's
+        tasks return to the queue this long after its last renewal.
+    :param poll_interval: seconds between store polls when idle.
+    :param kill_grace: seconds between SIGTERM and SIGKILL of an overrunning task.
+    :param shutdown_grace: seconds running tasks get to finish on a graceful stop.
+    :param max_tasks_per_child: recycle a worker process after this many tasks.
+    :param prefetch: tasks claimed beyond the idle workers, to hide claim latency.
+    :param start_method: ``"forkserver"`` or ``"spawn"``.
+    :param sqlite_synchronous: ``"FULL"`` (an acknowledged enqueue survives power loss) or
+        ``"NORMAL"`` (survives process crashes only).
+    """
+
+    backend: str = "sqlite"
+    base_dir: Path = Path("./omniq_data")
+    procs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    queues: tuple[str, ...] = ("default",)
+    max_retries: int = 3
+    default_timeout: float | None = None
+    lease_ttl: float = 30.0
+    poll_interval: float = 0.05
+    kill_grace: float = 0.5
+    shutdown_grace: float = 10.0
+    max_tasks_per_child: int | None = None
+    prefetch: int = 4
+    start_method: str = field(default_factory=_default_start_method)
+    sqlite_synchronous: str = "FULL"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "base_dir", Path(self.base_dir))
+        if isinstance(self.queues, str):
+            object.__setattr__(self, "queues", _split_queues(self.queues))
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("start_method", self.start_method, START_METHODS)
+        _check_choice("sqlite_synchronous", self.sqlite_synchronous.upper(), ("FULL", "NORMAL"))
+        _check_int("procs", self.procs, minimum=1)
+        _check_int("max_retries", self.max_retries, minimum=0)
+        _check_int("prefetch", self.prefetch, minimum=0)
+        if self.max_tasks_per_child is not None:
+            _check_int("max_tasks_per_child", self.max_tasks_per_child, minimum=1)
+        if self.default_timeout is not None:
+            check_seconds("default_timeout", self.default_timeout)
+        for name in ("lease_ttl", "poll_interval", "kill_grace", "shutdown_grace"):
+            check_seconds(name, getattr(self, name), allow_zero=name == "shutdown_grace")
+        if not self.queues or not all(isinstance(q, str) and q for q in self.queues):
+            raise ConfigError(f"queues must be non-empty names, got {self.queues!r}")
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite database file inside ``base_dir``."""
+        return self.base_dir / "omniq.db"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **explicit: Any) -> Settings:
+        """Settings from ``OMNIQ_*`` variables, overridden by ``explicit`` arguments."""
+        env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"OMNIQ_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _parse_env(f.name, raw, hints[f.name])
+        values.update({k: v for k, v in explicit.items() if v is not None})
+        return cls(**values)
+
+
+OmniQConfig = Settings
+
+
+def check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """Validate a duration in seconds: a finite, positive number (or zero if allowed)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+    return float(value)
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _split_queues(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _parse_env(name: str, raw: str, hint: Any) -> Any:
+    text = str(hint)
+    try:
+        if "tuple" in text:
+            return _split_queues(raw)
+        if "Path" in text:
+            return Path(raw)
+        if "int" in text and "float" not in text:
+            return None if raw.lower() == "none" else int(raw)
+        if "float" in text:
+            return None if raw.lower() == "none" else float(raw)
+    except ValueError:
+        raise ConfigError(f"OMNIQ_{name.upper()}={raw!r} is not a valid {text}") from None
+    return raw

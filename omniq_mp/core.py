@@ -1,0 +1,357 @@
+"""The user-facing API: :class:`AsyncOmniQ` and its synchronous twin :class:`OmniQ`.
+
+``async with AsyncOmniQ() as q`` / ``with OmniQ() as q`` open the store and run an
+embedded supervisor with a local process pool. A bare ``OmniQ()`` (no ``with``) is a
+producer: it enqueues and reads results while workers run elsewhere
+(``omniq-mp workers``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from loguru import logger
+
+from omniq_mp.config import Settings
+from omniq_mp.errors import (
+    ConfigError,
+    ResultTimeoutError,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskNotFoundError,
+)
+from omniq_mp.models import Settlement, Task, TaskStatus
+from omniq_mp.queue import AsyncTaskQueue, build_task
+from omniq_mp.runtime import LoopThread
+from omniq_mp.serialization import loads_result
+from omniq_mp.storage import open_storage
+from omniq_mp.storage.base import QueueStats, Storage
+from omniq_mp.worker import HEARTBEAT_INTERVAL, AsyncWorkerPool
+
+__all__ = ["AsyncOmniQ", "OmniQ"]
+
+_RESERVED = ("args", "kwargs")
+
+
+def _resolve_settings(
+    settings: Settings | None, config: Settings | None, overrides: dict[str, Any]
+) -> Settings:
+    if settings is not None and config is not None:
+        raise ConfigError("pass either settings or config=, not both")
+    chosen = settings if settings is not None else config
+    if chosen is not None and not isinstance(chosen, Settings):
+        raise ConfigError(f"settings must be a Settings object, got {type(chosen).__name__}")
+    base = chosen if chosen is not None else Settings.from_env()
+    try:
+        return base.with_overrides(**overrides)
+    except TypeError as exc:
+        raise ConfigError(f"unknown setting: {exc}") from None
+
+
+def _split_call(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Sequence[Any], Mapping[str, Any]]:
+    """Accept both ``enqueue(f, 1, x=2)`` and ``enqueue("m.f", args=[1], kwargs={"x": 2})``."""
+    call_args: Sequence[Any] = args
+    if "args" in kwargs:
+        if args:
+            raise ConfigError("pass positional arguments inline or as args=[...], not both")
+        call_args = kwargs.pop("args")
+    if "kwargs" in kwargs:
+        call_kwargs = kwargs.pop("kwargs")
+        if kwargs:
+            raise ConfigError("pass keyword arguments inline or as kwargs={...}, not both")
+        return call_args, call_kwargs
+    return call_args, kwargs
+
+
+class AsyncOmniQ:
+    """Enqueue tasks, read results, and (under ``async with``) run them.
+
+    :param settings: a :class:`Settings`; defaults to ``Settings.from_env()``.
+    :param config: the same, under the name the storage docs use.
+    :param storage: a storage object to use instead of the one settings name.
+    :param overrides: Settings fields to change, e.g. ``procs=4``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        config: Settings | None = None,
+        storage: Storage | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.settings = _resolve_settings(settings, config, overrides)
+        self.storage = storage if storage is not None else open_storage(self.settings)
+        self.queue = AsyncTaskQueue(self.storage)
+        self._open = False
+        self._workers: AsyncWorkerPool | None = None
+        self._runner: asyncio.Task[int] | None = None
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the store (done lazily by every method)."""
+        if not self._open:
+            await self.storage.open()
+            self._open = True
+
+    async def close(self) -> None:
+        """Stop the embedded supervisor, if any, and close the store."""
+        if self._workers is not None:
+            workers, self._workers = self._workers, None
+            await workers.stop()
+            if self._runner is not None:
+                await self._runner
+        if self._open:
+            await self.storage.close()
+            self._open = False
+
+    async def __aenter__(self) -> AsyncOmniQ:
+        await self.open()
+        workers = self.worker_pool()
+        await workers.start()
+        workers.on_settled.append(self._notify)
+        self._workers = workers
+        self._runner = asyncio.create_task(workers.process_tasks(), name="omniq-supervisor")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def worker_pool(
+        self, concurrency: int | None = None, queues: Sequence[str] | None = None
+    ) -> AsyncWorkerPool:
+        """A supervisor over this store: ``async with q.worker_pool() as w:
+        await w.process_tasks(limit=10)``."""
+        return AsyncWorkerPool(self.queue, self.settings, concurrency=concurrency, queues=queues)
+
+    # -- producing ---------------------------------------------------------------------------
+
+    def build(
+        self,
+        func: Callable[..., Any] | str,
+        /,
+        *args: Any,
+        queue: str | None = None,
+        priority: int = 0,
+        eta: datetime | timedelta | None = None,
+        interval: timedelta | int | float | None = None,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Task:
+        """Validate and pickle a call into a Task without storing it (see :meth:`enqueue`)."""
+        call_args, call_kwargs = _split_call(args, kwargs)
+        return build_task(
+            func,
+            call_args,
+            call_kwargs,
+            queue=queue or self.settings.queues[0],
+            priority=priority,
+            eta=eta,
+            interval=interval,
+            max_retries=self.settings.max_retries if max_retries is None else max_retries,
+            timeout=self.settings.default_timeout if timeout is None else timeout,
+        )
+
+    async def enqueue(self, func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> str:
+        """Store a call to run in a worker process; returns the task id.
+
+        ``func`` is any callable cloudpickle can carry (lambdas and closures included) or a
+        dotted path such as ``"package.module.function"``. Arguments go inline
+        (``enqueue(f, 1, x=2)``) or as ``args=[...]``, ``kwargs={...}``. Options:
+        ``queue``, ``priority``, ``eta`` (datetime or timedelta), ``interval``
+        (timedelta or seconds), ``max_retries`` (retries after the first run),
+        ``timeout`` (seconds; the task's process is killed past it).
+
+        :raises SerializationError: the call cannot be pickled (nothing is stored).
+        :raises ConfigError: an option is invalid (nothing is stored).
+        """
+        task = self.build(func, *args, **kwargs)
+        await self.enqueue_tasks([task])
+        return task.id
+
+    async def enqueue_tasks(self, tasks: Sequence[Task]) -> list[str]:
+        """Store tasks built with :meth:`build`, all in one transaction."""
+        await self.open()
+        ids = await self.queue.enqueue_tasks(tasks)
+        for task in tasks:
+            logger.bind(task_id=task.id, action="task_enqueued").debug(
+                "task {} ({}) enqueued on {}", task.id, task.func_name, task.queue
+            )
+        if self._workers is not None:
+            self._workers.wake()
+        return ids
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def get_task(self, task_id: str) -> Task | None:
+        """The stored task (status, attempts, error ...), or None if unknown."""
+        await self.open()
+        return await self.queue.get_task(task_id)
+
+    async def get_result(self, task_id: str, timeout: float | None = None) -> Any:
+        """Wait for the task to finish and return its value.
+
+        :raises TaskFailedError: with the remote exception's type, message and traceback.
+        :raises TaskCancelledError: the task was cancelled.
+        :raises ResultTimeoutError: not finished within ``timeout`` seconds.
+        :raises TaskNotFoundError: no task has this id.
+        """
+        await self.open()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        delay = 0.002
+        while True:
+            task = await self.queue.get_task(task_id)
+            if task is None:
+                raise TaskNotFoundError(f"no task with id {task_id!r} in {self._where()}")
+            if task.status.is_terminal:
+                return _value_of(task)
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise ResultTimeoutError(await self._timeout_message(task, timeout))
+            await self._wait_settled(task_id, min(delay, remaining or delay))
+            delay = min(delay * 2, 0.1)
+
+    async def _wait_settled(self, task_id: str, timeout: float) -> None:
+        # Embedded supervisors notify at once; otherwise this is the poll interval.
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, []).append(future)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._waiters.get(task_id, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiters.pop(task_id, None)
+
+    def _notify(self, task: Task, settlement: Settlement) -> None:
+        for future in self._waiters.get(task.id, []):
+            if not future.done():
+                future.set_result(None)
+
+    async def _timeout_message(self, task: Task, timeout: float | None) -> str:
+        text = (
+            f"task {task.id} ({task.func_name}) did not finish within {timeout:g}s: "
+            f"it is {task.status.value} after {task.attempts} attempt(s)"
+        )
+        live = await self.storage.workers(time.time() - 3 * HEARTBEAT_INTERVAL)
+        if not live:
+            text += (
+                f"; no worker is serving {self._where()}: start one with "
+                f"`omniq-mp workers --base-dir {self.settings.base_dir}`, "
+                "or use `with OmniQ(...)` to run tasks in this process"
+            )
+        return text
+
+    def _where(self) -> str:
+        return f"the {self.settings.backend} store at {self.settings.base_dir}"
+
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel a task that has not started. True if it is now cancelled."""
+        await self.open()
+        task = await self.queue.cancel(task_id)
+        if task is None:
+            raise TaskNotFoundError(f"no task with id {task_id!r} in {self._where()}")
+        return task.status is TaskStatus.CANCELLED
+
+    async def stats(self, queues: Sequence[str] | None = None) -> QueueStats:
+        """Task counts by status."""
+        await self.open()
+        return await self.queue.stats(queues)
+
+
+def _value_of(task: Task) -> Any:
+    if task.status is TaskStatus.COMPLETED:
+        return None if task.result is None else loads_result(task.result)
+    if task.status is TaskStatus.CANCELLED:
+        raise TaskCancelledError(f"task {task.id} was cancelled")
+    error = task.error
+    if error is None:
+        raise TaskFailedError(task.id, "UnknownError", "the task failed without an error record")
+    raise TaskFailedError(task.id, error.error_type, error.message, error.traceback)
+
+
+class OmniQ:
+    """The synchronous API, for scripts and notebooks; same methods as :class:`AsyncOmniQ`.
+
+    Work runs on a private event loop in a background thread, so it is safe to use where
+    an event loop is already running (Jupyter). Pickling happens in the calling thread.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        config: Settings | None = None,
+        storage: Storage | None = None,
+        **overrides: Any,
+    ) -> None:
+        self._async = AsyncOmniQ(settings, config=config, storage=storage, **overrides)
+        self.settings = self._async.settings
+        self._loop = LoopThread()
+        ref = weakref.ref(self)
+        self._atexit = lambda: (o := ref()) is not None and o.close()
+        atexit.register(self._atexit)
+
+    def __enter__(self) -> OmniQ:
+        try:
+            self._loop.call(self._async.__aenter__())
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the embedded supervisor (if any), close the store, stop the loop thread."""
+        if self._loop.running:
+            try:
+                self._loop.call(self._async.close())
+            finally:
+                self._loop.stop()
+                atexit.unregister(self._atexit)
+
+    def enqueue(self, func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> str:
+        """Store a call; see :meth:`AsyncOmniQ.enqueue`. Returns the task id."""
+        task = self._async.build(func, *args, **kwargs)
+        return self._loop.call(self._async.enqueue_tasks([task]))[0]
+
+    def get_result(self, task_id: str, timeout: float | None = None) -> Any:
+        """Wait for and return the task's value; see :meth:`AsyncOmniQ.get_result`."""
+        return self._loop.call(self._async.get_result(task_id, timeout))
+
+    def get_task(self, task_id: str) -> Task | None:
+        """The stored task, or None."""
+        return self._loop.call(self._async.get_task(task_id))
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task that has not started."""
+        return self._loop.call(self._async.cancel(task_id))
+
+    def stats(self, queues: Sequence[str] | None = None) -> QueueStats:
+        """Task counts by status."""
+        return self._loop.call(self._async.stats(queues))
+
+    def build(self, func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> Task:
+        """Validate and pickle a call without storing it."""
+        return self._async.build(func, *args, **kwargs)
+
+    def enqueue_tasks(self, tasks: Sequence[Task]) -> list[str]:
+        """Store built tasks in one transaction."""
+        return self._loop.call(self._async.enqueue_tasks(tasks))

@@ -1,0 +1,84 @@
+"""The one exception hierarchy of omniq_mp.
+
+Every error the library raises on purpose derives from :class:`OmniqError`, so callers can
+catch the library's failures without catching their own bugs.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "OmniqError",
+    "ResultTimeoutError",
+    "SerializationError",
+    "StorageError",
+    "TaskCancelledError",
+    "TaskFailedError",
+    "TaskNotFoundError",
+]
+
+
+class OmniqError(Exception):
+    """Base class of every error omniq_mp raises on purpose."""
+
+
+class ConfigError(OmniqError, ValueError):
+    """A setting or option is invalid; the message names it and the accepted values."""
+
+
+class SerializationError(OmniqError, ValueError):
+    """A callable, argument or result cannot be carried between processes."""
+
+
+class StorageError(OmniqError):
+    """The task store cannot be opened, read or written."""
+
+
+class TaskNotFoundError(OmniqError, KeyError):
+    """No task with this id exists in the store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no such task"
+
+
+class ResultTimeoutError(OmniqError, TimeoutError):
+    """``get_result`` waited its whole timeout and the task has not finished."""
+
+
+class TaskCancelledError(OmniqError):
+    """The task was cancelled before it produced a result."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised in a worker process.
+
+    Attached as ``__cause__`` of :class:`TaskFailedError`, so an uncaught failure prints the
+    worker's traceback above the local one.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb}"""'
+
+
+class TaskFailedError(OmniqError):
+    """The task ended in failure; carries the remote exception's type, message and traceback.
+
+    :param task_id: the failed task.
+    :param error_type: the remote exception's class name, or the failure kind
+        (``TimeoutError``, ``WorkerCrashed``, ...).
+    :param message: the remote exception's message.
+    :param traceback: the traceback text from the worker, when there is one.
+    """
+
+    def __init__(self, task_id: str, error_type: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"task {task_id} failed: {error_type}: {message}")
+        self.task_id = task_id
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+        if traceback:
+            self.__cause__ = RemoteTraceback(traceback)

@@ -1,0 +1,95 @@
+"""Message frames between the supervisor and one worker process.
+
+    frame = header | meta | body
+    header = struct "!IQ" (meta length, body length)
+    meta = UTF-8 JSON object with a "kind" key: plain data the supervisor may read
+    body = opaque bytes (a cloudpickled call or result) the supervisor never unpickles
+
+Each worker has its own socketpair, so a frame is only ever half-written when its writer
+died, and then the whole channel is discarded with the process: no shared lock, no
+"broken pool".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Frame", "encode", "read_frame", "recv_frame", "send_frame"]
+
+_HEADER = struct.Struct("!IQ")
+
+# Frame kinds, stable names.
+READY = "ready"  # child -> parent: imports done, waiting for work
+RUN = "run"  # parent -> child: meta {task_id, attempt}, body = call payload
+STARTED = "started"  # child -> parent: the task is running now; the timeout clock starts
+DONE = "done"  # child -> parent: meta {ok, error?, retire?}, body = result bytes
+STOP = "stop"  # parent -> child: exit cleanly
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded message."""
+
+    kind: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    body: bytes = b""
+
+
+def encode(kind: str, meta: dict[str, Any] | None = None, body: bytes = b"") -> list[bytes]:
+    """The frame as buffers to write in order (the body is not copied)."""
+    head = json.dumps({"kind": kind, **(meta or {})}, separators=(",", ":")).encode()
+    return [_HEADER.pack(len(head), len(body)) + head, body]
+
+
+def _decode(head: bytes, body: bytes) -> Frame:
+    meta = json.loads(head)
+    return Frame(meta.pop("kind"), meta, body)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
+    """Read one frame; None at end of stream (the peer closed or died)."""
+    try:
+        head_len, body_len = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+        head = await reader.readexactly(head_len)
+        body = await reader.readexactly(body_len) if body_len else b""
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    return _decode(head, body)
+
+
+def send_frame(sock: socket.socket, kind: str, meta: dict[str, Any] | None = None,
+               body: bytes = b"") -> None:
+    """Blocking write of one frame (the worker side)."""
+    for part in encode(kind, meta, body):
+        if part:
+            sock.sendall(part)
+
+
+def recv_frame(sock: socket.socket) -> Frame | None:
+    """Blocking read of one frame (the worker side); None at end of stream."""
+    header = _recv_exactly(sock, _HEADER.size)
+    if header is None:
+        return None
+    head_len, body_len = _HEADER.unpack(header)
+    head = _recv_exactly(sock, head_len)
+    body = _recv_exactly(sock, body_len) if body_len else b""
+    if head is None or body is None:
+        return None
+    return _decode(head, body)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        chunk = sock.recv_into(view[got:])
+        if chunk == 0:
+            return None
+        got += chunk
+    return bytes(buf)

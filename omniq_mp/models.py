@@ -1,0 +1,254 @@
+"""Plain-data models shared by the producer, the supervisor and every storage backend.
+
+Nothing here holds user objects: callables, arguments and results travel as opaque
+cloudpickle bytes (``Task.payload``, ``Task.result``), so the supervisor can store and move
+them without ever unpickling user code.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import traceback as _traceback
+import uuid
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+__all__ = [
+    "ErrorKind",
+    "Outcome",
+    "OutcomeKind",
+    "Settlement",
+    "Task",
+    "TaskError",
+    "TaskStatus",
+    "create_task",
+    "get_error_message",
+    "has_error",
+    "is_failed",
+]
+
+
+class TaskStatus(str, enum.Enum):
+    """Where a task is in its life. PENDING covers both due and scheduled (future ``eta``)."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for statuses a task never leaves."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+class ErrorKind(str, enum.Enum):
+    """Why an attempt failed; decides whether a retry can help."""
+
+    EXCEPTION = "exception"  # the task raised
+    TIMEOUT = "timeout"  # the supervisor killed it at its deadline
+    CRASH = "crash"  # its process died on its own (segfault, os._exit, OOM kill)
+    LOST = "lost"  # its lease expired: the supervisor that held it died
+    IMPORT = "import"  # a dotted path that does not import: retrying cannot help
+    SERIALIZATION = "serialization"  # payload or result could not cross a process boundary
+
+
+_NOT_RETRYABLE = frozenset({ErrorKind.IMPORT, ErrorKind.SERIALIZATION})
+
+
+@dataclass(frozen=True)
+class TaskError:
+    """What went wrong in one attempt, as plain data.
+
+    :param error_type: the exception class name (``ZeroDivisionError``) or a failure name
+        (``TimeoutError``, ``WorkerCrashed``, ``WorkerLost``).
+    :param message: a human-readable message.
+    :param traceback: traceback text from the worker process, if any.
+    :param is_retryable: False when running the task again cannot help.
+    :param retry_count: how many retries had been made when this error happened.
+    :param max_retries: the task's retry budget, so :meth:`can_retry` needs nothing else.
+    :param kind: the :class:`ErrorKind` value.
+    """
+
+    error_type: str
+    message: str
+    traceback: str = ""
+    is_retryable: bool = True
+    retry_count: int = 0
+    max_retries: int = 3
+    kind: str = ErrorKind.EXCEPTION.value
+
+    @classmethod
+    def from_exception(
+        cls,
+        exception: BaseException,
+        error_type: str | None = None,
+        is_retryable: bool = True,
+        retry_count: int = 0,
+        max_retries: int = 3,
+        kind: ErrorKind = ErrorKind.EXCEPTION,
+    ) -> TaskError:
+        """Build an error from a caught exception, keeping its traceback text."""
+        tb = "".join(_traceback.format_exception(exception))
+        return cls(
+            error_type=error_type or type(exception).__name__,
+            message=_safe_str(exception),
+            traceback=tb,
+            is_retryable=is_retryable and ErrorKind(kind) not in _NOT_RETRYABLE,
+            retry_count=retry_count,
+            max_retries=max_retries,
+            kind=ErrorKind(kind).value,
+        )
+
+    def can_retry(self) -> bool:
+        """True while the error is retryable and the retry budget is not spent."""
+        return self.is_retryable and self.retry_count < self.max_retries
+
+    def increment_retry(self) -> TaskError:
+        """The same error, counted as one more retry."""
+        return replace(self, retry_count=self.retry_count + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, for JSON columns and files."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskError:
+        """Inverse of :meth:`to_dict`; ignores unknown keys written by newer versions."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def __str__(self) -> str:
+        return f"{self.error_type}: {self.message}"
+
+
+def _safe_str(exception: BaseException) -> str:
+    # A user exception's __str__ may itself raise; the failure must still be recorded.
+    try:
+        return str(exception)
+    except Exception:
+        return f"<{type(exception).__name__} whose str() raised>"
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Task:
+    """One stored task. Times are wall-clock epoch seconds.
+
+    Supports ``task["error"]`` and ``task.get("error")`` as well as attribute access, so
+    code written against dict-shaped tasks keeps working.
+    """
+
+    func_name: str
+    payload: bytes
+    id: str = field(default_factory=_new_id)
+    queue: str = "default"
+    priority: int = 0
+    status: TaskStatus = TaskStatus.PENDING
+    eta: float = field(default_factory=time.time)
+    interval: float | None = None
+    timeout: float | None = None
+    max_retries: int = 3
+    attempts: int = 0
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    lease_token: str | None = None
+    lease_until: float | None = None
+    worker_id: str | None = None
+    result: bytes | None = None
+    error: TaskError | None = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Dict-style read of a field; ``default`` when the field is unknown or None."""
+        value = getattr(self, key, None)
+        return default if value is None else value
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in {f.name for f in fields(self)}:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    @property
+    def retries(self) -> int:
+        """Retries made so far: executions started beyond the first."""
+        return max(0, self.attempts - 1)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """One write that ends an attempt, fenced by the lease token the attempt was claimed with.
+
+    ``status`` PENDING means "run again at ``eta``"; ``uncharge`` gives the attempt back (a
+    task interrupted by shutdown was not at fault). ``follow_up`` is a task to insert in
+    the same transaction (the next run of an interval task).
+    """
+
+    task_id: str
+    lease_token: str
+    status: TaskStatus
+    result: bytes | None = None
+    error: TaskError | None = None
+    eta: float | None = None
+    uncharge: bool = False
+    finished_at: float | None = None
+    follow_up: Task | None = None
+
+
+class OutcomeKind(str, enum.Enum):
+    """How one attempt ended, as seen by the supervisor."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the task raised, or its payload/result could not cross processes
+    TIMED_OUT = "timed_out"  # killed at its deadline
+    CRASHED = "crashed"  # its process died on its own
+    ABORTED = "aborted"  # the supervisor stopped it (shutdown, lost lease): not the task's fault
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One attempt's result, passed from the pool to the queue as a value, never raised."""
+
+    kind: OutcomeKind
+    result: bytes | None = None
+    error: TaskError | None = None
+    duration: float = 0.0
+    pid: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the task returned a value."""
+        return self.kind is OutcomeKind.SUCCEEDED
+
+
+def create_task(func_path: str, payload: bytes | None = None, **options: Any) -> Task:
+    """Build a :class:`Task` for a dotted-path function; options are Task fields."""
+    from omniq_mp.serialization import dumps_call
+
+    body = payload if payload is not None else dumps_call(func_path, (), {})
+    return Task(func_name=func_path, payload=body, **options)
+
+
+def has_error(task: Task | None) -> bool:
+    """True when the task records an error from any attempt."""
+    return task is not None and task.error is not None
+
+
+def is_failed(task: Task | None) -> bool:
+    """True when the task ended in failure."""
+    return task is not None and task.status is TaskStatus.FAILED
+
+
+def get_error_message(task: Task | None) -> str | None:
+    """The task's last error as ``Type: message``, or None."""
+    if task is None or task.error is None:
+        return None
+    return str(task.error)

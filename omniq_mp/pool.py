@@ -1,0 +1,454 @@
+"""Our own process pool: a private channel per worker, deadlines as timers, kill the tree.
+
+    ProcessPool ──_idle (asyncio.Queue of ready workers)──> acquire()
+      │
+      ├── WorkerProcess: Process + socketpair + pidfd
+      │     _pump task:  frames from the child ──> inbox
+      │     pidfd reader: the process exited   ──> inbox (None)
+      │
+      run(worker, task): RUN ──> await STARTED ──> deadline timer ──> await DONE | death
+                         timer fires: SIGTERM the group, grace, SIGKILL the tree
+      after a death or a kill: only that worker is replaced, in the background
+
+Why not the stdlib pools: they share one result queue and its lock between workers, so a
+killed worker can wedge or "break" the whole pool; and they cannot kill one task. Here a
+worker's death is an ordinary per-task event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from multiprocessing import spawn
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import psutil
+from loguru import logger
+
+from omniq_mp import child, ipc
+from omniq_mp.models import ErrorKind, Outcome, OutcomeKind, Task, TaskError
+
+__all__ = ["ProcessPool", "WorkerProcess", "describe_exit"]
+
+_NAME_PREFIX = "omniq-worker"
+_EXIT_WAIT = 5.0  # seconds to wait for a SIGKILLed process to be reaped
+
+
+class WorkerStartError(RuntimeError):
+    """A worker process did not come up."""
+
+
+class WorkerProcess:
+    """One worker process and its private channel.
+
+    ``inbox`` receives every frame the child sends, then ``None`` once the channel closes
+    or the process exits; it is the only thing ``run`` waits on, so a timeout or a death
+    can never leave a half-read frame behind.
+    """
+
+    def __init__(self, slot: int, process: BaseProcess, sock: socket.socket) -> None:
+        self.slot = slot
+        self.process = process
+        self.pid: int = process.pid or 0
+        self.sock = sock
+        self.inbox: asyncio.Queue[ipc.Frame | None] = asyncio.Queue()
+        self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.abort_reason: str | None = None
+        self.retiring = False
+        self.tasks_run = 0
+        self._writer: asyncio.StreamWriter | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._exit_fd = -1
+
+    async def connect(self, ready_timeout: float) -> None:
+        """Attach the channel and the exit watcher, then wait for the child's READY."""
+        reader, self._writer = await asyncio.open_unix_connection(sock=self.sock)
+        self._pump_task = asyncio.create_task(self._pump(reader), name=f"pump-{self.pid}")
+        self._watch_exit()
+        try:
+            frame = await asyncio.wait_for(self.inbox.get(), ready_timeout)
+        except TimeoutError:
+            frame = None
+        if frame is None or frame.kind != ipc.READY:
+            await self.kill(0.1)
+            raise WorkerStartError(f"worker {self.pid} did not start: {await self.exit_text()}")
+
+    async def _pump(self, reader: asyncio.StreamReader) -> None:
+        while (frame := await ipc.read_frame(reader)) is not None:
+            self.inbox.put_nowait(frame)
+        self.inbox.put_nowait(None)
+
+    def _watch_exit(self) -> None:
+        # A pidfd becomes readable when the process exits, whoever else holds its pipes
+        # (a grandchild may inherit the socket and keep it open). Fallback: the sentinel.
+        loop = asyncio.get_running_loop()
+        try:
+            self._exit_fd = os.pidfd_open(self.pid)
+            fd = self._exit_fd
+        except (AttributeError, OSError):
+            fd = self.process.sentinel
+        loop.add_reader(fd, self._on_exit, fd)
+
+    def _on_exit(self, fd: int) -> None:
+        asyncio.get_running_loop().remove_reader(fd)
+        if not self.exited.done():
+            self.exited.set_result(None)
+        self.inbox.put_nowait(None)
+
+    @property
+    def alive(self) -> bool:
+        """False once the process has exited."""
+        return not self.exited.done()
+
+    # -- running a task ----------------------------------------------------------------------
+
+    async def run(self, task: Task, kill_grace: float) -> Outcome:
+        """Run one task to an outcome. Never raises for anything the task does."""
+        begin = time.monotonic()
+        try:
+            assert self._writer is not None
+            self._writer.writelines(
+                ipc.encode(ipc.RUN, {"task_id": task.id, "attempt": task.attempts}, task.payload)
+            )
+            await self._writer.drain()
+        except (ConnectionError, OSError):
+            return await self._died(begin)
+        frame = await self.inbox.get()
+        if frame is None or frame.kind != ipc.STARTED:
+            return await self._died(begin)
+        # The timeout clock starts at the child's acknowledgement, on the monotonic clock.
+        started = asyncio.get_running_loop().time()
+        deadline = started + task.timeout if task.timeout else None
+        try:
+            async with asyncio.timeout_at(deadline):
+                frame = await self.inbox.get()
+        except TimeoutError:
+            await self.kill(kill_grace)
+            return self._timed_out(task, begin)
+        if frame is None or frame.kind != ipc.DONE:
+            return await self._died(begin)
+        return self._done(frame, begin)
+
+    def _done(self, frame: ipc.Frame, begin: float) -> Outcome:
+        self.tasks_run += 1
+        self.retiring = bool(frame.meta.get("retire"))
+        duration = time.monotonic() - begin
+        if frame.meta.get("ok"):
+            return Outcome(OutcomeKind.SUCCEEDED, frame.body, None, duration, self.pid)
+        error = TaskError.from_dict(frame.meta["error"])
+        return Outcome(OutcomeKind.FAILED, None, error, duration, self.pid)
+
+    def _timed_out(self, task: Task, begin: float) -> Outcome:
+        error = TaskError(
+            "TimeoutError",
+            f"task exceeded its {task.timeout:g}s timeout; worker process {self.pid} was killed",
+            kind=ErrorKind.TIMEOUT.value,
+            retry_count=task.retries,
+            max_retries=task.max_retries,
+        )
+        return Outcome(OutcomeKind.TIMED_OUT, None, error, time.monotonic() - begin, self.pid)
+
+    async def _died(self, begin: float) -> Outcome:
+        if self.abort_reason is None:
+            await self._await_exit(_EXIT_WAIT)
+        else:  # the abort's kill is under way; it owns the escalation
+            await asyncio.shield(self.exited)
+        duration = time.monotonic() - begin
+        if self.abort_reason is not None:
+            error = TaskError("Aborted", self.abort_reason, kind=ErrorKind.LOST.value)
+            return Outcome(OutcomeKind.ABORTED, None, error, duration, self.pid)
+        text = await self.exit_text()
+        error = TaskError(
+            "WorkerCrashed",
+            f"worker process {self.pid} died while running the task: {text}",
+            kind=ErrorKind.CRASH.value,
+        )
+        return Outcome(OutcomeKind.CRASHED, None, error, duration, self.pid)
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    def abort(self, reason: str, grace: float) -> None:
+        """Stop the running task from outside (shutdown, lost lease); ``run`` returns ABORTED."""
+        self.abort_reason = reason
+        asyncio.create_task(self.kill(grace), name=f"abort-{self.pid}")  # noqa: RUF006
+
+    async def kill(self, grace: float) -> None:
+        """SIGTERM the worker's process group, wait ``grace``, then SIGKILL the whole tree."""
+        tree = self._descendants()  # snapshot first: a dying child orphans its children
+        _signal_all(self.pid, signal.SIGTERM, tree)
+        if not await self._await_exit(grace):
+            _signal_all(self.pid, signal.SIGKILL, tree + self._descendants())
+            await self._await_exit(_EXIT_WAIT)
+        # Grandchildren that ignored SIGTERM, or left the group, go down now.
+        _signal_all(self.pid, signal.SIGKILL, tree)
+
+    async def stop(self) -> None:
+        """Ask an idle worker to exit; kill it if it does not."""
+        if self.alive and self._writer is not None:
+            with contextlib.suppress(ConnectionError, OSError):
+                self._writer.writelines(ipc.encode(ipc.STOP))
+                await self._writer.drain()
+        if not await self._await_exit(1.0):
+            await self.kill(0.5)
+
+    async def _await_exit(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.shield(self.exited), timeout)
+        except TimeoutError:
+            if self.alive:
+                return False
+        return True
+
+    def _descendants(self) -> list[psutil.Process]:
+        with contextlib.suppress(psutil.Error):
+            return psutil.Process(self.pid).children(recursive=True)
+        return []
+
+    async def exit_text(self) -> str:
+        """How the process ended, e.g. 'killed by SIGSEGV (segmentation fault)'."""
+        for _ in range(200):  # the exit status is reaped asynchronously (forkserver)
+            if self.process.exitcode is not None:
+                return describe_exit(self.process.exitcode)
+            await asyncio.sleep(0.005)
+        return "still running" if self.alive else "exit status unknown"
+
+    def close(self) -> None:
+        """Release the channel, the watcher and the process handle (after it exited)."""
+        loop = asyncio.get_running_loop()
+        for fd in (self._exit_fd, self.process.sentinel):
+            with contextlib.suppress(Exception):
+                loop.remove_reader(fd)
+        if self._exit_fd >= 0:
+            os.close(self._exit_fd)
+            self._exit_fd = -1
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+        with contextlib.suppress(ValueError):
+            self.process.close()
+
+
+def _signal_all(pid: int, sig: signal.Signals, tree: list[psutil.Process]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)  # the worker made itself a group leader at start
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    for proc in tree:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)  # psutil checks the pid was not reused
+
+
+_SIGNAL_HINTS = {
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGKILL: "out of memory, or killed by another process",
+    signal.SIGABRT: "aborted",
+    signal.SIGBUS: "bus error",
+    signal.SIGFPE: "floating-point exception",
+    signal.SIGTERM: "terminated",
+}
+
+
+def describe_exit(exitcode: int) -> str:
+    """Words for a multiprocessing exit code (negative means killed by that signal)."""
+    if exitcode >= 0:
+        return f"exited with code {exitcode}"
+    try:
+        sig = signal.Signals(-exitcode)
+    except ValueError:
+        return f"killed by signal {-exitcode}"
+    hint = _SIGNAL_HINTS.get(sig)
+    return f"killed by {sig.name}" + (f" ({hint})" if hint else "")
+
+
+class ProcessPool:
+    """A fixed number of worker processes; a worker that dies or is killed is replaced.
+
+    :param size: number of worker processes.
+    :param start_method: ``forkserver`` (fast respawn) or ``spawn``.
+    :param kill_grace: seconds between SIGTERM and SIGKILL.
+    :param max_tasks_per_child: a worker exits after this many tasks and is replaced.
+    :param ready_timeout: seconds a new worker may take to import and report READY.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        start_method: str = "forkserver",
+        kill_grace: float = 0.5,
+        max_tasks_per_child: int | None = None,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        self.size = size
+        self.kill_grace = kill_grace
+        self.max_tasks_per_child = max_tasks_per_child
+        self.ready_timeout = ready_timeout
+        self._ctx = _context(start_method)
+        self._idle: asyncio.Queue[WorkerProcess] = asyncio.Queue()  # ready, not running a task
+        self._running: dict[str, WorkerProcess] = {}  # task id -> its worker
+        self._workers: set[WorkerProcess] = set()  # every live worker, idle or busy
+        self._respawns: set[asyncio.Task[None]] = set()  # strong refs to background respawns
+        self._closing = False
+        self.on_respawn: Callable[[int, int], None] | None = None  # (old pid, new pid)
+
+    async def start(self) -> None:
+        """Start every worker and wait until all are ready."""
+        workers = await asyncio.gather(*(self._spawn(slot) for slot in range(self.size)))
+        for worker in workers:
+            self._idle.put_nowait(worker)
+
+    def idle(self) -> int:
+        """Workers ready for a task right now."""
+        return self._idle.qsize()
+
+    def busy(self) -> int:
+        """Workers running a task."""
+        return len(self._running)
+
+    def pids(self) -> list[int]:
+        """Pids of the live workers."""
+        return sorted(w.pid for w in self._workers)
+
+    async def acquire(self) -> WorkerProcess:
+        """Wait for an idle worker."""
+        return await self._idle.get()
+
+    def try_acquire(self) -> WorkerProcess | None:
+        """An idle worker if there is one now, else None."""
+        try:
+            return self._idle.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    async def run(self, worker: WorkerProcess, task: Task) -> Outcome:
+        """Run ``task`` on an acquired worker; the worker returns to the pool or is replaced."""
+        self._running[task.id] = worker
+        try:
+            return await worker.run(task, self.kill_grace)
+        finally:
+            del self._running[task.id]
+            self._release(worker)
+
+    def abort(self, task_id: str, reason: str) -> bool:
+        """Kill the process running ``task_id``; its ``run`` returns an ABORTED outcome."""
+        worker = self._running.get(task_id)
+        if worker is None:
+            return False
+        worker.abort(reason, self.kill_grace)
+        return True
+
+    def abort_all(self, reason: str) -> None:
+        """Abort every running task (end of a graceful shutdown)."""
+        for task_id in list(self._running):
+            self.abort(task_id, reason)
+
+    async def close(self) -> None:
+        """Stop idle workers, kill busy ones, and wait for all to exit."""
+        self._closing = True
+        for job in list(self._respawns):
+            job.cancel()
+        await asyncio.gather(*self._respawns, return_exceptions=True)
+        workers = list(self._workers)
+        busy = set(self._running.values())
+        await asyncio.gather(
+            *(w.kill(self.kill_grace) if w in busy else w.stop() for w in workers)
+        )
+        for worker in workers:
+            self._forget(worker)
+
+    # -- replacement -------------------------------------------------------------------------
+
+    def _release(self, worker: WorkerProcess) -> None:
+        if worker.alive and not worker.retiring and worker.abort_reason is None:
+            self._idle.put_nowait(worker)
+        elif not self._closing:
+            job = asyncio.create_task(self._replace(worker), name=f"respawn-{worker.slot}")
+            self._respawns.add(job)
+            job.add_done_callback(self._respawns.discard)
+
+    async def _replace(self, old: WorkerProcess) -> None:
+        if old.alive:
+            if old.retiring:  # it exits by itself after its last task
+                await old._await_exit(2.0)
+            if old.alive:
+                await old.kill(self.kill_grace)
+        self._forget(old)
+        delay = 0.5
+        while not self._closing:
+            try:
+                new = await self._spawn(old.slot)
+            except WorkerStartError as exc:
+                logger.bind(action="worker_start_failed").error("{}; retrying in {}s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            logger.bind(action="worker_replaced").debug("worker {} replaced by {}", old.pid, new.pid)
+            if self.on_respawn is not None:
+                self.on_respawn(old.pid, new.pid)
+            self._idle.put_nowait(new)
+            return
+
+    async def _spawn(self, slot: int) -> WorkerProcess:
+        parent_end, child_end = socket.socketpair()
+        process = self._ctx.Process(  # type: ignore[attr-defined]
+            target=child.main,
+            args=(child_end, self.max_tasks_per_child),
+            name=f"{_NAME_PREFIX}-{slot}",
+            daemon=True,
+        )
+        process.start()
+        child_end.close()  # the child has its own copy; ours would hide its EOF
+        worker = WorkerProcess(slot, process, parent_end)
+        self._workers.add(worker)
+        try:
+            await worker.connect(self.ready_timeout)
+        except BaseException:
+            self._forget(worker)
+            raise
+        logger.bind(action="worker_online", pid=worker.pid).debug("worker {} ready", worker.pid)
+        return worker
+
+    def _forget(self, worker: WorkerProcess) -> None:
+        self._workers.discard(worker)
+        worker.close()
+
+
+def _context(start_method: str) -> BaseContext:
+    _skip_main_reimport()
+    ctx = multiprocessing.get_context(start_method)
+    if start_method == "forkserver":
+        # Preloaded in the fork server, so each new worker starts with these imported.
+        ctx.set_forkserver_preload(["omniq_mp.child", "cloudpickle"])
+    return ctx
+
+
+def _skip_main_reimport() -> None:
+    """Start our workers without re-importing the parent's ``__main__``.
+
+    spawn and forkserver normally re-run the main script in every child, which breaks a
+    script that starts a queue at top level without an ``if __name__ == "__main__"`` guard.
+    Our workers need nothing from ``__main__``: cloudpickle carries functions defined there
+    by value. Only processes we name are affected.
+    """
+    original: Any = spawn.get_preparation_data
+    if getattr(original, "_omniq_patched", False):
+        return
+
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data: dict[str, Any] = original(name)
+        if name.startswith(_NAME_PREFIX):
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    get_preparation_data._omniq_patched = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = get_preparation_data

@@ -1,0 +1,280 @@
+"""AsyncTaskQueue: enqueue and claim, and what each attempt's outcome does to a task.
+
+The queue is the only place that decides retries, backoff and interval rescheduling. It
+turns an attempt's :class:`~omniq_mp.models.Outcome` into a
+:class:`~omniq_mp.models.Settlement`, a plain write the storage applies under the lease
+token, so the policy is testable without processes or storage.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from omniq_mp.config import check_seconds
+from omniq_mp.errors import ConfigError, SerializationError
+from omniq_mp.models import (
+    ErrorKind,
+    Outcome,
+    OutcomeKind,
+    Settlement,
+    Task,
+    TaskError,
+    TaskStatus,
+)
+from omniq_mp.retry import RetryPolicy
+from omniq_mp.serialization import callable_name, dumps_call, dumps_result
+from omniq_mp.storage.base import QueueStats, Storage
+
+__all__ = ["AsyncTaskQueue", "build_task"]
+
+Clock = Callable[[], float]
+
+
+def build_task(
+    target: Callable[..., Any] | str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    queue: str = "default",
+    priority: int = 0,
+    eta: datetime | timedelta | None = None,
+    interval: timedelta | int | float | None = None,
+    max_retries: int = 3,
+    timeout: float | None = None,
+    now: float | None = None,
+) -> Task:
+    """Validate options and pickle the call into a new :class:`Task`.
+
+    Raises :class:`ConfigError` (a ValueError) for a bad option and
+    :class:`SerializationError` for a call that cannot be pickled; nothing is stored.
+    """
+    now = time.time() if now is None else now
+    if isinstance(target, str) and not target.strip():
+        raise ConfigError("the dotted path must not be empty")
+    if not isinstance(queue, str) or not queue:
+        raise ConfigError(f"queue must be a non-empty string, got {queue!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ConfigError(f"priority must be an int, got {priority!r}")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ConfigError(f"max_retries must be an int >= 0, got {max_retries!r}")
+    if timeout is not None:
+        timeout = check_seconds("timeout", timeout)
+    if args is None or isinstance(args, str | bytes) or not isinstance(args, Iterable):
+        raise ConfigError(f"args must be a list or tuple, got {type(args).__name__}")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise ConfigError(f"kwargs must be a dict, got {type(kwargs).__name__}")
+    payload = dumps_call(target, tuple(args), dict(kwargs or {}))
+    return Task(
+        func_name=callable_name(target),
+        payload=payload,
+        queue=queue,
+        priority=priority,
+        eta=_eta_seconds(eta, now),
+        interval=_interval_seconds(interval),
+        timeout=timeout,
+        max_retries=max_retries,
+        created_at=now,
+    )
+
+
+def _eta_seconds(eta: datetime | timedelta | None, now: float) -> float:
+    if eta is None:
+        return now
+    if isinstance(eta, timedelta):
+        return now + eta.total_seconds()
+    if isinstance(eta, datetime):
+        return eta.timestamp()  # a naive datetime is local time, as datetime.now() gives
+    raise ConfigError(f"eta must be a datetime or a timedelta, got {type(eta).__name__}")
+
+
+def _interval_seconds(interval: timedelta | int | float | None) -> float | None:
+    if interval is None:
+        return None
+    if isinstance(interval, timedelta):
+        seconds = interval.total_seconds()
+    elif isinstance(interval, int | float) and not isinstance(interval, bool):
+        seconds = float(interval)
+    else:
+        raise ConfigError(f"interval must be a timedelta or seconds, got {interval!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"interval must be positive, got {interval!r}")
+    return seconds
+
+
+class AsyncTaskQueue:
+    """Task queue logic over any :class:`~omniq_mp.storage.base.Storage`.
+
+    :param storage: an opened or unopened storage backend.
+    :param retry_policy: backoff used for retries.
+    :param clock: wall-clock source (epoch seconds); tests pass a fake one.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        self.storage = storage
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.clock = clock
+
+    # -- producing ---------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        func_path: Callable[..., Any] | str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> str:
+        """Store a new task and return its id. Options are those of :func:`build_task`."""
+        task = build_task(func_path, args, kwargs, now=self.clock(), **options)
+        await self.storage.enqueue([task])
+        return task.id
+
+    async def enqueue_tasks(self, tasks: Sequence[Task]) -> list[str]:
+        """Store already-built tasks in one transaction."""
+        await self.storage.enqueue(tasks)
+        return [t.id for t in tasks]
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    async def claim(
+        self, queues: Sequence[str], limit: int, worker_id: str, lease_ttl: float
+    ) -> list[Task]:
+        """Claim up to ``limit`` due tasks with a lease of ``lease_ttl`` seconds."""
+        now = self.clock()
+        return await self.storage.claim(queues, limit, now, now + lease_ttl, worker_id)
+
+    async def dequeue(
+        self, queues: Sequence[str] = ("default",), worker_id: str = "local", lease_ttl: float = 30
+    ) -> Task | None:
+        """Claim the next due task, or None."""
+        tasks = await self.claim(queues, 1, worker_id, lease_ttl)
+        return tasks[0] if tasks else None
+
+    async def complete_task(self, task_id: str, result: Any = None, *, task: Task) -> bool:
+        """Record success for a claimed task; reschedules an interval task."""
+        body = result if isinstance(result, bytes) else dumps_result(result)
+        [ok] = await self.storage.settle(
+            [self.settlement(task, Outcome(OutcomeKind.SUCCEEDED, body))]
+        )
+        return ok
+
+    async def fail_task(
+        self, task_id: str, error: str | BaseException | TaskError, *, task: Task
+    ) -> TaskStatus:
+        """Record a failure; the task is retried with backoff while its budget lasts.
+
+        :returns: PENDING if a retry was scheduled, FAILED if not.
+        """
+        err = _as_error(error)
+        settlement = self.settlement(task, Outcome(OutcomeKind.FAILED, error=err))
+        await self.storage.settle([settlement])
+        return settlement.status
+
+    # -- policy ------------------------------------------------------------------------------
+
+    def settlement(self, task: Task, outcome: Outcome) -> Settlement:
+        """What an attempt's outcome does to its task: the whole retry policy."""
+        now = self.clock()
+        token = task.lease_token or ""
+        if outcome.kind is OutcomeKind.SUCCEEDED:
+            return Settlement(
+                task.id,
+                token,
+                TaskStatus.COMPLETED,
+                result=outcome.result,
+                finished_at=now,
+                follow_up=self._next_run(task, now),
+            )
+        if outcome.kind is OutcomeKind.ABORTED:
+            # Stopped by us (shutdown): not the task's fault, so the attempt is given back.
+            return Settlement(task.id, token, TaskStatus.PENDING, uncharge=True, eta=now)
+        error = self._charged_error(task, outcome)
+        if self.retry_policy.should_retry(task.attempts, task.max_retries, error.is_retryable):
+            eta = now + self.retry_policy.delay(task.attempts)
+            return Settlement(task.id, token, TaskStatus.PENDING, error=error, eta=eta)
+        return Settlement(
+            task.id,
+            token,
+            TaskStatus.FAILED,
+            error=error,
+            finished_at=now,
+            follow_up=self._next_run(task, now),
+        )
+
+    def lost_settlement(self, task: Task) -> Settlement:
+        """What happens to a task whose lease expired: its holder died mid-attempt."""
+        error = TaskError(
+            "WorkerLost",
+            f"the supervisor {task.worker_id} running attempt {task.attempts} stopped "
+            "renewing its lease (killed or frozen)",
+            kind=ErrorKind.LOST.value,
+        )
+        return self.settlement(task, Outcome(OutcomeKind.CRASHED, error=error))
+
+    def release_settlement(self, task: Task) -> Settlement:
+        """Give a claimed, never-started task back to the queue, uncharged."""
+        return self.settlement(task, Outcome(OutcomeKind.ABORTED))
+
+    def _charged_error(self, task: Task, outcome: Outcome) -> TaskError:
+        base = outcome.error or TaskError("UnknownError", f"attempt ended as {outcome.kind}")
+        return TaskError(
+            base.error_type,
+            base.message,
+            base.traceback,
+            base.is_retryable,
+            retry_count=task.retries,
+            max_retries=task.max_retries,
+            kind=base.kind,
+        )
+
+    def _next_run(self, task: Task, now: float) -> Task | None:
+        if task.interval is None:
+            return None
+        # Keep to the original cadence; skip slots missed while the task was down.
+        eta = task.eta + task.interval
+        if eta <= now:
+            eta += math.ceil((now - eta) / task.interval) * task.interval
+        return Task(
+            func_name=task.func_name,
+            payload=task.payload,
+            queue=task.queue,
+            priority=task.priority,
+            eta=eta,
+            interval=task.interval,
+            timeout=task.timeout,
+            max_retries=task.max_retries,
+            created_at=now,
+        )
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def get_task(self, task_id: str) -> Task | None:
+        """The task, or None."""
+        return await self.storage.get(task_id)
+
+    async def cancel(self, task_id: str) -> Task | None:
+        """Cancel a task that has not started; returns its state (None if unknown)."""
+        return await self.storage.cancel(task_id, self.clock())
+
+    async def stats(self, queues: Sequence[str] | None = None) -> QueueStats:
+        """Counts by status."""
+        return await self.storage.stats(queues, self.clock())
+
+
+def _as_error(error: str | BaseException | TaskError) -> TaskError:
+    if isinstance(error, TaskError):
+        return error
+    if isinstance(error, BaseException):
+        return TaskError.from_exception(error)
+    if isinstance(error, str):
+        return TaskError("Error", error)
+    raise SerializationError(f"error must be a str, exception or TaskError, got {error!r}")

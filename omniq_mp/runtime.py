@@ -1,0 +1,83 @@
+"""Event loops: uvloop when installed, and a private loop thread for the synchronous API.
+
+The synchronous :class:`~omniq_mp.core.OmniQ` runs everything on its own loop in a
+background thread. That is what makes it work inside Jupyter, whose main thread already
+runs a loop that we must neither block on nor nest in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["LoopThread", "new_event_loop", "run"]
+
+T = TypeVar("T")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop if uvloop is installed, else the stdlib's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on uvloop."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(main)
+
+
+class LoopThread:
+    """An event loop running forever in a daemon thread; ``call`` runs a coroutine on it."""
+
+    def __init__(self, name: str = "omniq-loop") -> None:
+        self.loop = new_event_loop()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the loop and wait for it; Ctrl-C cancels it."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def call_soon(self, fn: Callable[[], object]) -> None:
+        """Schedule a plain callback on the loop from any thread."""
+        self.loop.call_soon_threadsafe(fn)
+
+    def stop(self) -> None:
+        """Stop the loop and join the thread (idempotent)."""
+        if self.loop.is_closed():
+            return
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("LoopThread.stop() called from its own loop")
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+    @property
+    def running(self) -> bool:
+        """True while the loop accepts work."""
+        return not self.loop.is_closed() and self._thread.is_alive()
+
+
+def wait_future(future: concurrent.futures.Future[T], timeout: float | None) -> T:
+    """``future.result`` that cancels the future when interrupted."""
+    try:
+        return future.result(timeout)
+    except BaseException:
+        future.cancel()
+        raise

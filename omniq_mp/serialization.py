@@ -1,0 +1,104 @@
+"""How calls and results cross process boundaries.
+
+A call is ``cloudpickle.dumps((target, args, kwargs))`` where ``target`` is a callable
+(lambdas, closures and ``__main__`` functions are pickled by value) or a dotted path string
+resolved in the worker. Only the producer pickles calls, only the worker unpickles them, and
+only the client unpickles results: the supervisor moves the bytes untouched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import cloudpickle
+
+from omniq_mp.errors import SerializationError
+
+__all__ = ["callable_name", "dumps_call", "dumps_result", "loads_call", "loads_result", "resolve"]
+
+Call = tuple[Callable[..., Any] | str, tuple[Any, ...], dict[str, Any]]
+
+
+def callable_name(target: Callable[..., Any] | str) -> str:
+    """A readable name for logs and ``Task.func_name``: ``module.qualname`` or the path."""
+    if isinstance(target, str):
+        return target
+    module = getattr(target, "__module__", None) or "?"
+    qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
+    return f"{module}.{qualname}"
+
+
+def dumps_call(
+    target: Callable[..., Any] | str, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> bytes:
+    """Pickle a call, or raise :class:`SerializationError` naming the part that cannot pickle."""
+    if not isinstance(target, str) and not callable(target):
+        raise SerializationError(
+            f"cannot enqueue a {type(target).__name__}: expected a callable or a dotted path"
+        )
+    try:
+        return bytes(cloudpickle.dumps((target, tuple(args), dict(kwargs))))
+    except Exception as exc:
+        raise SerializationError(_blame(target, args, kwargs, exc)) from exc
+
+
+def _blame(
+    target: Callable[..., Any] | str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    exc: Exception,
+) -> str:
+    # Pickle each part alone so the message points at the culprit, not just "the call".
+    parts: list[tuple[str, Any]] = [("the callable", target)]
+    parts += [(f"argument {i}", a) for i, a in enumerate(args)]
+    parts += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in parts:
+        try:
+            cloudpickle.dumps(value)
+        except Exception as part_exc:
+            return (
+                f"cannot enqueue {callable_name(target)}: {label} "
+                f"(a {type(value).__name__}) cannot be pickled: {part_exc}"
+            )
+    return f"cannot enqueue {callable_name(target)}: {exc}"
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    """Import ``package.module.function`` or ``package.module:function``."""
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ImportError(f"{path!r} is not a dotted path like 'package.module.function'")
+    obj: Any = importlib.import_module(module_name)
+    for name in attr.split("."):
+        try:
+            obj = getattr(obj, name)
+        except AttributeError:
+            raise ImportError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise ImportError(f"{path!r} is a {type(obj).__name__}, not a callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def loads_call(payload: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """Unpickle a call in the worker, resolving a dotted path to its function."""
+    target, args, kwargs = pickle.loads(payload)
+    func = resolve(target) if isinstance(target, str) else target
+    return func, tuple(args), dict(kwargs)
+
+
+def dumps_result(value: Any) -> bytes:
+    """Pickle a task's return value in the worker."""
+    return bytes(cloudpickle.dumps(value))
+
+
+def loads_result(data: bytes) -> Any:
+    """Unpickle a stored result in the client."""
+    try:
+        return pickle.loads(data)
+    except Exception as exc:
+        raise SerializationError(f"the stored result cannot be unpickled here: {exc!r}") from exc

@@ -1,0 +1,111 @@
+"""The storage seam: a domain-level protocol every backend implements.
+
+The supervisor and the queue speak only this protocol, never SQL or file paths, so the
+memory, SQLite and file backends are interchangeable and pass one contract suite
+(``tests/contract``). Every write that ends an attempt is *fenced* by the lease token the
+attempt was claimed with: a stale holder's late write changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from omniq_mp.models import Settlement, Task
+
+__all__ = ["QueueStats", "Storage", "WorkerInfo"]
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Task counts of one store (or of some of its queues) at one moment.
+
+    ``due`` counts PENDING tasks whose ``eta`` has come; ``retrying`` counts PENDING tasks
+    that already ran at least once (waiting out a backoff).
+    """
+
+    pending: int = 0
+    due: int = 0
+    retrying: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def unfinished(self) -> int:
+        """Tasks not yet in a terminal state."""
+        return self.pending + self.running
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A supervisor's heartbeat record."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    procs: int
+    queues: tuple[str, ...]
+    started_at: float
+    heartbeat_at: float
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """Durable task storage. All times are wall-clock epoch seconds."""
+
+    async def open(self) -> None:
+        """Create or open the store; raise StorageError with a clear reason if impossible."""
+
+    async def close(self) -> None:
+        """Release connections and handles. Safe to call twice."""
+
+    async def enqueue(self, tasks: Sequence[Task]) -> None:
+        """Insert tasks atomically: all are stored, or none is and the call raises."""
+
+    async def claim(
+        self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker_id: str
+    ) -> list[Task]:
+        """Atomically take up to ``limit`` due PENDING tasks of ``queues``.
+
+        Order: higher priority first, then earlier eta, then first enqueued. Each claimed
+        task becomes RUNNING with ``attempts + 1``, a fresh ``lease_token`` and
+        ``lease_until``. No task is ever handed to two claimers.
+        """
+        ...
+
+    async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """Apply attempt outcomes in one transaction; False where the token no longer holds."""
+        ...
+
+    async def extend_leases(self, leases: Mapping[str, str], lease_until: float) -> set[str]:
+        """Renew leases given as ``{task_id: token}``; return the ids whose lease was lost."""
+        ...
+
+    async def expired(self, now: float, limit: int) -> list[Task]:
+        """RUNNING tasks whose lease ended before ``now`` (their holder is presumed dead)."""
+        ...
+
+    async def get(self, task_id: str) -> Task | None:
+        """The task with this id, or None."""
+        ...
+
+    async def cancel(self, task_id: str, now: float) -> Task | None:
+        """Cancel a PENDING task; return the task as it now is (None if unknown)."""
+        ...
+
+    async def stats(self, queues: Sequence[str] | None, now: float) -> QueueStats:
+        """Counts by status, over ``queues`` or the whole store."""
+        ...
+
+    async def heartbeat(self, info: WorkerInfo) -> None:
+        """Record that a supervisor is alive."""
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Forget a supervisor that stopped cleanly."""
+
+    async def workers(self, alive_since: float) -> list[WorkerInfo]:
+        """Supervisors whose last heartbeat is at or after ``alive_since``."""
+        ...

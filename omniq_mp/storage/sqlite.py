@@ -1,0 +1,368 @@
+"""SQLite storage through aiosqlite: WAL, ``BEGIN IMMEDIATE`` writes, one-statement claims.
+
+One connection per instance, used by one event loop; ``_lock`` serialises its transactions
+so that coroutines sharing the instance never interleave statements of two transactions.
+Other processes (producers, other supervisors) open their own connections: SQLite's file
+locks and ``busy_timeout`` arbitrate between them, and a write that still meets a lock is
+retried with jitter instead of surfacing "database is locked".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sqlite3
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from omniq_mp.errors import StorageError
+from omniq_mp.models import Settlement, Task, TaskError, TaskStatus
+from omniq_mp.storage.base import QueueStats, WorkerInfo
+
+__all__ = ["SQLiteStorage"]
+
+T = TypeVar("T")
+
+_COLUMNS = (
+    "id, func_name, payload, queue, priority, status, eta, interval, timeout, max_retries, "
+    "attempts, created_at, started_at, finished_at, lease_token, lease_until, worker_id, "
+    "result, error"
+)
+_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
+_LOCK_RETRIES = 20
+
+
+class SQLiteStorage:
+    """Tasks in one SQLite file.
+
+    :param database_path: the database file; its folder is created if missing.
+    :param synchronous: ``FULL`` (default) makes a returned enqueue survive power loss;
+        ``NORMAL`` survives process crashes only, and commits faster.
+    :param busy_timeout: seconds a statement waits for another process's lock.
+    """
+
+    def __init__(
+        self, database_path: str | Path, *, synchronous: str = "FULL", busy_timeout: float = 5.0
+    ) -> None:
+        self.path = Path(database_path)
+        self._synchronous = synchronous.upper()
+        self._busy_ms = int(busy_timeout * 1000)
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()  # one transaction at a time on self._conn
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open or create the database; refuse anything that is not an omniq_mp database."""
+        if self._conn is not None:
+            return
+        _check_path(self.path)
+        try:
+            self._conn = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._configure(self._conn)
+        except sqlite3.Error as exc:
+            await self.close()
+            raise StorageError(f"cannot open SQLite store {self.path}: {exc}") from exc
+
+    async def _configure(self, conn: aiosqlite.Connection) -> None:
+        # Reading the schema first makes a corrupt file fail here, before any write.
+        await conn.execute("SELECT count(*) FROM sqlite_master")
+        await conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        mode = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise StorageError(f"{self.path}: cannot switch to WAL mode (got {mode})")
+        await conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        schema = resources.files("omniq_mp.storage").joinpath("sqlite_schema.sql").read_text()
+        await self._transaction(lambda c: _run_script(c, schema))
+
+    async def close(self) -> None:
+        """Close the connection (idempotent)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+
+    # -- transactions ------------------------------------------------------------------------
+
+    async def _transaction(self, body: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run ``body`` in BEGIN IMMEDIATE ... COMMIT, retrying when another process holds
+        the write lock past busy_timeout."""
+        for attempt in range(_LOCK_RETRIES):
+            try:
+                async with self._lock:
+                    return await self._once(body)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise StorageError(f"{self.path}: {exc}") from exc
+                await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+        raise StorageError(f"{self.path}: database stayed locked through {_LOCK_RETRIES} tries")
+
+    async def _once(self, body: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        conn = self._connection()
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = await body(conn)
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
+        return result
+
+    async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        async with self._lock:
+            try:
+                cursor = await self._connection().execute(sql, tuple(params))
+                return list(await cursor.fetchall())
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.path}: {exc}") from exc
+
+    def _connection(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise StorageError(f"SQLite store {self.path} is not open; call open() first")
+        return self._conn
+
+    # -- the protocol ------------------------------------------------------------------------
+
+    async def enqueue(self, tasks: Sequence[Task]) -> None:
+        """Insert all tasks in one transaction."""
+        rows = [_task_row(t) for t in tasks]
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(_INSERT, rows)
+
+        await self._transaction(body)
+
+    async def claim(
+        self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker_id: str
+    ) -> list[Task]:
+        """One UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING: atomic across processes."""
+        if limit <= 0 or not queues:
+            return []
+        token = uuid.uuid4().hex  # one token per claim batch; a task's token is token:id
+        marks = ", ".join("?" * len(queues))
+        sql = (
+            "UPDATE tasks SET status = 'RUNNING', attempts = attempts + 1, "
+            "lease_token = ? || ':' || id, lease_until = ?, worker_id = ?, started_at = ? "
+            "WHERE id IN (SELECT id FROM tasks WHERE status = 'PENDING' "
+            f"AND queue IN ({marks}) AND eta <= ? ORDER BY priority DESC, eta, seq LIMIT ?) "
+            f"RETURNING {_COLUMNS}, seq"
+        )
+        params = (token, lease_until, worker_id, now, *queues, now, limit)
+
+        async def body(conn: aiosqlite.Connection) -> list[Any]:
+            return list(await conn.execute_fetchall(sql, params))
+
+        rows = await self._transaction(body)
+        # RETURNING gives no order guarantee; restore the claim order.
+        rows.sort(key=lambda r: (-r[4], r[6], r[-1]))
+        return [_row_task(r) for r in rows]
+
+    async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
+        """Apply outcomes in one transaction; each is fenced by its lease token."""
+
+        async def body(conn: aiosqlite.Connection) -> list[bool]:
+            applied = []
+            for s in settlements:
+                cursor = await conn.execute(*_settle_sql(s))
+                ok = cursor.rowcount == 1
+                if ok and s.follow_up is not None:
+                    await conn.execute(_INSERT, _task_row(s.follow_up))
+                applied.append(ok)
+            return applied
+
+        return await self._transaction(body)
+
+    async def extend_leases(self, leases: Mapping[str, str], lease_until: float) -> set[str]:
+        """Renew in one transaction; ids whose token no longer matches are reported lost."""
+
+        async def body(conn: aiosqlite.Connection) -> set[str]:
+            lost = set()
+            for task_id, token in leases.items():
+                cursor = await conn.execute(
+                    "UPDATE tasks SET lease_until = ? "
+                    "WHERE id = ? AND lease_token = ? AND status = 'RUNNING'",
+                    (lease_until, task_id, token),
+                )
+                if cursor.rowcount != 1:
+                    lost.add(task_id)
+            return lost
+
+        return await self._transaction(body) if leases else set()
+
+    async def expired(self, now: float, limit: int) -> list[Task]:
+        """RUNNING tasks past their lease (uses the partial index tasks_leased)."""
+        rows = await self._read(
+            f"SELECT {_COLUMNS} FROM tasks WHERE status = 'RUNNING' AND lease_until < ? "
+            "ORDER BY lease_until LIMIT ?",
+            (now, limit),
+        )
+        return [_row_task(r) for r in rows]
+
+    async def get(self, task_id: str) -> Task | None:
+        """One task by id."""
+        rows = await self._read(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,))
+        return _row_task(rows[0]) if rows else None
+
+    async def cancel(self, task_id: str, now: float) -> Task | None:
+        """Cancel a PENDING task atomically; report the task's state either way."""
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE tasks SET status = 'CANCELLED', finished_at = ? "
+                "WHERE id = ? AND status = 'PENDING'",
+                (now, task_id),
+            )
+
+        await self._transaction(body)
+        return await self.get(task_id)
+
+    async def stats(self, queues: Sequence[str] | None, now: float) -> QueueStats:
+        """Counts by status in one grouped query."""
+        where, params = "", [now]
+        if queues is not None:
+            where = f"WHERE queue IN ({', '.join('?' * len(queues))})"
+            params += list(queues)
+        rows = await self._read(
+            "SELECT status, count(*), "
+            "sum(status = 'PENDING' AND eta <= ?), sum(status = 'PENDING' AND attempts > 0) "
+            f"FROM tasks {where} GROUP BY status",
+            params,
+        )
+        counts: dict[str, int] = {}
+        for status, n, due, retrying in rows:
+            counts[str(status).lower()] = n
+            if status == "PENDING":
+                counts.update(due=due or 0, retrying=retrying or 0)
+        return QueueStats(**counts)
+
+    async def heartbeat(self, info: WorkerInfo) -> None:
+        """Upsert the supervisor's row."""
+        row = (
+            info.worker_id,
+            info.hostname,
+            info.pid,
+            info.procs,
+            ",".join(info.queues),
+            info.started_at,
+            info.heartbeat_at,
+        )
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.execute("INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+
+        await self._transaction(body)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Delete the supervisor's row."""
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+
+        await self._transaction(body)
+
+    async def workers(self, alive_since: float) -> list[WorkerInfo]:
+        """Rows with a recent heartbeat."""
+        rows = await self._read("SELECT * FROM workers WHERE heartbeat_at >= ?", (alive_since,))
+        return [
+            WorkerInfo(r[0], r[1], r[2], r[3], tuple(r[4].split(",")), r[5], r[6]) for r in rows
+        ]
+
+
+def _check_path(path: Path) -> None:
+    """Fail clearly on paths SQLite would misreport, and never create over a stranger's file."""
+    folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise StorageError(f"store folder {folder} exists and is not a directory")
+    if path.is_dir():
+        raise StorageError(f"database path {path} is a directory, not a SQLite file")
+    if path.exists() and path.stat().st_size == 0:
+        raise StorageError(
+            f"{path} exists but is empty (0 bytes), so it is not an omniq_mp database; "
+            "remove it to start a new store"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create store folder {folder}: {exc.strerror}") from exc
+
+
+async def _run_script(conn: aiosqlite.Connection, script: str) -> None:
+    # executescript would COMMIT our BEGIN IMMEDIATE; run statement by statement instead.
+    for statement in script.split("\n\n"):
+        lines = [ln for ln in statement.splitlines() if not ln.lstrip().startswith("--")]
+        if "".join(lines).strip():
+            await conn.execute("\n".join(lines))
+
+
+def _settle_sql(s: Settlement) -> tuple[str, tuple[Any, ...]]:
+    error = json.dumps(s.error.to_dict()) if s.error is not None else None
+    fence = "WHERE id = ? AND lease_token = ? AND status = 'RUNNING'"
+    if s.status is TaskStatus.PENDING:
+        return (
+            "UPDATE tasks SET status = 'PENDING', eta = coalesce(?, eta), "
+            "attempts = attempts - ?, error = coalesce(?, error), "
+            f"lease_token = NULL, lease_until = NULL, worker_id = NULL {fence}",
+            (s.eta, int(s.uncharge), error, s.task_id, s.lease_token),
+        )
+    return (
+        "UPDATE tasks SET status = ?, result = ?, error = coalesce(?, error), "
+        f"finished_at = ?, lease_token = NULL, lease_until = NULL {fence}",
+        (s.status.value, s.result, error, s.finished_at, s.task_id, s.lease_token),
+    )
+
+
+def _task_row(t: Task) -> tuple[Any, ...]:
+    return (
+        t.id,
+        t.func_name,
+        t.payload,
+        t.queue,
+        t.priority,
+        t.status.value,
+        t.eta,
+        t.interval,
+        t.timeout,
+        t.max_retries,
+        t.attempts,
+        t.created_at,
+        t.started_at,
+        t.finished_at,
+        t.lease_token,
+        t.lease_until,
+        t.worker_id,
+        t.result,
+        json.dumps(t.error.to_dict()) if t.error is not None else None,
+    )
+
+
+def _row_task(r: Sequence[Any]) -> Task:
+    try:
+        error = TaskError.from_dict(json.loads(r[18])) if r[18] else None
+        return Task(
+            id=r[0],
+            func_name=r[1],
+            payload=bytes(r[2]),
+            queue=r[3],
+            priority=r[4],
+            status=TaskStatus(r[5]),
+            eta=r[6],
+            interval=r[7],
+            timeout=r[8],
+            max_retries=r[9],
+            attempts=r[10],
+            created_at=r[11],
+            started_at=r[12],
+            finished_at=r[13],
+            lease_token=r[14],
+            lease_until=r[15],
+            worker_id=r[16],
+            result=None if r[17] is None else bytes(r[17]),
+            error=error,
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StorageError(f"task row {r[0]!r} is malformed: {exc}") from exc

@@ -1,0 +1,47 @@
+-- omniq_mp SQLite schema, version 1. Statements are separated by blank lines.
+CREATE TABLE IF NOT EXISTS tasks (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,  -- FIFO tie-break
+    id          TEXT NOT NULL UNIQUE,
+    func_name   TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    queue       TEXT NOT NULL,
+    priority    INTEGER NOT NULL DEFAULT 0,
+    status      TEXT NOT NULL,
+    eta         REAL NOT NULL,
+    interval    REAL,
+    timeout     REAL,
+    max_retries INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    created_at  REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL,
+    lease_token TEXT,
+    lease_until REAL,
+    worker_id   TEXT,
+    result      BLOB,
+    error       TEXT
+);
+
+-- Partial indexes stay as small as the backlog: the claim reads only due PENDING rows.
+CREATE INDEX IF NOT EXISTS tasks_claimable
+    ON tasks (queue, priority DESC, eta, seq) WHERE status = 'PENDING';
+
+CREATE INDEX IF NOT EXISTS tasks_leased
+    ON tasks (lease_until) WHERE status = 'RUNNING';
+
+CREATE TABLE IF NOT EXISTS workers (
+    worker_id    TEXT PRIMARY KEY,
+    hostname     TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    procs        INTEGER NOT NULL,
+    queues       TEXT NOT NULL,
+    started_at   REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');

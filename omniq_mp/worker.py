@@ -1,0 +1,335 @@
+"""AsyncWorkerPool: the supervisor loop that feeds a process pool from durable storage.
+
+    claim loop ── claim(idle + prefetch) ──> _ready (claimed, not started)
+         │                                       │ one per idle worker
+         │                                       v
+         │                               _run_one: pool.run ──> _outcomes
+         │                                                         │
+    lease keeper: renew every held lease            recorder: settle in batches
+    recovery:     requeue other supervisors' expired leases      (one transaction)
+    heartbeat:    tell producers a worker is alive
+
+``_held`` maps every task this supervisor has claimed and not yet settled to its claim
+(it is what the lease keeper renews); a task leaves it only after its settlement commits,
+so an outcome is never lost between the child and the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from loguru import logger
+
+from omniq_mp.config import Settings
+from omniq_mp.models import Outcome, OutcomeKind, Settlement, Task
+from omniq_mp.pool import ProcessPool, WorkerProcess
+from omniq_mp.queue import AsyncTaskQueue
+from omniq_mp.storage.base import Storage, WorkerInfo
+
+__all__ = ["AsyncWorkerPool"]
+
+HEARTBEAT_INTERVAL = 2.0
+_RECOVERY_BATCH = 100
+
+SettledCallback = Callable[[Task, Settlement], None]
+
+
+class AsyncWorkerPool:
+    """A supervisor with its own pool of worker processes.
+
+    :param queue: the task queue (or a bare storage, wrapped in one).
+    :param settings: runtime settings (procs, lease, grace, start method ...).
+    :param concurrency: worker processes; defaults to ``settings.procs``.
+    :param queues: queue names served; defaults to ``settings.queues``.
+    """
+
+    def __init__(
+        self,
+        queue: AsyncTaskQueue | Storage,
+        settings: Settings | None = None,
+        *,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+    ) -> None:
+        self.queue = queue if isinstance(queue, AsyncTaskQueue) else AsyncTaskQueue(queue)
+        self.settings = (settings or Settings()).with_overrides(
+            procs=concurrency, queues=tuple(queues) if queues else None
+        )
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.pool = ProcessPool(
+            self.settings.procs,
+            start_method=self.settings.start_method,
+            kill_grace=self.settings.kill_grace,
+            max_tasks_per_child=self.settings.max_tasks_per_child,
+        )
+        self.on_settled: list[SettledCallback] = []
+        self.processed = 0  # attempts settled by this supervisor
+        self._held: dict[str, Task] = {}
+        self._ready: collections.deque[Task] = collections.deque()
+        self._outcomes: asyncio.Queue[tuple[Task, Outcome]] = asyncio.Queue()
+        self._wake = asyncio.Event()  # set when claiming may find or start work
+        self._idle = asyncio.Event()  # set when nothing is held
+        self._idle.set()
+        self._stopping = False
+        self._started_at = time.time()
+        self._jobs: set[asyncio.Task[Any]] = set()  # runs of tasks, strong refs
+        self._services: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> AsyncWorkerPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the worker processes and the background services."""
+        await self.pool.start()
+        for name, loop in (
+            ("recorder", self._record_loop),
+            ("leases", self._lease_loop),
+            ("recovery", self._recovery_loop),
+            ("heartbeat", self._heartbeat_loop),
+        ):
+            self._services.append(asyncio.create_task(loop(), name=f"omniq-{name}"))
+        logger.bind(action="worker_online", worker=self.worker_id).info(
+            "supervisor {} online: {} processes, queues {}",
+            self.worker_id,
+            self.settings.procs,
+            ",".join(self.settings.queues),
+        )
+
+    def wake(self) -> None:
+        """Look for work now instead of at the next poll (an in-process enqueue calls this)."""
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        """Stop claiming; ``process_tasks`` returns once what it holds is settled."""
+        self._stopping = True
+        self._wake.set()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: no new claims, running tasks get ``grace`` seconds, then are killed
+        and returned to the queue uncharged; claimed tasks that never started go back too."""
+        self.request_stop()
+        grace = self.settings.shutdown_grace if grace is None else grace
+        await self._release_ready()
+        if self._jobs:
+            _, pending = await asyncio.wait(self._jobs, timeout=grace)
+            if pending:
+                self.pool.abort_all(f"supervisor shut down after a {grace:g}s grace")
+                await asyncio.wait(self._jobs)
+        await self._drained()
+        for service in self._services:
+            service.cancel()
+        await asyncio.gather(*self._services, return_exceptions=True)
+        await self.pool.close()
+        with contextlib.suppress(Exception):
+            await self.queue.storage.remove_worker(self.worker_id)
+        logger.bind(action="worker_offline", worker=self.worker_id).info(
+            "supervisor {} offline after {} attempts", self.worker_id, self.processed
+        )
+
+    # -- the claim loop ----------------------------------------------------------------------
+
+    async def process_tasks(
+        self, limit: int | None = None, duration: float | None = None, burst: bool = False
+    ) -> int:
+        """Claim and run tasks until ``limit`` are settled, ``duration`` seconds pass, the
+        queue is drained (``burst``), or :meth:`request_stop`; returns the settled count."""
+        loop = asyncio.get_running_loop()
+        deadline = None if duration is None else loop.time() + duration
+        first = self.processed
+        claimed = 0
+        while not self._stopping:
+            if limit is not None and self.processed - first >= limit:
+                break
+            if deadline is not None and loop.time() >= deadline:
+                break
+            budget = None if limit is None else limit - claimed
+            claimed += await self._claim(budget)
+            self._dispatch()
+            if burst and not self._held and await self._drained_store():
+                break
+            await self._sleep(deadline)
+        await self._release_ready()
+        await self._drained()
+        return self.processed - first
+
+    async def _claim(self, budget: int | None) -> int:
+        want = self.pool.idle() + self.settings.prefetch - len(self._ready)
+        if budget is not None:
+            want = min(want, budget)
+        if want <= 0:
+            return 0
+        tasks = await self.queue.claim(
+            self.settings.queues, want, self.worker_id, self.settings.lease_ttl
+        )
+        for task in tasks:
+            self._held[task.id] = task
+            self._ready.append(task)
+        if tasks:
+            self._idle.clear()
+        return len(tasks)
+
+    def _dispatch(self) -> None:
+        # Hand claimed tasks to idle workers, never waiting for one.
+        while self._ready and (worker := self.pool.try_acquire()) is not None:
+            task = self._ready.popleft()
+            job = asyncio.create_task(self._run_one(worker, task), name=f"run-{task.id}")
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
+
+    async def _run_one(self, worker: WorkerProcess, task: Task) -> None:
+        logger.bind(task_id=task.id, action="task_started", pid=worker.pid).debug(
+            "task {} ({}) attempt {} started", task.id, task.func_name, task.attempts
+        )
+        outcome = await self.pool.run(worker, task)
+        self._outcomes.put_nowait((task, outcome))
+        self._wake.set()
+
+    async def _sleep(self, deadline: float | None) -> None:
+        timeout = self.settings.poll_interval
+        if self._ready or self._jobs:
+            timeout = max(timeout, 0.5)  # busy: completions wake us, no need to poll hard
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline - asyncio.get_running_loop().time()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    async def _drained_store(self) -> bool:
+        stats = await self.queue.stats(self.settings.queues)
+        return stats.due == 0 and stats.retrying == 0 and stats.running == 0
+
+    async def _drained(self) -> None:
+        await self._idle.wait()
+
+    async def _release_ready(self) -> None:
+        tasks = list(self._ready)
+        self._ready.clear()
+        if tasks:
+            await self._settle([(t, self.queue.release_settlement(t)) for t in tasks])
+
+    # -- recording outcomes ------------------------------------------------------------------
+
+    async def _record_loop(self) -> None:
+        while True:
+            batch = [await self._outcomes.get()]
+            while not self._outcomes.empty():
+                batch.append(self._outcomes.get_nowait())
+            pairs = [(task, self.queue.settlement(task, outcome)) for task, outcome in batch]
+            # Shielded: cancelling the recorder must not drop outcomes half-written.
+            await asyncio.shield(self._settle(pairs))
+            for task, outcome in batch:
+                _log_outcome(task, outcome)
+
+    async def _settle(self, pairs: list[tuple[Task, Settlement]]) -> None:
+        delay = 0.1
+        while True:
+            try:
+                applied = await self.queue.storage.settle([s for _, s in pairs])
+                break
+            except Exception as exc:  # storage trouble: keep the outcomes and retry
+                logger.bind(action="settle_retry").warning("cannot record outcomes: {}", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for (task, settlement), ok in zip(pairs, applied, strict=True):
+            self._held.pop(task.id, None)
+            if not ok:
+                logger.bind(task_id=task.id, action="settle_fenced").warning(
+                    "task {}: lease lost before its outcome was stored; outcome dropped", task.id
+                )
+            elif not settlement.uncharge:
+                self.processed += 1
+            for callback in self.on_settled:
+                callback(task, settlement)
+        if not self._held:
+            self._idle.set()
+
+    # -- leases, recovery, heartbeats --------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        period = self.settings.lease_ttl / 4
+        while True:
+            await asyncio.sleep(period)
+            await _guard("lease renewal", self._renew_leases)
+
+    async def _renew_leases(self) -> None:
+        leases = {tid: t.lease_token or "" for tid, t in self._held.items()}
+        if not leases:
+            return
+        until = self.queue.clock() + self.settings.lease_ttl
+        lost = await self.queue.storage.extend_leases(leases, until)
+        for task_id in lost & set(self._held):
+            # Another supervisor took it over: stop working on it (its write would be fenced).
+            logger.bind(task_id=task_id, action="lease_lost").warning("lease lost: {}", task_id)
+            if not self.pool.abort(task_id, "lease lost to another supervisor"):
+                self._ready = collections.deque(t for t in self._ready if t.id != task_id)
+                self._held.pop(task_id, None)
+        if not self._held:
+            self._idle.set()
+
+    async def _recovery_loop(self) -> None:
+        period = min(self.settings.lease_ttl / 4, 5.0)
+        while True:
+            await _guard("lease recovery", self.recover_expired)
+            await asyncio.sleep(period)
+
+    async def recover_expired(self) -> int:
+        """Return tasks whose holder stopped renewing to the queue (or fail them when their
+        retry budget is spent). Returns how many were recovered."""
+        expired = await self.queue.storage.expired(self.queue.clock(), _RECOVERY_BATCH)
+        mine = [t for t in expired if t.id not in self._held]
+        if not mine:
+            return 0
+        applied = await self.queue.storage.settle([self.queue.lost_settlement(t) for t in mine])
+        for task in mine:
+            logger.bind(task_id=task.id, action="task_recovered").warning(
+                "task {} recovered from {} (lease expired)", task.id, task.worker_id
+            )
+        return sum(applied)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await _guard("heartbeat", self._beat)
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+    async def _beat(self) -> None:
+        await self.queue.storage.heartbeat(
+            WorkerInfo(
+                self.worker_id,
+                socket.gethostname(),
+                os.getpid(),
+                self.settings.procs,
+                self.settings.queues,
+                self._started_at,
+                time.time(),
+            )
+        )
+
+
+async def _guard(what: str, step: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+    # A background service must survive a failing step (a locked or full database).
+    try:
+        await step()
+    except Exception as exc:
+        logger.bind(action="service_error").warning("{} failed: {}", what, exc)
+
+
+def _log_outcome(task: Task, outcome: Outcome) -> None:
+    log = logger.bind(task_id=task.id, action=f"task_{outcome.kind.value}", pid=outcome.pid)
+    if outcome.kind is OutcomeKind.SUCCEEDED:
+        log.debug("task {} completed in {:.3f}s", task.id, outcome.duration)
+    else:
+        log.info("task {} {}: {}", task.id, outcome.kind.value, outcome.error)

@@ -1,0 +1,290 @@
+"""One suite every storage backend must pass: memory, SQLite and file.
+
+A backend is done when this suite is green for it. Tests speak only the Storage protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from omniq_mp.errors import StorageError
+from omniq_mp.models import ErrorKind, Settlement, Task, TaskError, TaskStatus, create_task
+from omniq_mp.storage.base import Storage, WorkerInfo
+from omniq_mp.storage.file import FileStorage
+from omniq_mp.storage.memory import MemoryStorage
+from omniq_mp.storage.sqlite import SQLiteStorage
+
+BACKENDS: dict[str, Callable[[Path], Storage]] = {
+    "memory": lambda _: MemoryStorage(),
+    "sqlite": lambda d: SQLiteStorage(d / "omniq.db"),
+    "file": lambda d: FileStorage(d / "store"),
+}
+PERSISTENT = ["sqlite", "file"]
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture(params=list(BACKENDS))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    storage = BACKENDS[request.param](tmp_path)
+    await storage.open()
+    yield storage
+    await storage.close()
+
+
+def make(**options: object) -> Task:
+    options.setdefault("eta", NOW - 1)
+    return create_task("math.sqrt", **options)  # type: ignore[arg-type]
+
+
+async def claim(store: Storage, limit: int = 10, now: float = NOW, queues=("default",)):  # type: ignore[no-untyped-def]
+    return await store.claim(list(queues), limit, now, now + 30, "w1")
+
+
+async def test_enqueue_then_get_round_trips_every_field(store: Storage) -> None:
+    task = make(queue="q", priority=3, timeout=2.5, max_retries=5, interval=60.0)
+    await store.enqueue([task])
+    got = await store.get(task.id)
+    assert got == task
+
+
+async def test_get_unknown_id_is_none(store: Storage) -> None:
+    assert await store.get("no-such-id") is None
+
+
+async def test_claim_marks_running_charges_an_attempt_and_leases(store: Storage) -> None:
+    task = make()
+    await store.enqueue([task])
+    [claimed] = await claim(store)
+    assert claimed.id == task.id
+    assert claimed.status is TaskStatus.RUNNING
+    assert claimed.attempts == 1
+    assert claimed.lease_token and claimed.lease_until == NOW + 30
+    assert claimed.worker_id == "w1"
+    assert (await store.get(task.id)).status is TaskStatus.RUNNING  # type: ignore[union-attr]
+
+
+async def test_claim_order_is_priority_then_eta_then_fifo(store: Storage) -> None:
+    a = make(eta=NOW - 5)
+    b = make(eta=NOW - 5)
+    c = make(eta=NOW - 9)
+    urgent = make(eta=NOW - 1, priority=10)
+    await store.enqueue([a, b])
+    await store.enqueue([c, urgent])
+    claimed = await claim(store, limit=4)
+    assert [t.id for t in claimed] == [urgent.id, c.id, a.id, b.id]
+
+
+async def test_claim_respects_limit_eta_and_queue(store: Storage) -> None:
+    due = [make() for _ in range(3)]
+    future = make(eta=NOW + 100)
+    other = make(queue="other")
+    await store.enqueue([*due, future, other])
+    first = await claim(store, limit=2)
+    second = await claim(store, limit=10)
+    assert len(first) == 2 and len(second) == 1
+    assert {t.id for t in first + second} == {t.id for t in due}
+    assert await claim(store) == []
+    assert [t.id for t in await claim(store, now=NOW + 101)] == [future.id]
+    assert [t.id for t in await claim(store, queues=("other",))] == [other.id]
+
+
+async def test_settle_completed_stores_result_and_clears_lease(store: Storage) -> None:
+    await store.enqueue([make()])
+    [t] = await claim(store)
+    ok = await store.settle(
+        [Settlement(t.id, t.lease_token or "", TaskStatus.COMPLETED, result=b"r", finished_at=NOW)]
+    )
+    assert ok == [True]
+    got = await store.get(t.id)
+    assert got is not None and got.status is TaskStatus.COMPLETED
+    assert got.result == b"r" and got.finished_at == NOW
+    assert got.lease_token is None and got.lease_until is None
+
+
+async def test_settle_is_fenced_by_the_lease_token(store: Storage) -> None:
+    await store.enqueue([make()])
+    [t] = await claim(store)
+    stale = Settlement(t.id, "not-the-token", TaskStatus.COMPLETED, result=b"late")
+    assert await store.settle([stale]) == [False]
+    assert (await store.get(t.id)).status is TaskStatus.RUNNING  # type: ignore[union-attr]
+    good = Settlement(t.id, t.lease_token or "", TaskStatus.FAILED, finished_at=NOW)
+    assert await store.settle([good, good]) == [True, False]  # second write: lease is gone
+
+
+async def test_retry_settlement_requeues_with_eta_and_error(store: Storage) -> None:
+    await store.enqueue([make()])
+    [t] = await claim(store)
+    err = TaskError("ValueError", "boom", kind=ErrorKind.EXCEPTION.value)
+    retry = Settlement(t.id, t.lease_token or "", TaskStatus.PENDING, error=err, eta=NOW + 5)
+    assert await store.settle([retry]) == [True]
+    got = await store.get(t.id)
+    assert got is not None and got.status is TaskStatus.PENDING
+    assert got.eta == NOW + 5 and got.error == err and got.attempts == 1
+    assert await claim(store) == []
+    [again] = await claim(store, now=NOW + 5)
+    assert again.attempts == 2
+
+
+async def test_uncharged_release_gives_the_attempt_back(store: Storage) -> None:
+    await store.enqueue([make()])
+    [t] = await claim(store)
+    release = Settlement(t.id, t.lease_token or "", TaskStatus.PENDING, uncharge=True)
+    assert await store.settle([release]) == [True]
+    got = await store.get(t.id)
+    assert got is not None and got.status is TaskStatus.PENDING and got.attempts == 0
+
+
+async def test_follow_up_task_is_inserted_with_the_settlement(store: Storage) -> None:
+    await store.enqueue([make(interval=10.0)])
+    [t] = await claim(store)
+    nxt = make(interval=10.0, eta=NOW + 10)
+    done = Settlement(
+        t.id, t.lease_token or "", TaskStatus.COMPLETED, finished_at=NOW, follow_up=nxt
+    )
+    assert await store.settle([done]) == [True]
+    assert (await store.get(nxt.id)) == nxt
+
+
+async def test_extend_leases_reports_lost_ones(store: Storage) -> None:
+    await store.enqueue([make(), make()])
+    a, b = await claim(store)
+    lost = await store.extend_leases({a.id: a.lease_token or "", b.id: "stolen"}, NOW + 99)
+    assert lost == {b.id}
+    assert (await store.get(a.id)).lease_until == NOW + 99  # type: ignore[union-attr]
+
+
+async def test_expired_lists_running_tasks_past_their_lease(store: Storage) -> None:
+    await store.enqueue([make(), make()])
+    a, b = await claim(store)
+    await store.extend_leases({b.id: b.lease_token or ""}, NOW + 500)
+    assert await store.expired(NOW + 10, 100) == []
+    expired = await store.expired(NOW + 31, 100)
+    assert [t.id for t in expired] == [a.id]
+    assert expired[0].lease_token == a.lease_token
+
+
+async def test_cancel_pending_only(store: Storage) -> None:
+    pending, running = make(), make()
+    await store.enqueue([running])
+    await claim(store)
+    await store.enqueue([pending])
+    got = await store.cancel(pending.id, NOW)
+    assert got is not None and got.status is TaskStatus.CANCELLED
+    assert await claim(store) == []
+    still = await store.cancel(running.id, NOW)
+    assert still is not None and still.status is TaskStatus.RUNNING
+    assert await store.cancel("nope", NOW) is None
+
+
+async def test_stats_counts_by_status(store: Storage) -> None:
+    await store.enqueue([make(), make(), make(eta=NOW + 50), make(queue="b")])
+    [t] = await claim(store, limit=1)
+    retry = Settlement(t.id, t.lease_token or "", TaskStatus.PENDING, eta=NOW + 5)
+    await store.settle([retry])
+    s = await store.stats(["default"], NOW)
+    assert (s.pending, s.due, s.retrying, s.running) == (3, 1, 1, 0)
+    everything = await store.stats(None, NOW)
+    assert everything.pending == 4 and everything.unfinished == 4
+
+
+async def test_worker_heartbeats(store: Storage) -> None:
+    info = WorkerInfo("w1", "host", 42, 2, ("default", "b"), NOW, NOW)
+    await store.heartbeat(info)
+    assert await store.workers(NOW - 1) == [info]
+    assert await store.workers(NOW + 1) == []
+    await store.remove_worker("w1")
+    assert await store.workers(0) == []
+
+
+async def test_large_payload_and_result_round_trip(store: Storage) -> None:
+    blob = bytes(range(256)) * 40_000  # 10 MiB, every byte value
+    task = make(payload=blob)
+    await store.enqueue([task])
+    [t] = await claim(store)
+    await store.settle([Settlement(t.id, t.lease_token or "", TaskStatus.COMPLETED, result=blob)])
+    got = await store.get(t.id)
+    assert got is not None and got.payload == blob and got.result == blob
+
+
+async def test_concurrent_claims_in_one_loop_never_share_a_task(store: Storage) -> None:
+    await store.enqueue([make() for _ in range(50)])
+    batches = await asyncio.gather(*(claim(store, limit=7) for _ in range(10)))
+    ids = [t.id for batch in batches for t in batch]
+    assert len(ids) == 50 and len(set(ids)) == 50
+
+
+# -- persistence and cross-process behaviour -------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", PERSISTENT)
+async def test_tasks_survive_reopen(backend: str, tmp_path: Path) -> None:
+    first = BACKENDS[backend](tmp_path)
+    await first.open()
+    task = make()
+    await first.enqueue([task])
+    await first.close()
+    second = BACKENDS[backend](tmp_path)
+    await second.open()
+    assert await second.get(task.id) == task
+    await second.close()
+
+
+def _claim_in_child(backend: str, folder: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    async def run() -> list[str]:
+        store = BACKENDS[backend](Path(folder))
+        await store.open()
+        got: list[str] = []
+        while batch := await store.claim(["default"], 3, time.time(), time.time() + 30, "c"):
+            got += [t.id for t in batch]
+        await store.close()
+        return got
+
+    out.put(asyncio.run(run()))
+
+
+@pytest.mark.parametrize("backend", PERSISTENT)
+async def test_two_processes_claiming_never_get_the_same_task(
+    backend: str, tmp_path: Path
+) -> None:
+    store = BACKENDS[backend](tmp_path)
+    await store.open()
+    tasks = [make(eta=0.0) for _ in range(300)]
+    await store.enqueue(tasks)
+    await store.close()
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claim_in_child, args=(backend, str(tmp_path), out)) for _ in "ab"]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(10)
+    ids = results[0] + results[1]
+    assert sorted(ids) == sorted(t.id for t in tasks)  # each exactly once
+
+
+@pytest.mark.parametrize("content", [b"this is not a database at all" * 10, b""])
+async def test_sqlite_refuses_a_file_that_is_not_a_database(content: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "omniq.db"
+    path.write_bytes(content)
+    with pytest.raises(StorageError, match=r"omniq\.db"):
+        await SQLiteStorage(path).open()
+    assert path.read_bytes() == content  # never overwritten
+
+
+async def test_sqlite_refuses_a_folder_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "data").write_text("x")
+    with pytest.raises(StorageError, match="not a directory"):
+        await SQLiteStorage(tmp_path / "data" / "omniq.db").open()
+
+
+async def test_file_store_refuses_a_folder_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "store").write_text("x")
+    with pytest.raises(StorageError, match="not a directory"):
+        await FileStorage(tmp_path / "store").open()
