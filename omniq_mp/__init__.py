@@ -1,9 +1,9 @@
 """omniq_mp: a durable, multiprocess, CPU-oriented task queue.
 
-    from omniq_mp import OmniQ
-    with OmniQ() as q:
-        task_id = q.enqueue(lambda x: x * 2, 21)
-        assert q.get_result(task_id, timeout=10) == 42
+from omniq_mp import OmniQ
+with OmniQ() as q:
+    task_id = q.enqueue(lambda x: x * 2, 21)
+    assert q.get_result(task_id, timeout=10) == 42
 """
 
 from __future__ import annotations

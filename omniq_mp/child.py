@@ -96,7 +96,11 @@ def _failure(
     if what is not None:
         message = f"{what} cannot be pickled or unpickled: {error.error_type}: {error.message}"
         error = TaskError(
-            "SerializationError", message, error.traceback, False, error.retry_count,
+            "SerializationError",
+            message,
+            error.traceback,
+            False,
+            error.retry_count,
             kind=kind.value,
         )
     return {"ok": False, "error": error.to_dict()}

@@ -66,8 +66,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_dir", Path(self.base_dir))
-        if isinstance(self.queues, str):
-            object.__setattr__(self, "queues", _split_queues(self.queues))
+        queues: Any = self.queues  # "a,b" is accepted too, as from the CLI or environment
+        if isinstance(queues, str):
+            object.__setattr__(self, "queues", _split_queues(queues))
         _check_choice("backend", self.backend, BACKENDS)
         _check_choice("start_method", self.start_method, START_METHODS)
         _check_choice("sqlite_synchronous", self.sqlite_synchronous.upper(), ("FULL", "NORMAL"))

@@ -303,9 +303,15 @@ class OmniQ:
         self._async = AsyncOmniQ(settings, config=config, storage=storage, **overrides)
         self.settings = self._async.settings
         self._loop = LoopThread()
+        # Close at interpreter exit if the user did not: stops workers, closes the store.
         ref = weakref.ref(self)
-        self._atexit = lambda: (o := ref()) is not None and o.close()
-        atexit.register(self._atexit)
+
+        def close_at_exit() -> None:
+            if (omniq := ref()) is not None:
+                omniq.close()
+
+        self._atexit = close_at_exit
+        atexit.register(close_at_exit)
 
     def __enter__(self) -> OmniQ:
         try:

@@ -62,8 +62,9 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
     return _decode(head, body)
 
 
-def send_frame(sock: socket.socket, kind: str, meta: dict[str, Any] | None = None,
-               body: bytes = b"") -> None:
+def send_frame(
+    sock: socket.socket, kind: str, meta: dict[str, Any] | None = None, body: bytes = b""
+) -> None:
     """Blocking write of one frame (the worker side)."""
     for part in encode(kind, meta, body):
         if part:

@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-class TaskStatus(str, enum.Enum):
+class TaskStatus(enum.StrEnum):
     """Where a task is in its life. PENDING covers both due and scheduled (future ``eta``)."""
 
     PENDING = "PENDING"
@@ -47,7 +47,7 @@ class TaskStatus(str, enum.Enum):
 _TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
-class ErrorKind(str, enum.Enum):
+class ErrorKind(enum.StrEnum):
     """Why an attempt failed; decides whether a retry can help."""
 
     EXCEPTION = "exception"  # the task raised
@@ -203,7 +203,7 @@ class Settlement:
     follow_up: Task | None = None
 
 
-class OutcomeKind(str, enum.Enum):
+class OutcomeKind(enum.StrEnum):
     """How one attempt ended, as seen by the supervisor."""
 
     SUCCEEDED = "succeeded"

@@ -359,9 +359,7 @@ class ProcessPool:
         await asyncio.gather(*self._respawns, return_exceptions=True)
         workers = list(self._workers)
         busy = set(self._running.values())
-        await asyncio.gather(
-            *(w.kill(self.kill_grace) if w in busy else w.stop() for w in workers)
-        )
+        await asyncio.gather(*(w.kill(self.kill_grace) if w in busy else w.stop() for w in workers))
         for worker in workers:
             self._forget(worker)
 
@@ -391,7 +389,9 @@ class ProcessPool:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
-            logger.bind(action="worker_replaced").debug("worker {} replaced by {}", old.pid, new.pid)
+            logger.bind(action="worker_replaced").debug(
+                "worker {} replaced by {}", old.pid, new.pid
+            )
             if self.on_respawn is not None:
                 self.on_respawn(old.pid, new.pid)
             self._idle.put_nowait(new)

@@ -163,7 +163,8 @@ class AsyncWorkerPool:
                 break
             await self._sleep(deadline)
         await self._release_ready()
-        await self._drained()
+        if not self._stopping:  # on a stop request, stop() owns the grace period
+            await self._drained()
         return self.processed - first
 
     async def _claim(self, budget: int | None) -> int:

@@ -223,7 +223,7 @@ class SQLiteStorage:
 
     async def stats(self, queues: Sequence[str] | None, now: float) -> QueueStats:
         """Counts by status in one grouped query."""
-        where, params = "", [now]
+        where, params = "", list[Any]([now])
         if queues is not None:
             where = f"WHERE queue IN ({', '.join('?' * len(queues))})"
             params += list(queues)

@@ -249,9 +249,7 @@ def _claim_in_child(backend: str, folder: str, out: multiprocessing.Queue) -> No
 
 
 @pytest.mark.parametrize("backend", PERSISTENT)
-async def test_two_processes_claiming_never_get_the_same_task(
-    backend: str, tmp_path: Path
-) -> None:
+async def test_two_processes_claiming_never_get_the_same_task(backend: str, tmp_path: Path) -> None:
     store = BACKENDS[backend](tmp_path)
     await store.open()
     tasks = [make(eta=0.0) for _ in range(300)]

@@ -1,0 +1,324 @@
+"""The ``omniq-mp`` command.
+
+Usage errors exit 2 (click's convention), runtime errors (an unusable store, a failed
+task in ``result``) exit 1 with one line on stderr; no tracebacks for expected failures.
+SIGTERM or SIGINT stops ``workers`` gracefully; a second one stops it at once, and
+either way unfinished tasks go back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from omniq_mp import logging as omniq_logging
+from omniq_mp.config import BACKENDS, START_METHODS, Settings
+from omniq_mp.core import AsyncOmniQ, OmniQ
+from omniq_mp.errors import ConfigError, OmniqError, ResultTimeoutError, TaskFailedError
+from omniq_mp.models import TaskStatus
+from omniq_mp.runtime import run
+from omniq_mp.worker import HEARTBEAT_INTERVAL, AsyncWorkerPool
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def store_options(fn: F) -> F:
+    """``--backend`` and ``--base-dir``, shared by every command."""
+    fn = click.option(
+        "--base-dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Store folder [env OMNIQ_BASE_DIR; default ./omniq_data].",
+    )(fn)
+    return click.option(
+        "--backend",
+        type=click.Choice([b for b in BACKENDS if b != "memory"]),
+        default=None,
+        help="Storage backend [env OMNIQ_BACKEND; default sqlite].",
+    )(fn)
+
+
+def _settings(**explicit: Any) -> Settings:
+    try:
+        return Settings.from_env(**explicit)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def handles_errors(fn: F) -> F:
+    """Turn expected failures into one line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OmniqError as exc:
+            _fail(str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING ... [env OMNIQ_LOG_LEVEL].")
+@click.version_option(package_name="omniq_mp")
+@click.pass_context
+def cli(ctx: click.Context, log_level: str | None) -> None:
+    """omniq-mp: a durable multiprocess task queue."""
+    if log_level is None and ctx.invoked_subcommand == "demo":
+        log_level = os.environ.get("OMNIQ_LOG_LEVEL", "WARNING")  # keep the demo readable
+    try:
+        omniq_logging.configure(level=log_level)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@cli.command()
+@store_options
+@click.option("--procs", type=click.IntRange(min=1), default=None, help="Worker processes.")
+@click.option("--queues", default=None, help="Comma-separated queues to serve.")
+@click.option("--burst", is_flag=True, help="Exit once no task is due, running or retrying.")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1), default=None)
+@click.option("--start-method", type=click.Choice(START_METHODS), default=None)
+@click.option(
+    "--shutdown-grace",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds running tasks get on SIGTERM before they are killed and requeued.",
+)
+@handles_errors
+def workers(burst: bool, **options: Any) -> None:
+    """Run a supervisor and its worker processes against the store."""
+    settings = _settings(**options)
+    done = run(_serve(settings, burst))
+    click.echo(f"omniq-mp workers: {done} task attempt(s) settled", err=True)
+
+
+async def _serve(settings: Settings, burst: bool) -> int:
+    omniq = AsyncOmniQ(settings)
+    await omniq.open()
+    try:
+        workers = omniq.worker_pool()
+        _install_signal_handlers(workers)
+        await workers.start()
+        try:
+            return await workers.process_tasks(burst=burst)
+        finally:
+            await workers.stop()
+    finally:
+        await omniq.close()
+
+
+def _install_signal_handlers(workers: AsyncWorkerPool) -> None:
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            click.echo("omniq-mp workers: stopping gracefully (signal again to force)", err=True)
+            workers.request_stop()
+        else:
+            workers.pool.abort_all(f"fast shutdown on signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+@cli.command()
+@store_options
+@click.argument("func_path")
+@click.argument("args", nargs=-1)
+@click.option("--kwargs", "kwargs_json", default=None, help="JSON object, e.g. '{\"x\": 1}'.")
+@click.option("--queue", default=None)
+@click.option("--priority", type=int, default=0)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--max-retries", type=click.IntRange(min=0), default=None)
+@click.option(
+    "--delay",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds to wait before the task is due.",
+)
+@handles_errors
+def enqueue(
+    func_path: str,
+    args: tuple[str, ...],
+    kwargs_json: str | None,
+    delay: float | None,
+    backend: str | None,
+    base_dir: Path | None,
+    **options: Any,
+) -> None:
+    """Enqueue FUNC_PATH (package.module.function) with ARGS (each parsed as JSON when it
+    is valid JSON, else taken as a string); prints the task id."""
+    if "." not in func_path.replace(":", "."):
+        raise click.BadParameter(
+            "expected a dotted path like package.module.function", param_hint="FUNC_PATH"
+        )
+    kwargs = _parse_kwargs(kwargs_json)
+    q = OmniQ(_settings(backend=backend, base_dir=base_dir))
+    try:
+        eta = None if delay is None else _timedelta(delay)
+        task_id = q.enqueue(
+            func_path, args=[_parse_value(a) for a in args], kwargs=kwargs, eta=eta, **options
+        )
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        q.close()
+    click.echo(task_id)
+
+
+def _timedelta(seconds: float) -> Any:
+    from datetime import timedelta
+
+    return timedelta(seconds=seconds)
+
+
+def _parse_kwargs(text: str | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--kwargs") from None
+    if not isinstance(value, dict):
+        raise click.BadParameter("must be a JSON object", param_hint="--kwargs")
+    return value
+
+
+@cli.command()
+@store_options
+@click.argument("task_id")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Seconds to wait for the task to finish.",
+)
+@handles_errors
+def result(task_id: str, wait: float, **options: Any) -> None:
+    """Print the result of TASK_ID (exit 1 if it failed or is not finished)."""
+    q = OmniQ(_settings(**options))
+    try:
+        value = q.get_result(task_id, timeout=wait)
+    except TaskFailedError as exc:
+        click.echo(exc.traceback, err=True) if exc.traceback else None
+        _fail(str(exc))
+    except ResultTimeoutError as exc:
+        _fail(str(exc))
+    finally:
+        q.close()
+    click.echo(repr(value))
+
+
+@cli.command()
+@store_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handles_errors
+def status(as_json: bool, **options: Any) -> None:
+    """Show task counts by status and the live workers."""
+    settings = _settings(**options)
+    stats, live = run(_status(settings))
+    if as_json:
+        click.echo(json.dumps({"tasks": stats.__dict__, "workers": [w.__dict__ for w in live]}))
+        return
+    click.echo(f"store: {settings.backend} at {settings.base_dir}")
+    for name, count in stats.__dict__.items():
+        click.echo(f"  {name:<10} {count}")
+    click.echo(f"workers alive: {len(live)}")
+    for w in live:
+        click.echo(f"  {w.worker_id}  procs={w.procs} queues={','.join(w.queues)}")
+
+
+async def _status(settings: Settings) -> tuple[Any, list[Any]]:
+    omniq = AsyncOmniQ(settings)
+    try:
+        stats = await omniq.stats()
+        live = await omniq.storage.workers(time.time() - 3 * HEARTBEAT_INTERVAL)
+        return stats, live
+    finally:
+        await omniq.close()
+
+
+@cli.command()
+@store_options
+@click.option("--procs", type=click.IntRange(min=1), default=None, help="Worker processes.")
+@handles_errors
+def demo(**options: Any) -> None:
+    """Enqueue a mix of tasks into the store, run them, and print a summary."""
+    from omniq_mp.demo import demo_tasks
+
+    settings = _settings(**options)
+    began = time.perf_counter()
+    with OmniQ(settings) as q, tempfile.TemporaryDirectory() as scratch:
+        labelled = [
+            (label, q.enqueue(fn, *args, **opts))
+            for label, fn, args, opts in demo_tasks(Path(scratch))
+        ]
+        click.echo(
+            f"enqueued {len(labelled)} tasks into {settings.backend} store "
+            f"{settings.base_dir}; running on {settings.procs} processes",
+            err=True,
+        )
+        _follow(q, [tid for _, tid in labelled])
+        click.echo(_summary(q, labelled, time.perf_counter() - began))
+
+
+def _follow(q: OmniQ, ids: list[str]) -> None:
+    with click.progressbar(length=len(ids), label="tasks", file=sys.stderr) as bar:
+        done: set[str] = set()
+        while len(done) < len(ids):
+            for tid in ids:
+                task = q.get_task(tid)
+                if tid not in done and task is not None and task.status.is_terminal:
+                    done.add(tid)
+                    bar.update(1)
+            time.sleep(0.05)
+
+
+def _summary(q: OmniQ, labelled: list[tuple[str, str]], elapsed: float) -> str:
+    lines = [f"{'task':<22} {'status':<10} {'runs':>4}  result or error"]
+    counts: dict[str, int] = {}
+    for label, tid in labelled:
+        task = q.get_task(tid)
+        assert task is not None
+        counts[task.status.value] = counts.get(task.status.value, 0) + 1
+        if task.status is TaskStatus.COMPLETED:
+            shown = repr(q.get_result(tid))
+        else:
+            shown = str(task.error)
+        lines.append(f"{label:<22} {task.status.value:<10} {task.attempts:>4}  {shown[:90]}")
+    totals = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+    lines.append(f"\n{len(labelled)} tasks in {elapsed:.1f}s: {totals}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="omniq-mp")
