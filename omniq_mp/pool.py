@@ -379,6 +379,8 @@ class ProcessPool:
                 await old._await_exit(2.0)
             if old.alive:
                 await old.kill(self.kill_grace)
+        # A worker that crashed on its own may leave grandchildren in its process group.
+        _signal_all(old.pid, signal.SIGKILL, [])
         self._forget(old)
         delay = 0.5
         while not self._closing:

@@ -91,6 +91,7 @@ class MemoryStorage:
             for t in self._tasks.values()
             if t.status is TaskStatus.RUNNING and (t.lease_until or 0) < now
         ]
+        found.sort(key=lambda t: t.lease_until or 0)
         return found[:limit]
 
     async def get(self, task_id: str) -> Task | None:

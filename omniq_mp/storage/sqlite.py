@@ -135,7 +135,10 @@ class SQLiteStorage:
         async def body(conn: aiosqlite.Connection) -> None:
             await conn.executemany(_INSERT, rows)
 
-        await self._transaction(body)
+        try:
+            await self._transaction(body)
+        except sqlite3.IntegrityError as exc:  # the whole batch was rolled back
+            raise ValueError(f"a task id in this batch already exists: {exc}") from None
 
     async def claim(
         self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker_id: str

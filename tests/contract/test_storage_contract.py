@@ -53,6 +53,16 @@ async def test_enqueue_then_get_round_trips_every_field(store: Storage) -> None:
     assert got == task
 
 
+async def test_duplicate_id_is_refused_and_the_batch_is_not_stored(store: Storage) -> None:
+    first = make()
+    await store.enqueue([first])
+    fresh = make()
+    with pytest.raises(ValueError, match="already exists"):
+        await store.enqueue([fresh, first])
+    assert await store.get(fresh.id) is None
+    assert (await store.stats(None, NOW)).pending == 1
+
+
 async def test_get_unknown_id_is_none(store: Storage) -> None:
     assert await store.get("no-such-id") is None
 
