@@ -18,15 +18,20 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+from omniq_mp import AsyncOmniQ, Settings
 
 __all__ = [
     "Figure",
     "Timer",
+    "fresh_store",
     "load_figures",
     "machine_line",
     "markdown_table",
@@ -35,6 +40,7 @@ __all__ = [
     "print_figures",
     "report",
     "save_figures",
+    "scratch_dir",
     "spread",
 ]
 
@@ -142,6 +148,29 @@ def print_figures(figures: Sequence[Figure], *, with_bench: bool = False) -> Non
     print(figures_table(figures, with_bench=with_bench), flush=True)
 
 
+# -- stores ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A temporary directory (under ``$TMPDIR``), removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="omniq-bench-") as path:
+        yield Path(path)
+
+
+@asynccontextmanager
+async def fresh_store(**settings: Any) -> AsyncIterator[AsyncOmniQ]:
+    """An opened producer (no embedded supervisor) over an empty SQLite store in a scratch
+    directory; ``settings`` are :class:`Settings` fields such as ``procs=2``."""
+    with scratch_dir() as base_dir:
+        q = AsyncOmniQ(Settings(base_dir=base_dir, **settings))
+        await q.open()
+        try:
+            yield q
+        finally:
+            await q.close()
+
+
 # -- command line and hand-off to run_all ----------------------------------------------------
 
 
@@ -213,13 +242,15 @@ def _version(package: str) -> str:
 
 
 def machine_line() -> str:
-    """One line: CPU, cores, OS, Python, SQLite, uvloop, and the temp dir's filesystem."""
+    """One line: CPU, cores, OS, Python, SQLite, uvloop, the temp dir's filesystem (it
+    decides what an fsync costs) and the load average (other work skews every figure)."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     tmp = tempfile.gettempdir()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return (
         f"{cpu_model()}, {os.cpu_count()} cores ({usable} usable), "
         f"{platform.system()} {platform.release()}, "
         f"Python {platform.python_version()} ({sys.implementation.name}), "
         f"SQLite {sqlite3.sqlite_version}, uvloop {_version('uvloop')}, "
-        f"temp dir {tmp} on {filesystem_of(tmp)}"
+        f"temp dir {tmp} on {filesystem_of(tmp)}, load average {load}"
     )

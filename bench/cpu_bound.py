@@ -1,6 +1,6 @@
 """CPU-bound tasks through the full durable stack on 2 worker processes.
 
-A pure-Python loop is first calibrated in this process to take about 20 ms. Then T tasks
+A pure-Python loop is first calibrated in this process to take about 20 ms of CPU time. Then T tasks
 running it (200; 20 with ``--quick``) go through the whole stack: ``enqueue_tasks`` into a
 fresh SQLite store (default ``synchronous=FULL``) and ``process_tasks(limit=T)`` on a
 ``worker_pool(concurrency=2)`` whose processes are already up, timed from the enqueue
@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import statistics
-import tempfile
 import time
 
-from _common import Figure, Timer, parse_args, report
+from _common import Figure, Timer, fresh_store, parse_args, report
 
-from omniq_mp import AsyncOmniQ, Settings
 from omniq_mp.runtime import run
 
 BENCH = "cpu_bound"
@@ -34,13 +32,14 @@ def spin(n: int) -> int:
     return total & 0xFFFF
 
 
-def time_spin(n: int, repeats: int = 5) -> float:
-    """Median seconds of ``spin(n)`` in this process."""
+def time_spin(n: int, repeats: int = 7) -> float:
+    """Median CPU seconds of ``spin(n)`` in this process (CPU time, so that other load on
+    the machine does not shorten the calibrated task)."""
     samples = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         spin(n)
-        samples.append(time.perf_counter() - start)
+        samples.append(time.process_time() - start)
     return statistics.median(samples)
 
 
@@ -57,16 +56,10 @@ def calibrate(seconds: float) -> int:
 
 async def durable_wall(tasks: int, n: int) -> float:
     """Seconds from enqueue of ``tasks`` spins to every result stored, pool already up."""
-    with tempfile.TemporaryDirectory(prefix="omniq-bench-") as base_dir:
-        q = AsyncOmniQ(Settings(base_dir=base_dir, procs=PROCS))
-        await q.open()
-        try:
-            async with q.worker_pool(concurrency=PROCS) as w:
-                with Timer() as t:
-                    await q.enqueue_tasks([q.build(spin, n) for _ in range(tasks)])
-                    done = await w.process_tasks(limit=tasks)
-        finally:
-            await q.close()
+    async with fresh_store(procs=PROCS) as q, q.worker_pool(concurrency=PROCS) as w:
+        with Timer() as t:
+            await q.enqueue_tasks([q.build(spin, n) for _ in range(tasks)])
+            done = await w.process_tasks(limit=tasks)
     if done != tasks:
         print(f"  note: process_tasks settled {done} of {tasks} tasks")
     return t.seconds
@@ -87,7 +80,7 @@ def measure(quick: bool) -> list[Figure]:
     n = calibrate(TASK_SECONDS)
     per_task = time_spin(n)
     ideal = tasks * per_task / PROCS
-    print(f"calibrated: spin({n:,}) takes {per_task * 1000:.1f} ms in this process")
+    print(f"calibrated: spin({n:,}) takes {per_task * 1000:.1f} ms of CPU in this process")
     print(f"{tasks} tasks on {PROCS} processes: ideal {ideal:.2f} s")
     durable = run(durable_wall(tasks, n))
     reference = executor_wall(tasks, n)

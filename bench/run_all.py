@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-from _common import Figure, load_figures, machine_line, parse_args, print_figures, save_figures
+from _common import (
+    Figure,
+    load_figures,
+    machine_line,
+    parse_args,
+    print_figures,
+    save_figures,
+    scratch_dir,
+)
 
 BENCHMARKS = ("throughput", "cpu_bound", "timeout_kill")
 HERE = Path(__file__).resolve().parent
@@ -37,9 +44,9 @@ def main() -> None:
     args = parse_args(__doc__)
     headlines: list[Figure] = []
     failed: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="omniq-bench-") as tmp:
+    with scratch_dir() as tmp:
         for name in BENCHMARKS:
-            figures = run_script(name, args.quick, Path(tmp) / f"{name}.json")
+            figures = run_script(name, args.quick, tmp / f"{name}.json")
             if figures is None:
                 failed.append(name)
             else:

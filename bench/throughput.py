@@ -11,24 +11,25 @@ What is measured, each in a fresh store in a temporary directory, for
   already up, timed from the call until it returns with every result stored; results
   stored per second.
 
-For reference: the same drain with the in-memory backend (the supervisor and process pool
-without SQLite), and the stdlib ``ProcessPoolExecutor(2)`` running the same N no-ops
+For reference: omniq_mp's own ``ProcessPool`` running the same N no-ops with no storage and
+no supervisor (the IPC cost alone), and the stdlib ``ProcessPoolExecutor(2)`` running them
 (submit all, wait for all, after a warm-up) as the in-memory ceiling. Each durable run is
 repeated (3 times, once with ``--quick``) and the median is reported.
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import statistics
-import tempfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from _common import Figure, Timer, parse_args, report, spread
+from _common import Figure, Timer, fresh_store, parse_args, report, spread
 
-from omniq_mp import AsyncOmniQ, Settings
+from omniq_mp import AsyncOmniQ
+from omniq_mp.models import Task
+from omniq_mp.pool import ProcessPool
+from omniq_mp.queue import build_task
 from omniq_mp.runtime import run
 
 BENCH = "throughput"
@@ -48,21 +49,6 @@ class Rates:
     enqueue_batched: float
     enqueue_single: float
     drain: float
-
-
-@asynccontextmanager
-async def fresh_store(backend: str = "sqlite", sync: str = "FULL") -> AsyncIterator[AsyncOmniQ]:
-    """An opened producer (no embedded supervisor) over an empty store in a temp dir."""
-    with tempfile.TemporaryDirectory(prefix="omniq-bench-") as base_dir:
-        settings = Settings(
-            backend=backend, base_dir=base_dir, procs=PROCS, sqlite_synchronous=sync
-        )
-        q = AsyncOmniQ(settings)
-        await q.open()
-        try:
-            yield q
-        finally:
-            await q.close()
 
 
 async def enqueue_batched(q: AsyncOmniQ, n: int) -> float:
@@ -93,19 +79,31 @@ async def drain(q: AsyncOmniQ, n: int) -> float:
 
 async def durable_run(n: int, sync: str) -> Rates:
     """One run of the three durable measurements, each in its own fresh store."""
-    async with fresh_store(sync=sync) as q:
+    async with fresh_store(procs=PROCS, sqlite_synchronous=sync) as q:
         batched = await enqueue_batched(q, n)
         drained = await drain(q, n)
-    async with fresh_store(sync=sync) as q:
+    async with fresh_store(procs=PROCS, sqlite_synchronous=sync) as q:
         single = await enqueue_single(q, max(n // 5, 1))
     return Rates(batched, single, drained)
 
 
-async def memory_drain(n: int) -> float:
-    """The drain with the in-memory backend: supervisor and pool cost without SQLite."""
-    async with fresh_store(backend="memory") as q:
-        await q.enqueue_tasks([q.build(noop) for _ in range(n)])
-        return await drain(q, n)
+async def pool_rate(n: int) -> float:
+    """omniq_mp's own ProcessPool alone (no storage, no supervisor): 2 lanes, each acquiring
+    a worker and running the next no-op on it; returns tasks/s."""
+    tasks = [build_task(noop) for _ in range(n)]
+    pool = ProcessPool(PROCS)
+    await pool.start()
+
+    async def lane(mine: list[Task]) -> None:
+        for task in mine:
+            await pool.run(await pool.acquire(), task)
+
+    try:
+        with Timer() as t:
+            await asyncio.gather(*(lane(tasks[i::PROCS]) for i in range(PROCS)))
+    finally:
+        await pool.close()
+    return n / t.seconds
 
 
 def executor_rate(n: int) -> float:
@@ -124,7 +122,7 @@ def repeated(times: int, n: int, sync: str) -> list[Rates]:
 
 def median_of(runs: list[Rates], field: str) -> float:
     """The median of one field over repeated runs."""
-    return statistics.median(getattr(r, field) for r in runs)
+    return statistics.median(float(getattr(r, field)) for r in runs)
 
 
 def print_runs(sync: str, runs: list[Rates]) -> None:
@@ -136,34 +134,17 @@ def print_runs(sync: str, runs: list[Rates]) -> None:
 
 def durable_figures(sync: str, runs: list[Rates], n: int, ceiling: float) -> list[Figure]:
     """Figures for one synchronous mode; FULL (the default) ones are headlines."""
-    full = sync == "FULL"
     drain_rate = median_of(runs, "drain")
+
+    def figure(metric: str, value: float, unit: str, target: str = "") -> Figure:
+        headline = sync == "FULL" or bool(target)
+        return Figure(BENCH, f"{metric} ({sync})", value, unit, target, headline)
+
     return [
-        Figure(
-            BENCH,
-            f"enqueue, batches of {BATCH} ({sync})",
-            median_of(runs, "enqueue_batched"),
-            "tasks/s",
-            headline=full,
-        ),
-        Figure(
-            BENCH,
-            f"enqueue, one by one ({sync})",
-            median_of(runs, "enqueue_single"),
-            "tasks/s",
-            headline=full,
-        ),
-        Figure(
-            BENCH,
-            f"drain {n} no-ops, 2 procs ({sync})",
-            drain_rate,
-            "results/s",
-            f"> {DRAIN_TARGET:,.0f}",
-            headline=True,
-        ),
-        Figure(
-            BENCH, f"drain / ProcessPoolExecutor ({sync})", drain_rate / ceiling, "x", headline=full
-        ),
+        figure(f"enqueue, batches of {BATCH}", median_of(runs, "enqueue_batched"), "tasks/s"),
+        figure("enqueue, one by one", median_of(runs, "enqueue_single"), "tasks/s"),
+        figure(f"drain {n:,} no-ops, 2 procs", drain_rate, "results/s", f"> {DRAIN_TARGET:,.0f}"),
+        figure("drain / ProcessPoolExecutor", drain_rate / ceiling, "x"),
     ]
 
 
@@ -171,17 +152,17 @@ def measure(quick: bool) -> list[Figure]:
     """Every figure of this script."""
     n, times = (300, 1) if quick else (5_000, 3)
     figures: list[Figure] = []
-    ceiling = executor_rate(n)
-    print(f"ProcessPoolExecutor(2), {n} no-ops: {ceiling:,.0f} tasks/s")
+    ceiling = statistics.median(executor_rate(n) for _ in range(times))
+    print(f"ProcessPoolExecutor(2), {n:,} no-ops: {ceiling:,.0f} tasks/s")
     for sync in ("FULL", "NORMAL"):
         runs = repeated(times, n, sync)
         print_runs(sync, runs)
         figures += durable_figures(sync, runs, n, ceiling)
-    memory = statistics.median(run(memory_drain(n)) for _ in range(times))
-    print(f"memory backend drain: {memory:,.0f} results/s")
+    bare = statistics.median(run(pool_rate(n)) for _ in range(times))
+    print(f"ProcessPool alone (no storage, no supervisor): {bare:,.0f} tasks/s")
     figures += [
-        Figure(BENCH, f"drain {n} no-ops, memory backend", memory, "results/s"),
-        Figure(BENCH, f"ProcessPoolExecutor(2), {n} no-ops", ceiling, "tasks/s", headline=True),
+        Figure(BENCH, f"omniq_mp ProcessPool alone, {n:,} no-ops", bare, "tasks/s"),
+        Figure(BENCH, f"ProcessPoolExecutor(2), {n:,} no-ops", ceiling, "tasks/s", headline=True),
     ]
     return figures
 

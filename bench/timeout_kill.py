@@ -20,13 +20,12 @@ minus the timeout. Reported as p50 / p95 / p99.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 from collections.abc import Sequence
 
-from _common import Figure, parse_args, percentile, report
+from _common import Figure, fresh_store, parse_args, percentile, report
 
-from omniq_mp import AsyncOmniQ, Settings, TaskStatus
+from omniq_mp import TaskStatus
 from omniq_mp.models import OutcomeKind
 from omniq_mp.pool import ProcessPool
 from omniq_mp.queue import build_task
@@ -38,6 +37,7 @@ TIMEOUT = 0.2
 SLEEP = 10.0
 KILL_TARGET_MS = 50.0
 PCTS = (50, 95, 99)
+RESPAWN_WAIT = 30.0
 
 
 class Respawns:
@@ -53,10 +53,16 @@ class Respawns:
 
     async def next(self, pool: ProcessPool) -> None:
         """Wait for the next replacement and for the pool to be full again."""
-        await asyncio.wait_for(self._event.wait(), 30)
+        await asyncio.wait_for(self._event.wait(), RESPAWN_WAIT)
         self._event.clear()
-        while pool.idle() < pool.size:  # on_respawn fires just before the worker is queued
-            await asyncio.sleep(0)
+        await wait_full(pool, 0)  # on_respawn fires just before the worker is queued
+
+
+async def wait_full(pool: ProcessPool, poll: float) -> None:
+    """Wait until every worker of ``pool`` is idle (the last kill's replacement is up)."""
+    async with asyncio.timeout(RESPAWN_WAIT):
+        while pool.idle() < pool.size:
+            await asyncio.sleep(poll)
 
 
 async def one_kill(pool: ProcessPool, respawns: Respawns) -> tuple[float, float, bool]:
@@ -92,22 +98,15 @@ async def pool_samples(samples: int) -> tuple[list[float], list[float], int]:
 async def stack_samples(samples: int) -> tuple[list[float], int]:
     """Full stack: seconds past the deadline until the timed-out task is stored as failed."""
     late, odd = [], 0
-    with tempfile.TemporaryDirectory(prefix="omniq-bench-") as base_dir:
-        q = AsyncOmniQ(Settings(base_dir=base_dir, procs=PROCS))
-        await q.open()
-        try:
-            async with q.worker_pool(concurrency=PROCS) as w:
-                for _ in range(samples):
-                    while w.pool.idle() < PROCS:  # let the last kill's replacement come up
-                        await asyncio.sleep(0.005)
-                    task_id = await q.enqueue(time.sleep, SLEEP, timeout=TIMEOUT, max_retries=0)
-                    called = time.monotonic()
-                    await w.process_tasks(limit=1)
-                    late.append(time.monotonic() - called - TIMEOUT)
-                    stored = await q.get_task(task_id)
-                    odd += stored is None or stored.status is not TaskStatus.FAILED
-        finally:
-            await q.close()
+    async with fresh_store(procs=PROCS) as q, q.worker_pool(concurrency=PROCS) as w:
+        for _ in range(samples):
+            await wait_full(w.pool, 0.005)
+            task_id = await q.enqueue(time.sleep, SLEEP, timeout=TIMEOUT, max_retries=0)
+            called = time.monotonic()
+            await w.process_tasks(limit=1)
+            late.append(time.monotonic() - called - TIMEOUT)
+            stored = await q.get_task(task_id)
+            odd += stored is None or stored.status is not TaskStatus.FAILED
     return late, odd
 
 

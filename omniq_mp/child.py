@@ -17,10 +17,12 @@ import asyncio
 import ctypes
 import faulthandler
 import inspect
+import multiprocessing
 import os
 import signal
 import socket
 import sys
+import threading
 from typing import Any
 
 from omniq_mp import ipc
@@ -37,6 +39,10 @@ def main(sock: socket.socket, max_tasks: int | None) -> None:
     _die_with_parent()
     # Own process group: a kill of the group also reaches grandchildren the task started.
     os.setpgid(0, 0)
+    _watch_supervisor()
+    # The pool stops its workers itself; as non-daemons they may start processes of their
+    # own (multiprocessing forbids children of daemonic processes).
+    multiprocessing.current_process().daemon = False
     # The supervisor owns signals: Ctrl-C in a terminal must not kill tasks mid-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.enable()
@@ -62,6 +68,21 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def _watch_supervisor() -> None:
+    # Under forkserver our parent is the fork server, so PDEATHSIG never fires when the
+    # supervisor dies. The parent sentinel does: it is readable once the supervisor is
+    # gone, and then this worker and its task's grandchildren (its group) go down.
+    supervisor = multiprocessing.parent_process()
+    if supervisor is None:
+        return
+
+    def watch() -> None:
+        supervisor.join()
+        os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, name="omniq-supervisor-watch", daemon=True).start()
 
 
 def _execute(payload: bytes, attempt: int) -> tuple[dict[str, Any], bytes]:

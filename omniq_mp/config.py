@@ -43,7 +43,8 @@ class Settings:
     :param kill_grace: seconds between SIGTERM and SIGKILL of an overrunning task.
     :param shutdown_grace: seconds running tasks get to finish on a graceful stop.
     :param max_tasks_per_child: recycle a worker process after this many tasks.
-    :param prefetch: tasks claimed beyond the idle workers, to hide claim latency.
+    :param prefetch: most tasks claimed beyond one per worker, to hide claim latency; the
+        supervisor claims fewer when tasks take long compared with a claim.
     :param start_method: ``"forkserver"`` or ``"spawn"``.
     :param sqlite_synchronous: ``"FULL"`` (an acknowledged enqueue survives power loss) or
         ``"NORMAL"`` (survives process crashes only).
@@ -60,7 +61,7 @@ class Settings:
     kill_grace: float = 0.5
     shutdown_grace: float = 10.0
     max_tasks_per_child: int | None = None
-    prefetch: int = 4
+    prefetch: int = 32
     start_method: str = field(default_factory=_default_start_method)
     sqlite_synchronous: str = "FULL"
 

@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing import spawn
@@ -67,6 +68,7 @@ class WorkerProcess:
         self._writer: asyncio.StreamWriter | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._exit_fd = -1
+        self._end_job: asyncio.Task[None] | None = None
 
     async def connect(self, ready_timeout: float) -> None:
         """Attach the channel and the exit watcher, then wait for the child's READY."""
@@ -101,6 +103,14 @@ class WorkerProcess:
         asyncio.get_running_loop().remove_reader(fd)
         if not self.exited.done():
             self.exited.set_result(None)
+        self._end_job = asyncio.create_task(self._end_inbox())
+
+    async def _end_inbox(self) -> None:
+        # The exit can be seen in the same loop turn as the child's last frame (a retiring
+        # worker sends DONE, then exits): let the pump deliver that frame first. The
+        # timeout covers a grandchild that inherited the socket and keeps it open.
+        if self._pump_task is not None:
+            await asyncio.wait({self._pump_task}, timeout=0.1)
         self.inbox.put_nowait(None)
 
     @property
@@ -131,8 +141,8 @@ class WorkerProcess:
             async with asyncio.timeout_at(deadline):
                 frame = await self.inbox.get()
         except TimeoutError:
-            await self.kill(kill_grace)
-            return self._timed_out(task, begin)
+            signal_used = await self.kill(kill_grace)
+            return self._timed_out(task, begin, signal_used)
         if frame is None or frame.kind != ipc.DONE:
             return await self._died(begin)
         return self._done(frame, begin)
@@ -146,10 +156,11 @@ class WorkerProcess:
         error = TaskError.from_dict(frame.meta["error"])
         return Outcome(OutcomeKind.FAILED, None, error, duration, self.pid)
 
-    def _timed_out(self, task: Task, begin: float) -> Outcome:
+    def _timed_out(self, task: Task, begin: float, signal_used: signal.Signals) -> Outcome:
         error = TaskError(
             "TimeoutError",
-            f"task exceeded its {task.timeout:g}s timeout; worker process {self.pid} was killed",
+            f"task exceeded its {task.timeout:g}s timeout; worker process {self.pid} "
+            f"was killed ({signal_used.name})",
             kind=ErrorKind.TIMEOUT.value,
             retry_count=task.retries,
             max_retries=task.max_retries,
@@ -180,15 +191,21 @@ class WorkerProcess:
         self.abort_reason = reason
         asyncio.create_task(self.kill(grace), name=f"abort-{self.pid}")  # noqa: RUF006
 
-    async def kill(self, grace: float) -> None:
-        """SIGTERM the worker's process group, wait ``grace``, then SIGKILL the whole tree."""
+    async def kill(self, grace: float) -> signal.Signals:
+        """SIGTERM the worker's process group, wait ``grace``, then SIGKILL the whole tree.
+
+        :returns: the signal that ended the worker.
+        """
         tree = self._descendants()  # snapshot first: a dying child orphans its children
         _signal_all(self.pid, signal.SIGTERM, tree)
+        used = signal.SIGTERM
         if not await self._await_exit(grace):
+            used = signal.SIGKILL
             _signal_all(self.pid, signal.SIGKILL, tree + self._descendants())
             await self._await_exit(_EXIT_WAIT)
         # Grandchildren that ignored SIGTERM, or left the group, go down now.
         _signal_all(self.pid, signal.SIGKILL, tree)
+        return used
 
     async def stop(self) -> None:
         """Ask an idle worker to exit; kill it if it does not."""
@@ -208,9 +225,7 @@ class WorkerProcess:
         return True
 
     def _descendants(self) -> list[psutil.Process]:
-        with contextlib.suppress(psutil.Error):
-            return psutil.Process(self.pid).children(recursive=True)
-        return []
+        return descendants(self.pid)
 
     async def exit_text(self) -> str:
         """How the process ended, e.g. 'killed by SIGSEGV (segmentation fault)'."""
@@ -245,6 +260,40 @@ def _signal_all(pid: int, sig: signal.Signals, tree: list[psutil.Process]) -> No
     for proc in tree:
         with contextlib.suppress(psutil.Error):
             proc.send_signal(sig)  # psutil checks the pid was not reused
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """The process tree below ``pid``.
+
+    Reads ``/proc/<pid>/task/*/children``, which costs the size of this tree; psutil's
+    generic walk reads every process on the host (tens of ms on a busy one), and this runs
+    on the kill path. Falls back to psutil where the kernel lacks that file.
+    """
+    if not _PROC_CHILDREN:
+        with contextlib.suppress(psutil.Error):
+            return psutil.Process(pid).children(recursive=True)
+        return []
+    found: list[psutil.Process] = []
+    stack = [pid]
+    while stack:
+        for child_pid in _children_of(stack.pop()):
+            with contextlib.suppress(psutil.Error):
+                found.append(psutil.Process(child_pid))
+                stack.append(child_pid)
+    return found
+
+
+def _children_of(pid: int) -> list[int]:
+    task_dir = f"/proc/{pid}/task"
+    pids: list[int] = []
+    with contextlib.suppress(OSError):  # the process or one of its threads is gone
+        for tid in os.listdir(task_dir):
+            with contextlib.suppress(OSError), open(f"{task_dir}/{tid}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+    return pids
+
+
+_PROC_CHILDREN = os.path.exists(f"/proc/self/task/{threading.get_native_id()}/children")
 
 
 _SIGNAL_HINTS = {
@@ -414,6 +463,9 @@ class ProcessPool:
         try:
             await worker.connect(self.ready_timeout)
         except BaseException:
+            # Cancelled by close() or failed: never leave the half-started process behind.
+            process.kill()
+            await asyncio.shield(asyncio.to_thread(process.join, _EXIT_WAIT))
             self._forget(worker)
             raise
         logger.bind(action="worker_online", pid=worker.pid).debug("worker {} ready", worker.pid)

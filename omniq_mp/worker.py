@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import os
 import socket
 import time
@@ -81,6 +82,7 @@ class AsyncWorkerPool:
         self._stopping = False
         self._started_at = time.time()
         self._jobs: set[asyncio.Task[Any]] = set()  # runs of tasks, strong refs
+        self._pacer = Pacer(self.settings.procs, self.settings.prefetch)
         self._services: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> AsyncWorkerPool:
@@ -156,6 +158,7 @@ class AsyncWorkerPool:
                 break
             if deadline is not None and loop.time() >= deadline:
                 break
+            self._dispatch()
             budget = None if limit is None else limit - claimed
             claimed += await self._claim(budget)
             self._dispatch()
@@ -168,14 +171,23 @@ class AsyncWorkerPool:
         return self.processed - first
 
     async def _claim(self, budget: int | None) -> int:
-        want = self.pool.idle() + self.settings.prefetch - len(self._ready)
+        # Refill in batches: claim only once the buffer is down to one task per worker,
+        # then up to procs + prefetch in flight. One claim (one commit) then feeds many
+        # tasks, and a freed worker takes its next task from the buffer without waiting
+        # for the database.
+        procs = self.settings.procs
+        if len(self._ready) >= procs and self.pool.idle() == 0:
+            return 0
+        want = procs + self._pacer.prefetch() - len(self._ready) - self.pool.busy()
         if budget is not None:
             want = min(want, budget)
         if want <= 0:
             return 0
+        began = time.monotonic()
         tasks = await self.queue.claim(
             self.settings.queues, want, self.worker_id, self.settings.lease_ttl
         )
+        self._pacer.claimed(time.monotonic() - began)
         for task in tasks:
             self._held[task.id] = task
             self._ready.append(task)
@@ -196,7 +208,9 @@ class AsyncWorkerPool:
             "task {} ({}) attempt {} started", task.id, task.func_name, task.attempts
         )
         outcome = await self.pool.run(worker, task)
+        self._pacer.ran(outcome.duration)
         self._outcomes.put_nowait((task, outcome))
+        self._dispatch()  # the freed worker takes the next claimed task at once
         self._wake.set()
 
     async def _sleep(self, deadline: float | None) -> None:
@@ -257,6 +271,7 @@ class AsyncWorkerPool:
                 callback(task, settlement)
         if not self._held:
             self._idle.set()
+        self._wake.set()  # a limit may be reached, or more may be claimed
 
     # -- leases, recovery, heartbeats --------------------------------------------------------
 
@@ -318,6 +333,42 @@ class AsyncWorkerPool:
                 time.time(),
             )
         )
+
+
+class Pacer:
+    """Decides how many tasks to claim beyond the workers (the prefetch).
+
+    Enough that the workers never wait for a claim's commit: a claim takes ``c`` seconds
+    and a task ``t``, so ``procs * c / t`` tasks are consumed meanwhile (doubled for
+    margin). Long tasks get little or no prefetch, which keeps claimed-but-waiting tasks
+    few and lets other supervisors share the work; no-op tasks get up to ``limit``.
+    Both durations are exponential moving averages.
+    """
+
+    def __init__(self, procs: int, limit: int) -> None:
+        self.procs = procs
+        self.limit = limit
+        self._claim_s: float | None = None
+        self._task_s: float | None = None
+
+    def claimed(self, seconds: float) -> None:
+        """Record how long a claim took."""
+        self._claim_s = _ewma(self._claim_s, seconds)
+
+    def ran(self, seconds: float) -> None:
+        """Record how long a task took."""
+        self._task_s = _ewma(self._task_s, seconds)
+
+    def prefetch(self) -> int:
+        """Tasks to hold beyond one per worker."""
+        if self._claim_s is None or self._task_s is None:
+            return min(self.limit, self.procs)  # nothing measured yet: be modest
+        needed = 2 * self.procs * self._claim_s / max(self._task_s, 1e-6)
+        return min(self.limit, math.ceil(needed))
+
+
+def _ewma(previous: float | None, sample: float, weight: float = 0.2) -> float:
+    return sample if previous is None else previous + weight * (sample - previous)
 
 
 async def _guard(what: str, step: Callable[[], Coroutine[Any, Any, Any]]) -> None:

@@ -96,9 +96,10 @@ def _running(proc: psutil.Process) -> bool:
 def _reap_zombies() -> None:
     """Reap exited children nobody else waits for (orphans re-parented to us)."""
     multiprocessing.active_children()  # reaps the children multiprocessing knows, its way
+    helpers, _ = _our_helpers()  # multiprocessing waits for these itself
     for proc in psutil.Process().children():
         with contextlib.suppress(psutil.Error, ChildProcessError):
-            if proc.status() == psutil.STATUS_ZOMBIE:
+            if proc.pid not in helpers and proc.status() == psutil.STATUS_ZOMBIE:
                 os.waitpid(proc.pid, os.WNOHANG)
 
 

@@ -76,20 +76,29 @@ def describe(pids: list[int]) -> str:
     return ", ".join(parts)
 
 
-async def wait_until(condition: Callable[[], bool], within: float, what: str) -> None:
+Describe = str | Callable[[], str]
+
+
+def _failed(within: float, what: Describe) -> AssertionError:
+    text = what() if callable(what) else what  # described when it failed, not before
+    return AssertionError(f"not true within {within:g}s: {text}")
+
+
+async def wait_until(condition: Callable[[], bool], within: float, what: Describe) -> None:
     """Poll ``condition`` until it holds; fail after ``within`` seconds."""
     deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {within:g}s: {what}")
+            raise _failed(within, what)
         await asyncio.sleep(0.01)
 
 
-def wait_until_sync(condition: Callable[[], bool], within: float, what: str) -> None:
+def wait_until_sync(condition: Callable[[], bool], within: float, what: Describe) -> None:
+    """Blocking :func:`wait_until`, for tests that drive scripts in subprocesses."""
     deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {within:g}s: {what}")
+            raise _failed(within, what)
         time.sleep(0.01)
 
 
@@ -99,7 +108,7 @@ async def assert_replaced(pool: ProcessPool, dead_pid: int) -> None:
     await wait_until(
         lambda: pool.idle() == pool.size,
         REFILL_WITHIN,
-        f"pool refilled to {pool.size} idle workers (idle={pool.idle()})",
+        lambda: f"pool refilled to {pool.size} idle workers (idle={pool.idle()})",
     )
     await wait_until(lambda: not exists(dead_pid), REFILL_WITHIN, f"pid {dead_pid} reaped")
     workers = [await acquire(pool) for _ in range(pool.size)]

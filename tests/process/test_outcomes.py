@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
@@ -52,7 +54,10 @@ async def test_exception_fails_with_its_type_and_traceback(make_pool: MakePool) 
 
 @pytest.mark.parametrize(
     ("body", "error_type"),
-    [(tasks.raise_system_exit, "SystemExit"), (tasks.raise_keyboard_interrupt, "KeyboardInterrupt")],
+    [
+        (tasks.raise_system_exit, "SystemExit"),
+        (tasks.raise_keyboard_interrupt, "KeyboardInterrupt"),
+    ],
 )
 async def test_base_exception_fails_and_the_worker_lives_on(
     make_pool: MakePool, body: Callable[[], None], error_type: str
@@ -122,3 +127,16 @@ async def test_worker_is_replaced_after_max_tasks_per_child(make_pool: MakePool)
     third = value(await run_task(pool, tasks.whoami))
     assert third != first
     assert pool.pids() == [third]
+
+
+async def test_retiring_workers_last_task_is_not_reported_as_a_crash(make_pool: MakePool) -> None:
+    # A retiring worker sends DONE and exits at once. Stall the event loop while that
+    # happens, so the pool sees the frame and the exit in the same turn: it must report
+    # the task's result, not the exit it may notice first.
+    pool = await make_pool(1, max_tasks_per_child=1)
+    loop = asyncio.get_running_loop()
+    for attempt in range(3):
+        loop.call_later(0.05, time.sleep, 0.5)  # the child finishes at 0.2 s, inside the stall
+        outcome = await run_task(pool, tasks.sleep_for, 0.2)
+        assert outcome.kind is OutcomeKind.SUCCEEDED, f"attempt {attempt}: {outcome.error}"
+        assert value(outcome) == 0.2
