@@ -340,8 +340,9 @@ class Pacer:
 
     Enough that the workers never wait for a claim's commit: a claim takes ``c`` seconds
     and a task ``t``, so ``procs * c / t`` tasks are consumed meanwhile (doubled for
-    margin). Long tasks get little or no prefetch, which keeps claimed-but-waiting tasks
-    few and lets other supervisors share the work; no-op tasks get up to ``limit``.
+    margin), and at least one per worker so a finishing worker always finds its next
+    task in hand. Long tasks get just that, which keeps claimed-but-waiting tasks few and
+    lets other supervisors share the work; no-op tasks get up to ``limit``.
     Both durations are exponential moving averages.
     """
 
@@ -364,7 +365,7 @@ class Pacer:
         if self._claim_s is None or self._task_s is None:
             return min(self.limit, self.procs)  # nothing measured yet: be modest
         needed = 2 * self.procs * self._claim_s / max(self._task_s, 1e-6)
-        return min(self.limit, math.ceil(needed))
+        return min(self.limit, max(self.procs, math.ceil(needed)))
 
 
 def _ewma(previous: float | None, sample: float, weight: float = 0.2) -> float:
