@@ -166,34 +166,39 @@ class SQLiteStorage:
         return [_row_task(r) for r in rows]
 
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
-        """Apply outcomes in one transaction; each is fenced by its lease token."""
+        """Apply outcomes in one transaction; each is fenced by its lease token.
+
+        The fence is checked with one SELECT and the writes go out as ``executemany``
+        batches: a handful of round trips to aiosqlite's thread per batch, not one per
+        task, which is what bounds the drain rate.
+        """
 
         async def body(conn: aiosqlite.Connection) -> list[bool]:
+            tokens = await _current_tokens(conn, [s.task_id for s in settlements])
             applied = []
             for s in settlements:
-                cursor = await conn.execute(*_settle_sql(s))
-                ok = cursor.rowcount == 1
-                if ok and s.follow_up is not None:
-                    await conn.execute(_INSERT, _task_row(s.follow_up))
+                # pop: a second settlement of one attempt in the same batch is stale too.
+                ok = s.task_id in tokens and tokens[s.task_id] == s.lease_token
+                if ok:
+                    del tokens[s.task_id]
                 applied.append(ok)
+            chosen = [s for s, ok in zip(settlements, applied, strict=True) if ok]
+            await _write_settlements(conn, chosen)
             return applied
 
-        return await self._transaction(body)
+        return await self._transaction(body) if settlements else []
 
     async def extend_leases(self, leases: Mapping[str, str], lease_until: float) -> set[str]:
         """Renew in one transaction; ids whose token no longer matches are reported lost."""
 
         async def body(conn: aiosqlite.Connection) -> set[str]:
-            lost = set()
-            for task_id, token in leases.items():
-                cursor = await conn.execute(
-                    "UPDATE tasks SET lease_until = ? "
-                    "WHERE id = ? AND lease_token = ? AND status = 'RUNNING'",
-                    (lease_until, task_id, token),
-                )
-                if cursor.rowcount != 1:
-                    lost.add(task_id)
-            return lost
+            tokens = await _current_tokens(conn, list(leases))
+            held = [tid for tid, token in leases.items() if tokens.get(tid) == token]
+            await conn.executemany(
+                "UPDATE tasks SET lease_until = ? WHERE id = ?",
+                [(lease_until, tid) for tid in held],
+            )
+            return set(leases) - set(held)
 
         return await self._transaction(body) if leases else set()
 
@@ -302,21 +307,51 @@ async def _run_script(conn: aiosqlite.Connection, script: str) -> None:
             await conn.execute("\n".join(lines))
 
 
-def _settle_sql(s: Settlement) -> tuple[str, tuple[Any, ...]]:
-    error = json.dumps(s.error.to_dict()) if s.error is not None else None
-    fence = "WHERE id = ? AND lease_token = ? AND status = 'RUNNING'"
-    if s.status is TaskStatus.PENDING:
-        return (
-            "UPDATE tasks SET status = 'PENDING', eta = coalesce(?, eta), "
-            "attempts = attempts - ?, error = coalesce(?, error), "
-            f"lease_token = NULL, lease_until = NULL, worker_id = NULL {fence}",
-            (s.eta, int(s.uncharge), error, s.task_id, s.lease_token),
+_REQUEUE = (
+    "UPDATE tasks SET status = 'PENDING', eta = coalesce(?, eta), attempts = attempts - ?, "
+    "error = coalesce(?, error), lease_token = NULL, lease_until = NULL, worker_id = NULL "
+    "WHERE id = ?"
+)
+_FINISH = (
+    "UPDATE tasks SET status = ?, result = ?, error = coalesce(?, error), finished_at = ?, "
+    "lease_token = NULL, lease_until = NULL WHERE id = ?"
+)
+_IN_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
+
+
+async def _current_tokens(conn: aiosqlite.Connection, ids: Sequence[str]) -> dict[str, str]:
+    """Lease tokens of those ``ids`` that are RUNNING (read inside the write transaction,
+    so nothing can change them before our writes)."""
+    tokens: dict[str, str] = {}
+    for i in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[i : i + _IN_CHUNK]
+        rows = await conn.execute_fetchall(
+            "SELECT id, lease_token FROM tasks WHERE status = 'RUNNING' "
+            f"AND id IN ({', '.join('?' * len(chunk))})",
+            chunk,
         )
-    return (
-        "UPDATE tasks SET status = ?, result = ?, error = coalesce(?, error), "
-        f"finished_at = ?, lease_token = NULL, lease_until = NULL {fence}",
-        (s.status.value, s.result, error, s.finished_at, s.task_id, s.lease_token),
-    )
+        tokens.update((r[0], r[1]) for r in rows)
+    return tokens
+
+
+async def _write_settlements(conn: aiosqlite.Connection, chosen: Sequence[Settlement]) -> None:
+    def error_json(s: Settlement) -> str | None:
+        return json.dumps(s.error.to_dict()) if s.error is not None else None
+
+    requeue = [
+        (s.eta, int(s.uncharge), error_json(s), s.task_id)
+        for s in chosen
+        if s.status is TaskStatus.PENDING
+    ]
+    finish = [
+        (s.status.value, s.result, error_json(s), s.finished_at, s.task_id)
+        for s in chosen
+        if s.status is not TaskStatus.PENDING
+    ]
+    follow_ups = [_task_row(s.follow_up) for s in chosen if s.follow_up is not None]
+    for sql, rows in ((_REQUEUE, requeue), (_FINISH, finish), (_INSERT, follow_ups)):
+        if rows:
+            await conn.executemany(sql, rows)
 
 
 def _task_row(t: Task) -> tuple[Any, ...]:
