@@ -1,0 +1,134 @@
+"""The Python API as a user calls it, with real worker processes, on SQLite and files."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from omniq_mp import (
+    AsyncOmniQ,
+    OmniQ,
+    SerializationError,
+    Settings,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskNotFoundError,
+    TaskStatus,
+)
+from omniq_mp.errors import ConfigError, RemoteTraceback
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(params=["sqlite", "file"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    return Settings(backend=request.param, base_dir=tmp_path / "store", procs=2)
+
+
+def test_lambdas_closures_and_async_functions_run_on_either_backend(settings: Settings) -> None:
+    offset = 1000
+
+    def shifted(x: int) -> int:
+        return x + offset
+
+    async def doubled(x: int) -> int:
+        await asyncio.sleep(0)
+        return 2 * x
+
+    with OmniQ(settings) as q:
+        ids = [q.enqueue(lambda x: x * 2, 21), q.enqueue(shifted, 5), q.enqueue(doubled, 4)]
+        assert [q.get_result(i, timeout=30) for i in ids] == [42, 1005, 8]
+        assert q.stats().completed == 3
+
+
+def test_config_keyword_and_overrides_are_accepted(tmp_path: Path) -> None:
+    with OmniQ(config=Settings(base_dir=tmp_path), procs=1) as q:
+        assert q.settings.procs == 1
+        assert q.get_result(q.enqueue("math.factorial", args=[5]), timeout=30) == 120
+    with pytest.raises(ConfigError, match="not both"):
+        OmniQ(Settings(), config=Settings())
+
+
+def test_remote_failure_carries_type_message_and_traceback(settings: Settings) -> None:
+    def explode(name: str) -> None:
+        raise KeyError(f"no such user {name}")
+
+    with OmniQ(settings) as q:
+        task_id = q.enqueue(explode, "ada", max_retries=0)
+        with pytest.raises(TaskFailedError) as info:
+            q.get_result(task_id, timeout=30)
+    err = info.value
+    assert err.error_type == "KeyError" and "no such user ada" in err.message
+    assert "in explode" in err.traceback
+    assert isinstance(err.__cause__, RemoteTraceback)
+
+
+def test_unpicklable_argument_raises_at_enqueue_and_stores_nothing(tmp_path: Path) -> None:
+    q = OmniQ(Settings(base_dir=tmp_path))
+    try:
+        with pytest.raises(SerializationError, match=r"argument 0 \(a lock\)"):
+            q.enqueue(print, threading.Lock())
+        with pytest.raises(SerializationError, match="the callable"):
+            lock = threading.Lock()
+            q.enqueue(lambda: lock.acquire())
+        stats = q.stats()
+        assert stats.pending == 0 and stats.unfinished == 0
+    finally:
+        q.close()
+
+
+def test_eta_tasks_wait_and_pending_tasks_can_be_cancelled(tmp_path: Path) -> None:
+    with OmniQ(Settings(base_dir=tmp_path, procs=1)) as q:
+        later = q.enqueue(time.time, eta=timedelta(seconds=0.6))
+        never = q.enqueue(time.time, eta=timedelta(hours=1))
+        assert q.cancel(never) is True
+        task = q.get_task(later)
+        assert task is not None
+        started = q.get_result(later, timeout=30)
+        assert started >= task.eta
+        with pytest.raises(TaskCancelledError):
+            q.get_result(never, timeout=1)
+        assert q.cancel(later) is False  # already finished: a plain no
+        with pytest.raises(TaskNotFoundError):
+            q.cancel("no-such-task")
+
+
+def test_interval_task_runs_again_and_again(tmp_path: Path) -> None:
+    with OmniQ(Settings(base_dir=tmp_path, procs=1)) as q:
+        q.enqueue(time.time, interval=timedelta(seconds=0.2))
+        deadline = time.monotonic() + 30
+        while q.stats().completed < 3:
+            assert time.monotonic() < deadline, "interval task did not repeat"
+            time.sleep(0.05)
+        assert q.stats().pending == 1  # always exactly one next run scheduled
+
+
+def test_sync_api_works_inside_a_running_event_loop(tmp_path: Path) -> None:
+    """What a Jupyter cell does: call the synchronous API while a loop runs."""
+
+    async def cell() -> int:
+        with OmniQ(Settings(base_dir=tmp_path, procs=1)) as q:
+            result: int = q.get_result(q.enqueue(lambda: 6 * 7), timeout=30)
+            return result
+
+    assert asyncio.run(cell()) == 42
+
+
+async def test_worker_pool_processes_a_limited_number_of_tasks(tmp_path: Path) -> None:
+    q = AsyncOmniQ(Settings(base_dir=tmp_path))
+    ids = [await q.enqueue(pow, 2, n) for n in range(5)]
+    async with q.worker_pool(concurrency=2) as workers:
+        assert await workers.process_tasks(limit=3) == 3
+    stats = await q.stats()
+    assert (stats.completed, stats.pending) == (3, 2)
+    async with q.worker_pool(concurrency=1) as workers:
+        assert await workers.process_tasks(burst=True) == 2
+    assert [await q.get_result(i, timeout=5) for i in ids] == [1, 2, 4, 8, 16]
+    task = await q.get_task(ids[0])
+    assert task is not None and task.status is TaskStatus.COMPLETED and task.attempts == 1
+    await q.close()
