@@ -10,7 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from omniq_mp.models import ErrorKind, OutcomeKind
+from omniq_mp.models import ErrorKind, Outcome, OutcomeKind
+from omniq_mp.pool import ProcessPool
 from tests.process import tasks
 from tests.process.conftest import MakePool
 from tests.process.support import (
@@ -27,6 +28,19 @@ from tests.process.support import (
 pytestmark = pytest.mark.process
 
 TIMEOUT = 0.3
+
+
+async def assert_tree_gone(pool: ProcessPool, outcome: Outcome, pid_file: Path) -> None:
+    """The two grandchildren the task recorded die within 1 s; the worker is replaced."""
+    grandchildren = [int(pid) for pid in pid_file.read_text().split()]
+    assert len(grandchildren) == 2
+    await wait_until(
+        lambda: not any(is_alive(pid) for pid in grandchildren),
+        1.0,
+        lambda: f"grandchildren killed: {describe(grandchildren)}",
+    )
+    assert outcome.pid is not None
+    await assert_replaced(pool, outcome.pid)
 
 
 @pytest.mark.parametrize(
@@ -114,15 +128,7 @@ async def test_timeout_kills_the_tasks_grandchildren(
 
     assert outcome.kind is OutcomeKind.TIMED_OUT
     assert pid_file.exists(), "the task did not get to start its grandchildren"
-    grandchildren = [int(pid) for pid in pid_file.read_text().split()]
-    assert len(grandchildren) == 2
-    await wait_until(
-        lambda: not any(is_alive(pid) for pid in grandchildren),
-        1.0,
-        lambda: f"grandchildren killed: {describe(grandchildren)}",
-    )
-    assert outcome.pid is not None
-    await assert_replaced(pool, outcome.pid)
+    await assert_tree_gone(pool, outcome, pid_file)
 
 
 async def test_crash_kills_the_tasks_grandchildren(
@@ -135,16 +141,8 @@ async def test_crash_kills_the_tasks_grandchildren(
     assert outcome.kind is OutcomeKind.CRASHED
     assert outcome.error is not None
     assert "exited with code 5" in outcome.error.message
-    grandchildren = [int(pid) for pid in pid_file.read_text().split()]
-    assert len(grandchildren) == 2
     # Orphaned by the crash, but still in the dead worker's process group: killed with it.
-    await wait_until(
-        lambda: not any(is_alive(pid) for pid in grandchildren),
-        1.0,
-        lambda: f"grandchildren killed: {describe(grandchildren)}",
-    )
-    assert outcome.pid is not None
-    await assert_replaced(pool, outcome.pid)
+    await assert_tree_gone(pool, outcome, pid_file)
 
 
 async def test_close_while_a_replacement_starts_leaves_no_worker_running(
