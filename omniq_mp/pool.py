@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable
 from multiprocessing import spawn
@@ -36,8 +35,9 @@ from loguru import logger
 
 from omniq_mp import child, ipc
 from omniq_mp.models import ErrorKind, Outcome, OutcomeKind, Task, TaskError
+from omniq_mp.proctree import descendants, describe_exit, signal_tree
 
-__all__ = ["ProcessPool", "WorkerProcess", "describe_exit"]
+__all__ = ["ProcessPool", "WorkerProcess"]
 
 _NAME_PREFIX = "omniq-worker"
 _EXIT_WAIT = 5.0  # seconds to wait for a SIGKILLed process to be reaped
@@ -197,14 +197,14 @@ class WorkerProcess:
         :returns: the signal that ended the worker.
         """
         tree = self._descendants()  # snapshot first: a dying child orphans its children
-        _signal_all(self.pid, signal.SIGTERM, tree)
+        signal_tree(self.pid, signal.SIGTERM, tree)
         used = signal.SIGTERM
         if not await self._await_exit(grace):
             used = signal.SIGKILL
-            _signal_all(self.pid, signal.SIGKILL, tree + self._descendants())
+            signal_tree(self.pid, signal.SIGKILL, tree + self._descendants())
             await self._await_exit(_EXIT_WAIT)
         # Grandchildren that ignored SIGTERM, or left the group, go down now.
-        _signal_all(self.pid, signal.SIGKILL, tree)
+        signal_tree(self.pid, signal.SIGKILL, tree)
         return used
 
     async def stop(self) -> None:
@@ -250,72 +250,6 @@ class WorkerProcess:
             self._writer.close()
         with contextlib.suppress(ValueError):
             self.process.close()
-
-
-def _signal_all(pid: int, sig: signal.Signals, tree: list[psutil.Process]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)  # the worker made itself a group leader at start
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-    for proc in tree:
-        with contextlib.suppress(psutil.Error):
-            proc.send_signal(sig)  # psutil checks the pid was not reused
-
-
-def descendants(pid: int) -> list[psutil.Process]:
-    """The process tree below ``pid``.
-
-    Reads ``/proc/<pid>/task/*/children``, which costs the size of this tree; psutil's
-    generic walk reads every process on the host (tens of ms on a busy one), and this runs
-    on the kill path. Falls back to psutil where the kernel lacks that file.
-    """
-    if not _PROC_CHILDREN:
-        with contextlib.suppress(psutil.Error):
-            return psutil.Process(pid).children(recursive=True)
-        return []
-    found: list[psutil.Process] = []
-    stack = [pid]
-    while stack:
-        for child_pid in _children_of(stack.pop()):
-            with contextlib.suppress(psutil.Error):
-                found.append(psutil.Process(child_pid))
-                stack.append(child_pid)
-    return found
-
-
-def _children_of(pid: int) -> list[int]:
-    task_dir = f"/proc/{pid}/task"
-    pids: list[int] = []
-    with contextlib.suppress(OSError):  # the process or one of its threads is gone
-        for tid in os.listdir(task_dir):
-            with contextlib.suppress(OSError), open(f"{task_dir}/{tid}/children") as f:
-                pids += [int(p) for p in f.read().split()]
-    return pids
-
-
-_PROC_CHILDREN = os.path.exists(f"/proc/self/task/{threading.get_native_id()}/children")
-
-
-_SIGNAL_HINTS = {
-    signal.SIGSEGV: "segmentation fault",
-    signal.SIGKILL: "out of memory, or killed by another process",
-    signal.SIGABRT: "aborted",
-    signal.SIGBUS: "bus error",
-    signal.SIGFPE: "floating-point exception",
-    signal.SIGTERM: "terminated",
-}
-
-
-def describe_exit(exitcode: int) -> str:
-    """Words for a multiprocessing exit code (negative means killed by that signal)."""
-    if exitcode >= 0:
-        return f"exited with code {exitcode}"
-    try:
-        sig = signal.Signals(-exitcode)
-    except ValueError:
-        return f"killed by signal {-exitcode}"
-    hint = _SIGNAL_HINTS.get(sig)
-    return f"killed by {sig.name}" + (f" ({hint})" if hint else "")
 
 
 class ProcessPool:
@@ -429,7 +363,7 @@ class ProcessPool:
             if old.alive:
                 await old.kill(self.kill_grace)
         # A worker that crashed on its own may leave grandchildren in its process group.
-        _signal_all(old.pid, signal.SIGKILL, [])
+        signal_tree(old.pid, signal.SIGKILL, [])
         self._forget(old)
         delay = 0.5
         while not self._closing:
