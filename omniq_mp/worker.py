@@ -197,7 +197,7 @@ class AsyncWorkerPool:
 
     def _dispatch(self) -> None:
         # Hand claimed tasks to idle workers, never waiting for one.
-        while self._ready and (worker := self.pool.try_acquire()) is not None:
+        while not self._stopping and self._ready and (worker := self.pool.try_acquire()) is not None:
             task = self._ready.popleft()
             job = asyncio.create_task(self._run_one(worker, task), name=f"run-{task.id}")
             self._jobs.add(job)
