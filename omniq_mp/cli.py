@@ -9,71 +9,28 @@ either way unfinished tasks go back to the queue.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from omniq_mp import logging as omniq_logging
-from omniq_mp.config import BACKENDS, START_METHODS, Settings
+from omniq_mp.cli_common import fail, handles_errors, settings_from, store_options
+from omniq_mp.cli_control import cancel, dead, purge, retry
+from omniq_mp.config import START_METHODS, Settings
 from omniq_mp.core import AsyncOmniQ, OmniQ
-from omniq_mp.errors import ConfigError, OmniqError, ResultTimeoutError, TaskFailedError
+from omniq_mp.errors import ConfigError, ResultTimeoutError, TaskFailedError
 from omniq_mp.models import TaskStatus
 from omniq_mp.runtime import run
 from omniq_mp.worker import HEARTBEAT_INTERVAL, AsyncWorkerPool
 
 __all__ = ["main"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def store_options(fn: F) -> F:
-    """``--backend`` and ``--base-dir``, shared by every command."""
-    fn = click.option(
-        "--base-dir",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="Store folder [env OMNIQ_BASE_DIR; default ./omniq_data].",
-    )(fn)
-    return click.option(
-        "--backend",
-        type=click.Choice([b for b in BACKENDS if b != "memory"]),
-        default=None,
-        help="Storage backend [env OMNIQ_BACKEND; default sqlite].",
-    )(fn)
-
-
-def _settings(**explicit: Any) -> Settings:
-    try:
-        return Settings.from_env(**explicit)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(1)
-
-
-def handles_errors(fn: F) -> F:
-    """Turn expected failures into one line on stderr and exit code 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except OmniqError as exc:
-            _fail(str(exc))
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -96,6 +53,11 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
 @click.option("--queues", default=None, help="Comma-separated queues to serve.")
 @click.option("--burst", is_flag=True, help="Exit once no task is due, running or retrying.")
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--max-memory-per-child",
+    default=None,
+    help="Replace a worker whose memory grows past this (e.g. 1GB) between tasks.",
+)
 @click.option("--start-method", type=click.Choice(START_METHODS), default=None)
 @click.option(
     "--shutdown-grace",
@@ -106,7 +68,7 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
 @handles_errors
 def workers(burst: bool, **options: Any) -> None:
     """Run a supervisor and its worker processes against the store."""
-    settings = _settings(**options)
+    settings = settings_from(**options)
     done = run(_serve(settings, burst))
     click.echo(f"omniq-mp workers: {done} task attempt(s) settled", err=True)
 
@@ -164,6 +126,8 @@ def _parse_value(text: str) -> Any:
     default=None,
     help="Seconds to wait before the task is due.",
 )
+@click.option("--key", default=None, help="Unique key: one unfinished task per key.")
+@click.option("--max-memory", default=None, help="Kill the task past this RSS (e.g. 512MB).")
 @handles_errors
 def enqueue(
     func_path: str,
@@ -181,7 +145,7 @@ def enqueue(
             "expected a dotted path like package.module.function", param_hint="FUNC_PATH"
         )
     kwargs = _parse_kwargs(kwargs_json)
-    q = OmniQ(_settings(backend=backend, base_dir=base_dir))
+    q = OmniQ(settings_from(backend=backend, base_dir=base_dir))
     try:
         eta = None if delay is None else _timedelta(delay)
         task_id = q.enqueue(
@@ -224,14 +188,14 @@ def _parse_kwargs(text: str | None) -> dict[str, Any]:
 @handles_errors
 def result(task_id: str, wait: float, **options: Any) -> None:
     """Print the result of TASK_ID (exit 1 if it failed or is not finished)."""
-    q = OmniQ(_settings(**options))
+    q = OmniQ(settings_from(**options))
     try:
         value = q.get_result(task_id, timeout=wait)
     except TaskFailedError as exc:
         click.echo(exc.traceback, err=True) if exc.traceback else None
-        _fail(str(exc))
+        fail(str(exc))
     except ResultTimeoutError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         q.close()
     click.echo(repr(value))
@@ -243,7 +207,7 @@ def result(task_id: str, wait: float, **options: Any) -> None:
 @handles_errors
 def status(as_json: bool, **options: Any) -> None:
     """Show task counts by status and the live workers."""
-    settings = _settings(**options)
+    settings = settings_from(**options)
     stats, live = run(_status(settings))
     if as_json:
         click.echo(json.dumps({"tasks": stats.__dict__, "workers": [w.__dict__ for w in live]}))
@@ -274,7 +238,7 @@ def demo(**options: Any) -> None:
     """Enqueue a mix of tasks into the store, run them, and print a summary."""
     from omniq_mp.demo import demo_tasks
 
-    settings = _settings(**options)
+    settings = settings_from(**options)
     began = time.perf_counter()
     with OmniQ(settings) as q, tempfile.TemporaryDirectory() as scratch:
         labelled = [
@@ -317,6 +281,10 @@ def _summary(q: OmniQ, labelled: list[tuple[str, str]], elapsed: float) -> str:
     totals = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
     lines.append(f"\n{len(labelled)} tasks in {elapsed:.1f}s: {totals}")
     return "\n".join(lines)
+
+
+for _command in (cancel, dead, retry, purge):
+    cli.add_command(_command)
 
 
 def main() -> None:

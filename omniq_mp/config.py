@@ -12,9 +12,14 @@ import os
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from omniq_mp.errors import ConfigError
+from omniq_mp.units import parse_bytes
+
+if TYPE_CHECKING:
+    from omniq_mp.queue import AsyncTaskQueue
+    from omniq_mp.storage.base import Storage
 
 __all__ = ["BACKENDS", "START_METHODS", "OmniQConfig", "Settings"]
 
@@ -48,6 +53,14 @@ class Settings:
     :param start_method: ``"forkserver"`` or ``"spawn"``.
     :param sqlite_synchronous: ``"FULL"`` (an acknowledged enqueue survives power loss) or
         ``"NORMAL"`` (survives process crashes only).
+    :param max_crashes: starts whose process dies (segfault, OOM kill, memory limit, lost
+        supervisor) a task may have before it is quarantined as DEAD.
+    :param result_ttl: seconds a finished task (and its result) is kept; None keeps it.
+    :param max_memory_per_child: bytes (or "1GB") of RSS past which a worker process is
+        replaced between tasks.
+    :param purge_interval: seconds between a supervisor's purges of expired tasks.
+    :param retry_delay: delay before the first retry, in seconds; doubles per retry.
+    :param retry_delay_max: largest retry delay before jitter, in seconds.
     """
 
     backend: str = "sqlite"
@@ -64,6 +77,12 @@ class Settings:
     prefetch: int = 32
     start_method: str = field(default_factory=_default_start_method)
     sqlite_synchronous: str = "FULL"
+    max_crashes: int = 3
+    result_ttl: float | None = 7 * 24 * 3600.0
+    max_memory_per_child: int | str | None = None
+    purge_interval: float = 60.0
+    retry_delay: float = 1.0
+    retry_delay_max: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_dir", Path(self.base_dir))
@@ -76,14 +95,37 @@ class Settings:
         _check_int("procs", self.procs, minimum=1)
         _check_int("max_retries", self.max_retries, minimum=0)
         _check_int("prefetch", self.prefetch, minimum=0)
+        _check_int("max_crashes", self.max_crashes, minimum=1)
+        if self.result_ttl is not None:
+            check_seconds("result_ttl", self.result_ttl)
+        if self.max_memory_per_child is not None:
+            limit = parse_bytes("max_memory_per_child", self.max_memory_per_child)
+            object.__setattr__(self, "max_memory_per_child", limit)
         if self.max_tasks_per_child is not None:
             _check_int("max_tasks_per_child", self.max_tasks_per_child, minimum=1)
         if self.default_timeout is not None:
             check_seconds("default_timeout", self.default_timeout)
-        for name in ("lease_ttl", "poll_interval", "kill_grace", "shutdown_grace"):
+        durations = (
+            "lease_ttl",
+            "poll_interval",
+            "kill_grace",
+            "shutdown_grace",
+            "purge_interval",
+            "retry_delay",
+            "retry_delay_max",
+        )
+        for name in durations:
             check_seconds(name, getattr(self, name), allow_zero=name == "shutdown_grace")
         if not self.queues or not all(isinstance(q, str) and q for q in self.queues):
             raise ConfigError(f"queues must be non-empty names, got {self.queues!r}")
+
+    def task_queue(self, storage: Storage) -> AsyncTaskQueue:
+        """An :class:`AsyncTaskQueue` over ``storage`` with this retry and crash policy."""
+        from omniq_mp.queue import AsyncTaskQueue
+        from omniq_mp.retry import RetryPolicy
+
+        policy = RetryPolicy(base=self.retry_delay, cap=self.retry_delay_max)
+        return AsyncTaskQueue(storage, retry_policy=policy, max_crashes=self.max_crashes)
 
     @property
     def sqlite_path(self) -> Path:
@@ -142,6 +184,10 @@ def _parse_env(name: str, raw: str, hint: Any) -> Any:
             return _split_queues(raw)
         if "Path" in text:
             return Path(raw)
+        if raw.lower() == "none" and "None" in text:
+            return None
+        if "str" in text:
+            return raw  # parsed by the field's own check (sizes like "1GB")
         if "int" in text and "float" not in text:
             return None if raw.lower() == "none" else int(raw)
         if "float" in text:

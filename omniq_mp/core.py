@@ -23,15 +23,17 @@ from omniq_mp.errors import (
     ConfigError,
     ResultTimeoutError,
     TaskCancelledError,
+    TaskDeadError,
     TaskFailedError,
     TaskNotFoundError,
 )
 from omniq_mp.models import Settlement, Task, TaskStatus
-from omniq_mp.queue import AsyncTaskQueue, build_task
+from omniq_mp.queue import build_task
 from omniq_mp.runtime import LoopThread
 from omniq_mp.serialization import loads_result
 from omniq_mp.storage import open_storage
 from omniq_mp.storage.base import QueueStats, Storage
+from omniq_mp.units import parse_duration
 from omniq_mp.worker import HEARTBEAT_INTERVAL, AsyncWorkerPool
 
 __all__ = ["AsyncOmniQ", "OmniQ"]
@@ -90,7 +92,7 @@ class AsyncOmniQ:
     ) -> None:
         self.settings = _resolve_settings(settings, config, overrides)
         self.storage = storage if storage is not None else open_storage(self.settings)
-        self.queue = AsyncTaskQueue(self.storage)
+        self.queue = self.settings.task_queue(self.storage)
         self._open = False
         self._workers: AsyncWorkerPool | None = None
         self._runner: asyncio.Task[int] | None = None
@@ -147,6 +149,9 @@ class AsyncOmniQ:
         interval: timedelta | int | float | None = None,
         max_retries: int | None = None,
         timeout: float | None = None,
+        key: str | None = None,
+        max_memory: str | int | None = None,
+        result_ttl: timedelta | float | None = None,
         **kwargs: Any,
     ) -> Task:
         """Validate and pickle a call into a Task without storing it (see :meth:`enqueue`)."""
@@ -161,6 +166,9 @@ class AsyncOmniQ:
             interval=interval,
             max_retries=self.settings.max_retries if max_retries is None else max_retries,
             timeout=self.settings.default_timeout if timeout is None else timeout,
+            key=key,
+            max_memory=max_memory,
+            result_ttl=self.settings.result_ttl if result_ttl is None else result_ttl,
         )
 
     async def enqueue(self, func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> str:
@@ -171,7 +179,10 @@ class AsyncOmniQ:
         (``enqueue(f, 1, x=2)``) or as ``args=[...]``, ``kwargs={...}``. Options:
         ``queue``, ``priority``, ``eta`` (datetime or timedelta), ``interval``
         (timedelta or seconds), ``max_retries`` (retries after the first run),
-        ``timeout`` (seconds; the task's process is killed past it).
+        ``timeout`` (seconds; the task's process is killed past it), ``key`` (one
+        unfinished task per key: a repeat returns the existing id), ``max_memory``
+        (``"512MB"``; the task is killed past it), ``result_ttl`` (how long the finished
+        record is kept).
 
         :raises SerializationError: the call cannot be pickled (nothing is stored).
         :raises ConfigError: an option is invalid (nothing is stored).
@@ -184,10 +195,13 @@ class AsyncOmniQ:
         """Store tasks built with :meth:`build`, all in one transaction."""
         await self.open()
         ids = await self.queue.enqueue_tasks(tasks)
-        for task in tasks:
-            logger.bind(task_id=task.id, action="task_enqueued").debug(
-                "task {} ({}) enqueued on {}", task.id, task.func_name, task.queue
-            )
+        for task, task_id in zip(tasks, ids, strict=True):
+            if task_id == task.id:
+                logger.bind(task_id=task.id, action="task_enqueued").debug(
+                    "task {} ({}) enqueued on {}", task.id, task.func_name, task.queue
+                )
+            else:
+                await self._log_duplicate(task, task_id)
         if self._workers is not None:
             self._workers.wake()
         return ids
@@ -260,13 +274,59 @@ class AsyncOmniQ:
     def _where(self) -> str:
         return f"the {self.settings.backend} store at {self.settings.base_dir}"
 
+    async def _log_duplicate(self, task: Task, existing_id: str) -> None:
+        existing = await self.queue.get_task(existing_id)
+        differs = existing is not None and existing.payload != task.payload
+        logger.bind(task_id=existing_id, action="task_deduplicated").info(
+            "key {!r} is held by unfinished task {}: not enqueued again{}",
+            task.key,
+            existing_id,
+            " (this call's arguments differ and were dropped)" if differs else "",
+        )
+
     async def cancel(self, task_id: str) -> bool:
-        """Cancel a task that has not started. True if it is now cancelled."""
+        """Cancel a task wherever it is: a pending one never starts; a running one has its
+        process killed (by whichever supervisor runs it) and is never retried.
+
+        :returns: True if this call cancelled the task or asked for it to be killed; False
+            if it had already finished (cancelled included), so there was nothing to do.
+        :raises TaskNotFoundError: no task has this id.
+        """
         await self.open()
+        before = await self.queue.get_task(task_id)
+        if before is not None and before.status.is_terminal:
+            return False  # already finished, cancelled included: nothing to do
         task = await self.queue.cancel(task_id)
         if task is None:
             raise TaskNotFoundError(f"no task with id {task_id!r} in {self._where()}")
-        return task.status is TaskStatus.CANCELLED
+        if task.status is TaskStatus.RUNNING and self._workers is not None:
+            self._workers.watch.cancel(task_id)  # ours: no need to wait for the watch
+        return task.status is TaskStatus.CANCELLED or task.cancel_requested
+
+    async def dead(self, limit: int = 100) -> list[Task]:
+        """Quarantined tasks (DEAD), newest first, each with its attempts' ``history``."""
+        await self.open()
+        return await self.storage.list_tasks(TaskStatus.DEAD, None, limit)
+
+    async def retry(self, task_ids: Sequence[str] | None = None) -> list[str]:
+        """Re-queue the given DEAD or FAILED tasks (every DEAD one when None) with fresh
+        budgets; returns the ids re-queued."""
+        await self.open()
+        return await self.storage.revive(task_ids, time.time())
+
+    async def purge(
+        self,
+        older_than: timedelta | float | str,
+        statuses: Sequence[TaskStatus] = (TaskStatus.COMPLETED, TaskStatus.FAILED),
+    ) -> int:
+        """Delete tasks in ``statuses`` that finished more than ``older_than`` ago
+        (seconds, a timedelta, or text like ``"7d"``)."""
+        await self.open()
+        before = time.time() - parse_duration("older_than", older_than)
+        total = 0
+        while (removed := await self.storage.purge_finished(before, statuses, 500)) > 0:
+            total += removed
+        return total
 
     async def stats(self, queues: Sequence[str] | None = None) -> QueueStats:
         """Task counts by status."""
@@ -282,6 +342,9 @@ def _value_of(task: Task) -> Any:
     error = task.error
     if error is None:
         raise TaskFailedError(task.id, "UnknownError", "the task failed without an error record")
+    if task.status is TaskStatus.DEAD:
+        history = [str(e) for e in task.history]
+        raise TaskDeadError(task.id, error.error_type, error.message, error.traceback, history)
     raise TaskFailedError(task.id, error.error_type, error.message, error.traceback)
 
 
@@ -353,6 +416,22 @@ class OmniQ:
     def stats(self, queues: Sequence[str] | None = None) -> QueueStats:
         """Task counts by status."""
         return self._loop.call(self._async.stats(queues))
+
+    def dead(self, limit: int = 100) -> list[Task]:
+        """Quarantined (DEAD) tasks; see :meth:`AsyncOmniQ.dead`."""
+        return self._loop.call(self._async.dead(limit))
+
+    def retry(self, task_ids: Sequence[str] | None = None) -> list[str]:
+        """Re-queue DEAD or FAILED tasks; see :meth:`AsyncOmniQ.retry`."""
+        return self._loop.call(self._async.retry(task_ids))
+
+    def purge(
+        self,
+        older_than: timedelta | float | str,
+        statuses: Sequence[TaskStatus] = (TaskStatus.COMPLETED, TaskStatus.FAILED),
+    ) -> int:
+        """Delete old finished tasks; see :meth:`AsyncOmniQ.purge`."""
+        return self._loop.call(self._async.purge(older_than, statuses))
 
     def build(self, func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> Task:
         """Validate and pickle a call without storing it."""

@@ -13,6 +13,7 @@ __all__ = [
     "SerializationError",
     "StorageError",
     "TaskCancelledError",
+    "TaskDeadError",
     "TaskFailedError",
     "TaskNotFoundError",
 ]
@@ -82,3 +83,14 @@ class TaskFailedError(OmniqError):
         self.traceback = traceback
         if traceback:
             self.__cause__ = RemoteTraceback(traceback)
+
+
+class TaskDeadError(TaskFailedError):
+    """The task was quarantined (DEAD): its process died on every start its crash budget
+    allowed. ``history`` lists each attempt's error as ``Type: message`` lines."""
+
+    def __init__(
+        self, task_id: str, error_type: str, message: str, traceback: str, history: list[str]
+    ) -> None:
+        super().__init__(task_id, error_type, message, traceback)
+        self.history = history

@@ -37,6 +37,7 @@ class TaskStatus(enum.StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    DEAD = "DEAD"  # quarantined: its process died on every allowed start (poison task)
 
     @property
     def is_terminal(self) -> bool:
@@ -44,7 +45,9 @@ class TaskStatus(enum.StrEnum):
         return self in _TERMINAL
 
 
-_TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+_TERMINAL = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.DEAD}
+)
 
 
 class ErrorKind(enum.StrEnum):
@@ -54,6 +57,8 @@ class ErrorKind(enum.StrEnum):
     TIMEOUT = "timeout"  # the supervisor killed it at its deadline
     CRASH = "crash"  # its process died on its own (segfault, os._exit, OOM kill)
     LOST = "lost"  # its lease expired: the supervisor that held it died
+    MEMORY = "memory"  # killed for exceeding its memory limit
+    CANCELLED = "cancelled"  # killed because a user cancelled it
     IMPORT = "import"  # a dotted path that does not import: retrying cannot help
     SERIALIZATION = "serialization"  # payload or result could not cross a process boundary
 
@@ -166,6 +171,13 @@ class Task:
     worker_id: str | None = None
     result: bytes | None = None
     error: TaskError | None = None
+    key: str | None = None  # unique key: one unfinished task per key
+    max_memory: int | None = None  # bytes of RSS the task's process may use
+    result_ttl: float | None = None  # seconds the finished record is kept
+    expires_at: float | None = None  # when the finished record may be purged
+    cancel_requested: bool = False  # set on a RUNNING task; its supervisor kills it
+    crashes: int = 0  # starts whose process died (segfault, OOM, memory limit, lost)
+    history: tuple[TaskError, ...] = ()  # every failed attempt's error, oldest first
 
     def get(self, key: str, default: Any = None) -> Any:
         """Dict-style read of a field; ``default`` when the field is unknown or None."""
@@ -188,8 +200,10 @@ class Settlement:
     """One write that ends an attempt, fenced by the lease token the attempt was claimed with.
 
     ``status`` PENDING means "run again at ``eta``"; ``uncharge`` gives the attempt back (a
-    task interrupted by shutdown was not at fault). ``follow_up`` is a task to insert in
-    the same transaction (the next run of an interval task).
+    task interrupted by shutdown was not at fault). ``crashed`` counts the attempt against
+    the crash budget. ``error`` is also appended to the task's history. ``follow_up`` is a
+    task to insert in the same transaction (the next run of an interval task). Whatever
+    the status, a task whose cancellation was requested ends CANCELLED.
     """
 
     task_id: str
@@ -201,6 +215,7 @@ class Settlement:
     uncharge: bool = False
     finished_at: float | None = None
     follow_up: Task | None = None
+    crashed: bool = False
 
 
 class OutcomeKind(enum.StrEnum):

@@ -62,7 +62,8 @@ class WorkerProcess:
         self.sock = sock
         self.inbox: asyncio.Queue[ipc.Frame | None] = asyncio.Queue()
         self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.abort_reason: str | None = None
+        self.abort_error: TaskError | None = None  # what run() reports after an abort
+        self.abort_kind = OutcomeKind.ABORTED
         self.retiring = False
         self.tasks_run = 0
         self._writer: asyncio.StreamWriter | None = None
@@ -168,14 +169,13 @@ class WorkerProcess:
         return Outcome(OutcomeKind.TIMED_OUT, None, error, time.monotonic() - begin, self.pid)
 
     async def _died(self, begin: float) -> Outcome:
-        if self.abort_reason is None:
+        if self.abort_error is None:
             await self._await_exit(_EXIT_WAIT)
         else:  # the abort's kill is under way; it owns the escalation
             await asyncio.shield(self.exited)
         duration = time.monotonic() - begin
-        if self.abort_reason is not None:
-            error = TaskError("Aborted", self.abort_reason, kind=ErrorKind.LOST.value)
-            return Outcome(OutcomeKind.ABORTED, None, error, duration, self.pid)
+        if self.abort_error is not None:
+            return Outcome(self.abort_kind, None, self.abort_error, duration, self.pid)
         text = await self.exit_text()
         error = TaskError(
             "WorkerCrashed",
@@ -186,9 +186,19 @@ class WorkerProcess:
 
     # -- stopping ----------------------------------------------------------------------------
 
-    def abort(self, reason: str, grace: float) -> None:
-        """Stop the running task from outside (shutdown, lost lease); ``run`` returns ABORTED."""
-        self.abort_reason = reason
+    def abort(
+        self,
+        error: TaskError,
+        grace: float,
+        kind: OutcomeKind = OutcomeKind.ABORTED,
+    ) -> None:
+        """Stop the running task from outside; ``run`` then returns ``kind`` with ``error``.
+
+        ABORTED (shutdown, lost lease, cancel) is not the task's fault; CRASHED (memory
+        limit) counts against its crash budget.
+        """
+        self.abort_error = error
+        self.abort_kind = kind
         asyncio.create_task(self.kill(grace), name=f"abort-{self.pid}")  # noqa: RUF006
 
     async def kill(self, grace: float) -> signal.Signals:
@@ -260,6 +270,8 @@ class ProcessPool:
     :param kill_grace: seconds between SIGTERM and SIGKILL.
     :param max_tasks_per_child: a worker exits after this many tasks and is replaced.
     :param ready_timeout: seconds a new worker may take to import and report READY.
+    :param max_memory_per_child: bytes of resident memory past which a worker is replaced
+        after its current task.
     """
 
     def __init__(
@@ -270,8 +282,10 @@ class ProcessPool:
         kill_grace: float = 0.5,
         max_tasks_per_child: int | None = None,
         ready_timeout: float = 60.0,
+        max_memory_per_child: int | None = None,
     ) -> None:
         self.size = size
+        self.max_memory_per_child = max_memory_per_child
         self.kill_grace = kill_grace
         self.max_tasks_per_child = max_tasks_per_child
         self.ready_timeout = ready_timeout
@@ -321,18 +335,30 @@ class ProcessPool:
             del self._running[task.id]
             self._release(worker)
 
-    def abort(self, task_id: str, reason: str) -> bool:
-        """Kill the process running ``task_id``; its ``run`` returns an ABORTED outcome."""
+    def abort(
+        self,
+        task_id: str,
+        reason: str,
+        error_kind: ErrorKind = ErrorKind.LOST,
+        kind: OutcomeKind = OutcomeKind.ABORTED,
+        error_type: str = "Aborted",
+    ) -> bool:
+        """Kill the process running ``task_id``; its ``run`` returns ``kind`` with an error
+        of ``error_type`` saying ``reason``. False if the task is not running here."""
         worker = self._running.get(task_id)
-        if worker is None:
+        if worker is None or worker.abort_error is not None:
             return False
-        worker.abort(reason, self.kill_grace)
+        worker.abort(TaskError(error_type, reason, kind=error_kind.value), self.kill_grace, kind)
         return True
 
     def abort_all(self, reason: str) -> None:
         """Abort every running task (end of a graceful shutdown)."""
         for task_id in list(self._running):
             self.abort(task_id, reason)
+
+    def running(self) -> dict[str, WorkerProcess]:
+        """Task id -> the worker running it (a copy)."""
+        return dict(self._running)
 
     async def close(self) -> None:
         """Stop idle workers, kill busy ones, and wait for all to exit."""
@@ -349,17 +375,33 @@ class ProcessPool:
     # -- replacement -------------------------------------------------------------------------
 
     def _release(self, worker: WorkerProcess) -> None:
-        if worker.alive and not worker.retiring and worker.abort_reason is None:
+        if self._grown_too_big(worker):
+            worker.retiring = True  # replaced now, between tasks
+        if worker.alive and not worker.retiring and worker.abort_error is None:
             self._idle.put_nowait(worker)
         elif not self._closing:
             job = asyncio.create_task(self._replace(worker), name=f"respawn-{worker.slot}")
             self._respawns.add(job)
             job.add_done_callback(self._respawns.discard)
 
+    def _grown_too_big(self, worker: WorkerProcess) -> bool:
+        if self.max_memory_per_child is None or not worker.alive:
+            return False
+        with contextlib.suppress(psutil.Error):
+            rss = psutil.Process(worker.pid).memory_info().rss
+            if rss > self.max_memory_per_child:
+                logger.bind(action="worker_recycled", pid=worker.pid).info(
+                    "worker {} uses {} bytes, over max_memory_per_child: replacing it",
+                    worker.pid,
+                    rss,
+                )
+                return True
+        return False
+
     async def _replace(self, old: WorkerProcess) -> None:
         if old.alive:
-            if old.retiring:  # it exits by itself after its last task
-                await old._await_exit(2.0)
+            if old.retiring:  # done with tasks: exits by itself, or when told to
+                await old.stop()
             if old.alive:
                 await old.kill(self.kill_grace)
         # A worker that crashed on its own may leave grandchildren in its process group.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,6 +29,7 @@ from omniq_mp.models import (
 from omniq_mp.retry import RetryPolicy
 from omniq_mp.serialization import callable_name, dumps_call, dumps_result
 from omniq_mp.storage.base import QueueStats, Storage
+from omniq_mp.units import parse_bytes, parse_duration
 
 __all__ = ["AsyncTaskQueue", "build_task"]
 
@@ -45,6 +47,9 @@ def build_task(
     interval: timedelta | int | float | None = None,
     max_retries: int = 3,
     timeout: float | None = None,
+    key: str | None = None,
+    max_memory: str | int | None = None,
+    result_ttl: timedelta | float | None = None,
     now: float | None = None,
 ) -> Task:
     """Validate options and pickle the call into a new :class:`Task`.
@@ -67,6 +72,10 @@ def build_task(
         raise ConfigError(f"args must be a list or tuple, got {type(args).__name__}")
     if kwargs is not None and not isinstance(kwargs, Mapping):
         raise ConfigError(f"kwargs must be a dict, got {type(kwargs).__name__}")
+    if key is not None and (not isinstance(key, str) or not key.strip()):
+        raise ConfigError(f"key must be a non-empty string, got {key!r}")
+    memory = None if max_memory is None else parse_bytes("max_memory", max_memory)
+    ttl = None if result_ttl is None else parse_duration("result_ttl", result_ttl)
     payload = dumps_call(target, tuple(args), dict(kwargs or {}))
     return Task(
         func_name=callable_name(target),
@@ -78,6 +87,9 @@ def build_task(
         timeout=timeout,
         max_retries=max_retries,
         created_at=now,
+        key=key,
+        max_memory=memory,
+        result_ttl=ttl,
     )
 
 
@@ -111,6 +123,7 @@ class AsyncTaskQueue:
     :param storage: an opened or unopened storage backend.
     :param retry_policy: backoff used for retries.
     :param clock: wall-clock source (epoch seconds); tests pass a fake one.
+    :param max_crashes: starts whose process dies before a task is quarantined as DEAD.
     """
 
     def __init__(
@@ -119,10 +132,12 @@ class AsyncTaskQueue:
         *,
         retry_policy: RetryPolicy | None = None,
         clock: Clock = time.time,
+        max_crashes: int = 3,
     ) -> None:
         self.storage = storage
         self.retry_policy = retry_policy or RetryPolicy()
         self.clock = clock
+        self.max_crashes = max_crashes
 
     # -- producing ---------------------------------------------------------------------------
 
@@ -135,13 +150,13 @@ class AsyncTaskQueue:
     ) -> str:
         """Store a new task and return its id. Options are those of :func:`build_task`."""
         task = build_task(func_path, args, kwargs, now=self.clock(), **options)
-        await self.storage.enqueue([task])
-        return task.id
+        [task_id] = await self.storage.enqueue([task])
+        return task_id
 
     async def enqueue_tasks(self, tasks: Sequence[Task]) -> list[str]:
-        """Store already-built tasks in one transaction."""
-        await self.storage.enqueue(tasks)
-        return [t.id for t in tasks]
+        """Store already-built tasks in one transaction; returns their ids (for a task whose
+        ``key`` is held by an unfinished task, that task's id)."""
+        return await self.storage.enqueue(tasks)
 
     # -- consuming ---------------------------------------------------------------------------
 
@@ -182,7 +197,13 @@ class AsyncTaskQueue:
     # -- policy ------------------------------------------------------------------------------
 
     def settlement(self, task: Task, outcome: Outcome) -> Settlement:
-        """What an attempt's outcome does to its task: the whole retry policy."""
+        """What an attempt's outcome does to its task: the whole retry policy.
+
+        Two budgets: exceptions and timeouts are retried while the task's non-crash
+        executions stay within ``max_retries``; a start whose process died (crash, memory
+        limit, lost supervisor) spends the crash budget, and the task is quarantined as
+        DEAD once ``max_crashes`` starts have died, so a poison task cannot loop.
+        """
         now = self.clock()
         token = task.lease_token or ""
         if outcome.kind is OutcomeKind.SUCCEEDED:
@@ -195,23 +216,54 @@ class AsyncTaskQueue:
                 follow_up=self._next_run(task, now),
             )
         if outcome.kind is OutcomeKind.ABORTED:
-            # Stopped by us (shutdown): not the task's fault, so the attempt is given back.
-            return Settlement(task.id, token, TaskStatus.PENDING, uncharge=True, eta=now)
+            return self._aborted(task, token, outcome, now)
+        if outcome.kind is OutcomeKind.CRASHED:
+            return self._crashed(task, token, outcome, now)
         error = self._charged_error(task, outcome)
-        if self.retry_policy.should_retry(task.attempts, task.max_retries, error.is_retryable):
-            eta = now + self.retry_policy.delay(task.attempts)
+        executions = task.attempts - task.crashes  # crashes have their own budget
+        if self.retry_policy.should_retry(executions, task.max_retries, error.is_retryable):
+            eta = now + self.retry_policy.delay(executions)
             return Settlement(task.id, token, TaskStatus.PENDING, error=error, eta=eta)
+        return self._final(task, token, TaskStatus.FAILED, error, now)
+
+    def _aborted(self, task: Task, token: str, outcome: Outcome, now: float) -> Settlement:
+        if outcome.error is not None and outcome.error.kind == ErrorKind.CANCELLED.value:
+            return Settlement(
+                task.id, token, TaskStatus.CANCELLED, error=outcome.error, finished_at=now
+            )
+        # Stopped by us (shutdown, lost lease): not the task's fault, the attempt is given back.
+        return Settlement(task.id, token, TaskStatus.PENDING, uncharge=True, eta=now)
+
+    def _crashed(self, task: Task, token: str, outcome: Outcome, now: float) -> Settlement:
+        error = self._charged_error(task, outcome)
+        crashes = task.crashes + 1
+        if crashes < self.max_crashes:
+            eta = now + self.retry_policy.delay(crashes)
+            return Settlement(
+                task.id, token, TaskStatus.PENDING, error=error, eta=eta, crashed=True
+            )
+        dead = replace(
+            error,
+            message=f"quarantined after {crashes} starts whose process died; last: {error.message}",
+            is_retryable=False,
+        )
+        return replace(self._final(task, token, TaskStatus.DEAD, dead, now), crashed=True)
+
+    def _final(
+        self, task: Task, token: str, status: TaskStatus, error: TaskError, now: float
+    ) -> Settlement:
         return Settlement(
             task.id,
             token,
-            TaskStatus.FAILED,
+            status,
             error=error,
             finished_at=now,
             follow_up=self._next_run(task, now),
         )
 
     def lost_settlement(self, task: Task) -> Settlement:
-        """What happens to a task whose lease expired: its holder died mid-attempt."""
+        """What happens to a task whose lease expired: its holder died mid-attempt, which
+        counts against the task's crash budget (it may be what killed its supervisor)."""
         error = TaskError(
             "WorkerLost",
             f"the supervisor {task.worker_id} running attempt {task.attempts} stopped "
@@ -253,6 +305,9 @@ class AsyncTaskQueue:
             timeout=task.timeout,
             max_retries=task.max_retries,
             created_at=now,
+            key=task.key,
+            max_memory=task.max_memory,
+            result_ttl=task.result_ttl,
         )
 
     # -- reading -----------------------------------------------------------------------------

@@ -34,11 +34,13 @@ from omniq_mp.models import Outcome, OutcomeKind, Settlement, Task
 from omniq_mp.pool import ProcessPool, WorkerProcess
 from omniq_mp.queue import AsyncTaskQueue
 from omniq_mp.storage.base import Storage, WorkerInfo
+from omniq_mp.watch import WATCH_INTERVAL, TaskWatch
 
 __all__ = ["AsyncWorkerPool"]
 
 HEARTBEAT_INTERVAL = 2.0
 _RECOVERY_BATCH = 100
+_PURGE_BATCH = 500
 
 SettledCallback = Callable[[Task, Settlement], None]
 
@@ -60,16 +62,17 @@ class AsyncWorkerPool:
         concurrency: int | None = None,
         queues: Sequence[str] | None = None,
     ) -> None:
-        self.queue = queue if isinstance(queue, AsyncTaskQueue) else AsyncTaskQueue(queue)
         self.settings = (settings or Settings()).with_overrides(
             procs=concurrency, queues=tuple(queues) if queues else None
         )
+        self.queue = queue if isinstance(queue, AsyncTaskQueue) else self.settings.task_queue(queue)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.pool = ProcessPool(
             self.settings.procs,
             start_method=self.settings.start_method,
             kill_grace=self.settings.kill_grace,
             max_tasks_per_child=self.settings.max_tasks_per_child,
+            max_memory_per_child=_as_bytes(self.settings.max_memory_per_child),
         )
         self.on_settled: list[SettledCallback] = []
         self.processed = 0  # attempts settled by this supervisor
@@ -83,6 +86,7 @@ class AsyncWorkerPool:
         self._started_at = time.time()
         self._jobs: set[asyncio.Task[Any]] = set()  # runs of tasks, strong refs
         self._pacer = Pacer(self.settings.procs, self.settings.prefetch)
+        self.watch = TaskWatch(self.pool, self.queue.storage, lambda: self._held, self._drop)
         self._services: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> AsyncWorkerPool:
@@ -102,6 +106,8 @@ class AsyncWorkerPool:
             ("leases", self._lease_loop),
             ("recovery", self._recovery_loop),
             ("heartbeat", self._heartbeat_loop),
+            ("watch", self._watch_loop),
+            ("purge", self._purge_loop),
         ):
             self._services.append(asyncio.create_task(loop(), name=f"omniq-{name}"))
         logger.bind(action="worker_online", worker=self.worker_id).info(
@@ -197,7 +203,9 @@ class AsyncWorkerPool:
 
     def _dispatch(self) -> None:
         # Hand claimed tasks to idle workers, never waiting for one.
-        while not self._stopping and self._ready and (worker := self.pool.try_acquire()) is not None:
+        while (
+            not self._stopping and self._ready and (worker := self.pool.try_acquire()) is not None
+        ):
             task = self._ready.popleft()
             job = asyncio.create_task(self._run_one(worker, task), name=f"run-{task.id}")
             self._jobs.add(job)
@@ -316,6 +324,38 @@ class AsyncWorkerPool:
             )
         return sum(applied)
 
+    def _drop(self, task_id: str) -> None:
+        # A claimed task cancelled before it started: out of the buffer, and settled (the
+        # store turns the release into CANCELLED because the cancel flag is set).
+        task = next((t for t in self._ready if t.id == task_id), None)
+        if task is not None:
+            self._ready.remove(task)
+            self._outcomes.put_nowait((task, Outcome(OutcomeKind.ABORTED)))
+
+    async def _watch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            await _guard("task watch", self.watch.step)
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.purge_interval)
+            await _guard("purge", self.purge_expired)
+
+    async def purge_expired(self) -> int:
+        """Delete finished tasks past their retention, in small batches (each a short
+        transaction, so producers and claims are never blocked for long)."""
+        total = 0
+        while True:
+            removed = await self.queue.storage.purge_expired(self.queue.clock(), _PURGE_BATCH)
+            total += removed
+            if removed < _PURGE_BATCH:
+                break
+            await asyncio.sleep(0)
+        if total:
+            logger.bind(action="purged").info("purged {} expired task records", total)
+        return total
+
     async def _heartbeat_loop(self) -> None:
         while True:
             await _guard("heartbeat", self._beat)
@@ -370,6 +410,11 @@ class Pacer:
 
 def _ewma(previous: float | None, sample: float, weight: float = 0.2) -> float:
     return sample if previous is None else previous + weight * (sample - previous)
+
+
+def _as_bytes(value: int | str | None) -> int | None:
+    # Settings has already parsed sizes; this only narrows the type.
+    return None if value is None else int(value)
 
 
 async def _guard(what: str, step: Callable[[], Coroutine[Any, Any, Any]]) -> None:

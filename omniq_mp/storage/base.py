@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from omniq_mp.models import Settlement, Task
+from omniq_mp.models import Settlement, Task, TaskStatus
 
 __all__ = ["QueueStats", "Storage", "WorkerInfo"]
 
@@ -32,6 +32,7 @@ class QueueStats:
     completed: int = 0
     failed: int = 0
     cancelled: int = 0
+    dead: int = 0
 
     @property
     def unfinished(self) -> int:
@@ -62,8 +63,13 @@ class Storage(Protocol):
     async def close(self) -> None:
         """Release connections and handles. Safe to call twice."""
 
-    async def enqueue(self, tasks: Sequence[Task]) -> None:
-        """Insert tasks atomically: all are stored, or none is and the call raises."""
+    async def enqueue(self, tasks: Sequence[Task]) -> list[str]:
+        """Insert tasks atomically: all are stored, or none is and the call raises.
+
+        A task with a ``key`` already held by an unfinished (PENDING or RUNNING) task is not
+        inserted; the returned list, one id per task, gives that task's id instead.
+        """
+        ...
 
     async def claim(
         self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker_id: str
@@ -77,7 +83,13 @@ class Storage(Protocol):
         ...
 
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
-        """Apply attempt outcomes in one transaction; False where the token no longer holds."""
+        """Apply attempt outcomes in one transaction; False where the token no longer holds.
+
+        A task whose cancellation was requested ends CANCELLED whatever the settlement
+        says, and its result is discarded. Crashed settlements add one to ``crashes``;
+        every error is appended to ``history``; terminal ones set ``expires_at`` to
+        ``finished_at + result_ttl``.
+        """
         ...
 
     async def extend_leases(self, leases: Mapping[str, str], lease_until: float) -> set[str]:
@@ -93,7 +105,33 @@ class Storage(Protocol):
         ...
 
     async def cancel(self, task_id: str, now: float) -> Task | None:
-        """Cancel a PENDING task; return the task as it now is (None if unknown)."""
+        """Cancel a PENDING task at once, or flag a RUNNING one (``cancel_requested``) for
+        its supervisor to kill; return the task as it now is (None if unknown)."""
+        ...
+
+    async def cancel_requests(self, task_ids: Sequence[str]) -> set[str]:
+        """Those of ``task_ids`` that are RUNNING with a cancellation requested."""
+        ...
+
+    async def list_tasks(
+        self, status: TaskStatus, queues: Sequence[str] | None, limit: int
+    ) -> list[Task]:
+        """Up to ``limit`` tasks in ``status``, most recently finished (or created) first."""
+        ...
+
+    async def revive(self, task_ids: Sequence[str] | None, now: float) -> list[str]:
+        """Re-queue the given DEAD or FAILED tasks (every DEAD one when None) with fresh
+        attempt and crash budgets; return the ids re-queued."""
+        ...
+
+    async def purge_expired(self, now: float, limit: int) -> int:
+        """Delete up to ``limit`` finished tasks whose ``expires_at`` has passed."""
+        ...
+
+    async def purge_finished(
+        self, before: float, statuses: Sequence[TaskStatus], limit: int
+    ) -> int:
+        """Delete up to ``limit`` tasks in ``statuses`` that finished before ``before``."""
         ...
 
     async def stats(self, queues: Sequence[str] | None, now: float) -> QueueStats:

@@ -9,10 +9,13 @@
                                          P inverted priority, E eta in microseconds, S the
                                          sequence: a plain name sort is the claim order
       running/<id>.json
-      done/<id>.json                     COMPLETED, FAILED and CANCELLED tasks
+      done/<id>.json                     COMPLETED, FAILED, CANCELLED and DEAD tasks
       workers/<worker_id>.json           supervisor heartbeats
       ids/<id> -> ../pending/<queue>/<P>-<E>-<S>-<id>.json   a pending task by id (a
                                          symlink; running and done ones are found by name)
+      keys/<key> -> <id>                 the task holding a unique key (a symlink whose
+                                         target is the encoded id; only trusted after
+                                         reading that task: unfinished, with this key)
       quarantine/<x>-<name>, <x>-<name>.reason   entries that could not be read
 
 Every write goes to ``<name>.tmp``, is fsync'ed and renamed over the old entry, and the
@@ -20,46 +23,52 @@ folder is fsync'ed: readers see the old entry or the new one, never half of one.
 change renames the entry to ``running/<id>.json``, rewrites it there with its new status,
 then renames it into its new folder: a task is always in exactly one file, and a crash
 leaves at worst an entry in ``running/`` whose status says it belongs elsewhere, which
-open(), expired() and stats() move on. Names (queues, ids) are percent-encoded so any
-string is a safe file name. Entries are JSON with base64 bytes: nothing here unpickles.
+open(), expired() and every scan move on. Names (queues, ids, keys) are percent-encoded so
+any string is a safe file name. Entries are JSON with base64 bytes: nothing here unpickles.
+The index links (``ids/``, ``keys/``) are hints: a link to nothing, or to a task that no
+longer matches, finds nothing, so a crash between writing a link and its entry is harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import fcntl
-import json
-import math
+import itertools
 import os
+import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import quote
+from typing import TypeVar
 
 from omniq_mp.errors import StorageError
-from omniq_mp.models import Settlement, Task, TaskError, TaskStatus
+from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.storage.base import QueueStats, WorkerInfo
+from omniq_mp.storage.file_codec import (
+    Corrupt,
+    decode_task,
+    decode_worker,
+    encode_task,
+    encode_worker,
+    entry_name,
+    eta_us,
+    key_field,
+    key_name,
+    order_key,
+    unname,
+)
 from omniq_mp.storage.memory import count_tasks
 
 __all__ = ["FileStorage"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+_Entry = tuple[Path, Task, int]  # where an entry is, its task, its FIFO sequence number
 _TMP = ".tmp"
-_FOLDERS = ("pending", "running", "done", "workers", "ids", "quarantine")
-_PRIORITY_SPAN = 10**18  # priorities beyond +-(span - 1) share a file-name rank
-_ETA_MAX = 10**20 - 1  # the widest eta (in microseconds) a 20-digit name field holds
-# JSON types of Task fields by annotation; TaskStatus and TaskError are checked on decoding.
-_JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,),
-    "bytes": (str,),  # base64 text
-    "int": (int,),
-    "float": (int, float),
-    "None": (type(None),),
-}
+_FOLDERS = ("pending", "running", "done", "workers", "ids", "keys", "quarantine")
+_TERMINAL = tuple(s for s in TaskStatus if s.is_terminal)  # the statuses kept in done/
+_REVIVABLE = (TaskStatus.DEAD, TaskStatus.FAILED)
 
 
 class FileStorage:
@@ -90,15 +99,20 @@ class FileStorage:
             raise StorageError(f"file store {self.base_dir} is not open; call open() first")
         return await asyncio.to_thread(_locked, self.base_dir, op)
 
-    async def enqueue(self, tasks: Sequence[Task]) -> None:
-        """Store all tasks or none. :param tasks: new tasks with ids not yet stored."""
+    async def enqueue(self, tasks: Sequence[Task]) -> list[str]:
+        """Store all new tasks or none; :return: one id per task, the id of the unfinished
+        task already holding its ``key`` where there is one (that task is not inserted).
+
+        :raises ValueError: when a task's id is already stored or repeats in the batch.
+        """
         batch = list(tasks)
-        await self._run(lambda t: t.insert(batch))
+        return await self._run(lambda t: t.insert(batch))
 
     async def claim(
         self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker_id: str
     ) -> list[Task]:
-        """Lease up to ``limit`` due PENDING tasks of ``queues``, in claim order.
+        """Lease up to ``limit`` due PENDING tasks of ``queues``, in claim order: queues in
+        the order given, then priority, eta and FIFO within a queue.
 
         :param now: decides which tasks are due. :param worker_id: recorded on each task.
         """
@@ -124,8 +138,51 @@ class FileStorage:
         return await self._run(lambda t: t.get(task_id))
 
     async def cancel(self, task_id: str, now: float) -> Task | None:
-        """Cancel a PENDING task; return it as it now is. :param now: its ``finished_at``."""
+        """Cancel a PENDING task (``now`` is its ``finished_at``) or flag a RUNNING one for
+        its supervisor to kill; :return: the task as it now is, None if unknown."""
         return await self._run(lambda t: t.cancel(task_id, now))
+
+    async def cancel_requests(self, task_ids: Sequence[str]) -> set[str]:
+        """Those of ``task_ids`` that are RUNNING with a cancellation requested."""
+        ids = list(task_ids)
+        return await self._run(lambda t: t.cancel_requests(ids))
+
+    async def list_tasks(
+        self, status: TaskStatus, queues: Sequence[str] | None, limit: int
+    ) -> list[Task]:
+        """Up to ``limit`` tasks in ``status`` (of ``queues``; None: all), most recently
+        finished (or, unfinished, created) first. Reads every entry of that status."""
+        names = None if queues is None else tuple(queues)
+        return await self._run(lambda t: t.list_tasks(status, names, limit))
+
+    async def revive(self, task_ids: Sequence[str] | None, now: float) -> list[str]:
+        """Re-queue the given DEAD or FAILED tasks (None: every DEAD one) due at ``now``,
+        with fresh attempt and crash budgets; :return: the ids re-queued."""
+        ids = None if task_ids is None else list(task_ids)
+        return await self._run(lambda t: t.revive(ids, now))
+
+    async def purge_expired(self, now: float, limit: int) -> int:
+        """Delete up to ``limit`` finished tasks whose ``expires_at`` is at or before
+        ``now``; :return: how many were deleted."""
+        return await self._run(
+            lambda t: t.purge(
+                (e for e in t.scan(_TERMINAL, None) if _expired(e[1], now)),
+                limit,
+            )
+        )
+
+    async def purge_finished(
+        self, before: float, statuses: Sequence[TaskStatus], limit: int
+    ) -> int:
+        """Delete up to ``limit`` tasks in ``statuses`` that finished before ``before``;
+        :return: how many were deleted."""
+        wanted = tuple(statuses)
+        return await self._run(
+            lambda t: t.purge(
+                (e for e in t.scan(wanted, None) if _finished_before(e[1], before)),
+                limit,
+            )
+        )
 
     async def stats(self, queues: Sequence[str] | None, now: float) -> QueueStats:
         """Counts by status over ``queues`` (None: all); reads every entry once."""
@@ -134,7 +191,7 @@ class FileStorage:
 
     async def heartbeat(self, info: WorkerInfo) -> None:
         """Record a supervisor's beat. :param info: replaces the supervisor's last record."""
-        data = json.dumps(dataclasses.asdict(info)).encode()
+        data = encode_worker(info)
         await self._run(lambda t: t.write(t.at("workers", info.worker_id), data))
 
     async def remove_worker(self, worker_id: str) -> None:
@@ -153,7 +210,7 @@ def _make_tree(base: Path) -> None:
                 raise StorageError(f"file store folder {folder} exists and is not a directory")
             break
     try:
-        for name in _FOLDERS:
+        for name in _FOLDERS:  # also adds folders a newer version introduced to older stores
             (base / name).mkdir(parents=True, exist_ok=True)
     except FileExistsError as exc:  # mkdir's way of saying "a file has this name"
         raise StorageError(f"{exc.filename} exists and is not a directory") from exc
@@ -179,10 +236,6 @@ def _locked(base: Path, op: Callable[[_Tree], T]) -> T:
         raise StorageError(f"file store {base}: {exc}") from exc
 
 
-class _Corrupt(Exception):
-    """An entry that cannot be read back; it is moved to quarantine."""
-
-
 class _Tree:
     """One locked operation on the folder tree; remembers which folders to fsync at its end."""
 
@@ -193,14 +246,20 @@ class _Tree:
     # -- paths and file primitives -----------------------------------------------------------
 
     def at(self, folder: str, name: str) -> Path:
-        return self.base / folder / f"{_name(name)}.json"
+        return self.base / folder / f"{entry_name(name)}.json"
 
     def home(self, task: Task, seq: int) -> Path:
         """Where an entry with this content belongs."""
         if task.status is TaskStatus.PENDING:
-            key = f"{_order_key(task, seq)}-{_name(task.id)}.json"
-            return self.base / "pending" / _name(task.queue) / key
+            key = f"{order_key(task, seq)}-{entry_name(task.id)}.json"
+            return self.base / "pending" / entry_name(task.queue) / key
         return self.at("running" if task.status is TaskStatus.RUNNING else "done", task.id)
+
+    def id_link(self, task_id: str) -> Path:
+        return self.base / "ids" / entry_name(task_id)
+
+    def key_link(self, key: str) -> Path:
+        return self.base / "keys" / key_name(key)
 
     def stage(self, path: Path, data: bytes) -> Path:
         """Write ``data`` durably beside ``path``; return the temp file."""
@@ -239,13 +298,18 @@ class _Tree:
                 os.close(fd)
         self.dirty.clear()
 
-    def link(self, task_id: str, target: Path) -> None:
-        """Point the id index at a pending entry (a symlink: no data block to fsync)."""
-        link = self.base / "ids" / _name(task_id)
+    def symlink(self, link: Path, target: str) -> None:
+        """Point ``link`` at ``target``, replacing it atomically (a symlink holds its target
+        in the inode: no data block to fsync, the folder's fsync makes it durable)."""
         tmp = link.with_name(link.name + _TMP)
         tmp.unlink(missing_ok=True)
-        os.symlink(os.path.relpath(target, link.parent), tmp)
+        os.symlink(target, tmp)
         self.move(tmp, link)
+
+    def link(self, task_id: str, target: Path) -> None:
+        """Point the id index at a pending entry."""
+        link = self.id_link(task_id)
+        self.symlink(link, os.path.relpath(target, link.parent))
 
     def quarantine(self, path: Path, reason: str) -> None:
         dst = self.base / "quarantine" / f"{uuid.uuid4().hex[:8]}-{path.parent.name}-{path.name}"
@@ -258,15 +322,15 @@ class _Tree:
             return decode(path.read_bytes())
         except FileNotFoundError:
             return None
-        except (_Corrupt, IsADirectoryError) as exc:
+        except (Corrupt, IsADirectoryError) as exc:
             self.quarantine(path, str(exc) or type(exc).__name__)
             return None
 
     # -- entries -----------------------------------------------------------------------------
 
-    def entries(self, folder: Path) -> Iterator[tuple[Path, Task, int]]:
+    def entries(self, folder: Path) -> Iterator[_Entry]:
         for name in sorted(_json_names(folder)):
-            entry = self.read(folder / name, _decode)
+            entry = self.read(folder / name, decode_task)
             if entry is not None:
                 yield folder / name, *entry
 
@@ -275,7 +339,7 @@ class _Tree:
         if queues is None:
             folders = [p for p in root.iterdir() if p.is_dir()]
         else:
-            folders = [root / _name(q) for q in dict.fromkeys(queues)]
+            folders = [root / entry_name(q) for q in dict.fromkeys(queues)]
         for folder in folders:
             yield from ((folder, name) for name in _json_names(folder))
 
@@ -285,7 +349,7 @@ class _Tree:
         stop = self.at("running", task.id)
         if path != stop:
             self.move(path, stop)
-        self.write(stop, _encode(task, seq))
+        self.write(stop, encode_task(task, seq))
         self.place(stop, task, seq)
 
     def place(self, path: Path, task: Task, seq: int) -> None:
@@ -295,27 +359,53 @@ class _Tree:
         if dst != path:
             self.move(path, dst)
         if task.status is not TaskStatus.PENDING:
-            self.remove(self.base / "ids" / _name(task.id))
+            self.remove(self.id_link(task.id))
+        if task.status.is_terminal:
+            self.drop_key(task)  # only tidies: a finished holder frees its key anyway
 
-    def find(self, task_id: str) -> tuple[Path, Task, int] | None:
+    def find(self, task_id: str) -> _Entry | None:
         """A task's entry in any state (under the lock, no move is half done elsewhere)."""
         path = self.at("running", task_id)
         if not path.exists():
             path = self.at("done", task_id)
-        link = self.base / "ids" / _name(task_id)
+        link = self.id_link(task_id)
         if not path.exists() and os.path.lexists(link):
             path = Path(os.path.normpath(link.parent / os.readlink(link)))
-        entry = self.read(path, _decode)
+        entry = self.read(path, decode_task)
         return None if entry is None else (path, *entry)
 
-    def running_tasks(self) -> list[Task]:
+    def running_entries(self) -> list[_Entry]:
+        """Entries of RUNNING tasks; moves on any entry a crash left in ``running/``."""
         found = []
         for path, task, seq in self.entries(self.base / "running"):
             if path != self.home(task, seq):
                 self.place(path, task, seq)  # a crash stopped this entry's move halfway
             elif task.status is TaskStatus.RUNNING:
-                found.append(task)
+                found.append((path, task, seq))
         return found
+
+    def scan(
+        self, statuses: Collection[TaskStatus], queues: Sequence[str] | None
+    ) -> Iterator[_Entry]:
+        """Every entry in ``statuses`` (of ``queues``; None: all), reading only the folders
+        that hold those statuses. Callers may delete the entry just yielded."""
+        running = self.running_entries()  # first: it moves half-moved entries to be seen
+        parts: list[Iterable[_Entry]] = []
+        if TaskStatus.RUNNING in statuses:
+            parts.append(running)
+        if TaskStatus.PENDING in statuses:
+            parts.append(self.pending_entries(queues))
+        if any(s.is_terminal for s in statuses):
+            parts.append(self.entries(self.base / "done"))
+        for path, task, seq in itertools.chain(*parts):
+            if task.status in statuses and (queues is None or task.queue in queues):
+                yield path, task, seq
+
+    def pending_entries(self, queues: Sequence[str] | None) -> Iterator[_Entry]:
+        for folder, name in self.pending_names(queues):
+            entry = self.read(folder / name, decode_task)
+            if entry is not None:
+                yield folder / name, *entry
 
     def next_seq(self, count: int) -> int:
         """Reserve ``count`` FIFO numbers; return the first."""
@@ -325,9 +415,45 @@ class _Tree:
         except FileNotFoundError:
             last = 0
         except ValueError:  # a damaged counter: go on above every number in use
-            last = max((_key_field(n, 2) or 0 for _, n in self.pending_names(None)), default=0)
+            last = max((key_field(n, 2) or 0 for _, n in self.pending_names(None)), default=0)
         self.write(path, str(last + count).encode())
         return last + 1
+
+    # -- unique keys -------------------------------------------------------------------------
+
+    def holder(self, key: str, finishing: str | None = None) -> str | None:
+        """The id of the unfinished task holding ``key``, or None.
+
+        The link is only a hint: the task it names must still exist, carry this key and be
+        unfinished, so a link left by a finished, purged or never-stored task frees the key.
+        ``finishing`` is a task being settled to a terminal status in this operation, whose
+        key is already free.
+        """
+        try:
+            task_id = unname(os.readlink(self.key_link(key)))
+        except OSError:  # no link (or something that is not one): nobody holds the key
+            return None
+        found = self.find(task_id)
+        if found is None or task_id == finishing:
+            return None
+        task = found[1]
+        return task_id if task.key == key and not task.status.is_terminal else None
+
+    def point_key(self, task: Task) -> None:
+        if task.key:
+            self.symlink(self.key_link(task.key), entry_name(task.id))
+
+    def drop_key(self, task: Task) -> None:
+        """Remove the key link if it still names ``task`` (it may name a newer holder)."""
+        if not task.key:
+            return
+        link = self.key_link(task.key)
+        try:
+            target = os.readlink(link)
+        except OSError:
+            return
+        if unname(target) == task.id:
+            self.remove(link)
 
     # -- operations --------------------------------------------------------------------------
 
@@ -341,22 +467,42 @@ class _Tree:
                     self.remove(folder / name)
         if (self.base / f"seq{_TMP}").is_file():  # base_dir may hold others' files: only ours
             self.remove(self.base / f"seq{_TMP}")
-        self.running_tasks()
+        self.running_entries()
 
-    def insert(self, tasks: Sequence[Task]) -> None:
-        """All or nothing: stage every entry, then rename them all into place."""
-        ids = [t.id for t in tasks]
-        clash = next((i for i in ids if self.find(i) is not None), None)
+    def insert(self, tasks: Sequence[Task], finishing: str | None = None) -> list[str]:
+        """Store the tasks whose key is free, all or nothing; one id per task (the key
+        holder's where the key was taken, the first of the batch winning within it)."""
+        clash = next((t.id for t in tasks if self.find(t.id) is not None), None)
         if clash is not None:
             raise ValueError(f"task id {clash} already exists")
-        if len(set(ids)) < len(ids):
+        ids, fresh, taken = [], [], dict[str, str]()
+        for task in tasks:
+            existing = task.key and (taken.get(task.key) or self.holder(task.key, finishing))
+            if existing:
+                ids.append(existing)
+                continue
+            if task.key and not task.status.is_terminal:  # a finished task holds no key
+                taken[task.key] = task.id
+            ids.append(task.id)
+            fresh.append(task)
+        if len({t.id for t in fresh}) < len(fresh):
             raise ValueError("a task id appears twice in one enqueue")
+        self.store(fresh)
+        return ids
+
+    def store(self, tasks: Sequence[Task]) -> None:
+        """Stage every entry and its links, then rename the entries into place."""
         staged: list[tuple[Path, Path]] = []
         try:
             for seq, task in enumerate(tasks, self.next_seq(len(tasks)) if tasks else 0):
                 path = self.home(task, seq)
-                staged.append((self.stage(path, _encode(task, seq)), path))
-                self.link(task.id, path)  # a link to nothing finds nothing: safe to leave
+                staged.append((self.stage(path, encode_task(task, seq)), path))
+                # Links to entries not yet there find nothing, so they are safe to leave
+                # behind if this batch fails.
+                if task.status is TaskStatus.PENDING:
+                    self.link(task.id, path)
+                if not task.status.is_terminal:
+                    self.point_key(task)
             self.sync()  # the links are durable before any entry they point at appears
         except BaseException:
             for tmp, _ in staged:
@@ -369,58 +515,72 @@ class _Tree:
         self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker_id: str
     ) -> list[Task]:
         claimed: list[Task] = []
-        for path in self.due_paths(queues, now) if limit > 0 else []:
-            entry = self.read(path, _decode)
+        for path in self.due_paths(queues, now) if limit > 0 else ():
+            entry = self.read(path, decode_task)
             if entry is None:
                 continue
             task, seq = entry
             if task.status is not TaskStatus.PENDING:
                 self.place(path, task, seq)  # a crash stopped this entry's move halfway
             elif task.eta <= now:
-                task = dataclasses.replace(task, status=TaskStatus.RUNNING, started_at=now)
-                task.attempts, task.lease_token = task.attempts + 1, uuid.uuid4().hex
-                task.lease_until, task.worker_id = lease_until, worker_id
+                task = dataclasses.replace(
+                    task,
+                    status=TaskStatus.RUNNING,
+                    started_at=now,
+                    attempts=task.attempts + 1,
+                    lease_token=uuid.uuid4().hex,
+                    lease_until=lease_until,
+                    worker_id=worker_id,
+                )
                 self.transition(path, task, seq)
                 claimed.append(task)
-            if len(claimed) >= limit:
-                break
+                if len(claimed) >= limit:
+                    break
         return claimed
 
-    def due_paths(self, queues: Sequence[str], now: float) -> list[Path]:
-        """Pending entries whose name says they are due, in claim order across queues."""
-        horizon, found = _eta_us(now), []
-        for folder, name in self.pending_names(queues):
-            eta = _key_field(name, 1)
-            if eta is None:
-                self.quarantine(folder / name, "file name is not <P>-<E>-<S>-<id>.json")
-            elif eta <= horizon:  # names round the eta down: the exact test comes later
-                found.append((name, folder / name))
-        return [path for _, path in sorted(found)]
+    def due_paths(self, queues: Sequence[str], now: float) -> Iterator[Path]:
+        """Pending entries whose name says they are due, in claim order: every candidate of
+        a queue before any of the next, so later queues only get what earlier ones leave."""
+        horizon = eta_us(now)
+        for queue in dict.fromkeys(queues):
+            folder = self.base / "pending" / entry_name(queue)
+            for name in sorted(_json_names(folder)):  # listed first: claims move entries out
+                eta = key_field(name, 1)
+                if eta is None:
+                    self.quarantine(folder / name, "file name is not <P>-<E>-<S>-<id>.json")
+                elif eta <= horizon:  # names round the eta down: the exact test comes later
+                    yield folder / name
 
     def settle(self, s: Settlement) -> bool:
         path = self.at("running", s.task_id)
-        entry = self.read(path, _decode)
+        entry = self.read(path, decode_task)
         if entry is None or not _holds(entry[0], s.lease_token):
             return False
-        if s.follow_up is not None:  # first: a crash now repeats the next run, never loses it
-            self.insert([s.follow_up])
-        self.transition(path, _settled(entry[0], s), entry[1])
+        task, seq = entry
+        settled = _settled(task, s, time.time())
+        if s.follow_up is not None:
+            # First: a crash now repeats the next run, never loses it. The settled task is
+            # finished as far as keys go (as if settled first), so a follow-up carrying its
+            # key is inserted, not merged into it.
+            done = task.id if settled.status.is_terminal else None
+            self.insert([s.follow_up], finishing=done)
+        self.transition(path, settled, seq)
         return True
 
     def extend(self, leases: Mapping[str, str], lease_until: float) -> set[str]:
         lost = set()
         for task_id, token in leases.items():
             path = self.at("running", task_id)
-            entry = self.read(path, _decode)
+            entry = self.read(path, decode_task)
             if entry is None or not _holds(entry[0], token):
                 lost.add(task_id)
             else:
                 task = dataclasses.replace(entry[0], lease_until=lease_until)
-                self.write(path, _encode(task, entry[1]))
+                self.write(path, encode_task(task, entry[1]))
         return lost
 
     def expired(self, now: float, limit: int) -> list[Task]:
-        found = [t for t in self.running_tasks() if (t.lease_until or 0) < now]
+        found = [t for _, t, _ in self.running_entries() if (t.lease_until or 0) < now]
         found.sort(key=lambda t: t.lease_until or 0)
         return found[: max(limit, 0)]
 
@@ -434,46 +594,78 @@ class _Tree:
             return None
         path, task, seq = found
         if task.status is TaskStatus.PENDING:
-            task = dataclasses.replace(task, status=TaskStatus.CANCELLED, finished_at=now)
+            task = _finished(task, TaskStatus.CANCELLED, now)
             self.transition(path, task, seq)
+        elif task.status is TaskStatus.RUNNING and not task.cancel_requested:
+            # Stays RUNNING, in place: its supervisor polls cancel_requests() and kills it.
+            task = dataclasses.replace(task, cancel_requested=True)
+            self.write(path, encode_task(task, seq))
         return task
 
+    def cancel_requests(self, task_ids: Sequence[str]) -> set[str]:
+        found = set()
+        for task_id in dict.fromkeys(task_ids):
+            entry = self.read(self.at("running", task_id), decode_task)
+            if entry is not None and entry[0].status is TaskStatus.RUNNING:
+                if entry[0].cancel_requested:
+                    found.add(task_id)
+        return found
+
+    def list_tasks(
+        self, status: TaskStatus, queues: Sequence[str] | None, limit: int
+    ) -> list[Task]:
+        entries = sorted(self.scan((status,), queues), key=lambda e: e[2])
+        # Sorting by seq first makes ties come out in enqueue order, as in MemoryStorage.
+        tasks = [task for _, task, _ in entries]
+        tasks.sort(key=lambda t: t.finished_at or t.created_at, reverse=True)
+        return tasks[:limit]
+
+    def revive(self, task_ids: Sequence[str] | None, now: float) -> list[str]:
+        chosen: Iterable[_Entry]
+        if task_ids is None:
+            chosen = sorted(self.scan((TaskStatus.DEAD,), None), key=lambda e: e[2])
+        else:
+            # Found one by one, so an id named twice is revived once.
+            chosen = (e for tid in task_ids if (e := self.find(tid)) is not None)
+        revived = []
+        for path, task, seq in chosen:
+            if task.status not in _REVIVABLE:
+                continue
+            fresh = dataclasses.replace(
+                task,
+                status=TaskStatus.PENDING,
+                attempts=0,
+                crashes=0,
+                eta=now,
+                finished_at=None,
+                expires_at=None,
+                cancel_requested=False,
+            )
+            if fresh.key and self.holder(fresh.key) is None:
+                self.point_key(fresh)  # the key is free: the revived task holds it again
+            self.transition(path, fresh, seq)  # keeps seq: FIFO place as first enqueued
+            revived.append(task.id)
+        return revived
+
+    def purge(self, entries: Iterable[_Entry], limit: int) -> int:
+        """Delete up to ``limit`` of ``entries`` (and their index links), first enqueued
+        first, as MemoryStorage does; this reads them all before deleting any."""
+        deleted = 0
+        for path, task, _ in sorted(entries, key=lambda e: e[2])[: max(limit, 0)]:
+            self.remove(path)
+            self.remove(self.id_link(task.id))  # after the entry: a link to nothing is inert
+            self.drop_key(task)
+            deleted += 1
+        return deleted
+
     def stats(self, queues: Sequence[str] | None, now: float) -> QueueStats:
-        tasks = self.running_tasks()  # first: it moves half-moved entries to be counted
-        for folder, name in self.pending_names(queues):
-            entry = self.read(folder / name, _decode)
-            tasks += [] if entry is None else [entry[0]]
-        tasks += [task for _, task, _ in self.entries(self.base / "done")]
-        return count_tasks([t for t in tasks if queues is None or t.queue in queues], now)
+        tasks = [task for _, task, _ in self.scan(tuple(TaskStatus), queues)]
+        return count_tasks(tasks, now)
 
     def workers(self, alive_since: float) -> list[WorkerInfo]:
         folder = self.base / "workers"
-        infos = [self.read(folder / name, _decode_worker) for name in sorted(_json_names(folder))]
+        infos = [self.read(folder / name, decode_worker) for name in sorted(_json_names(folder))]
         return [w for w in infos if w is not None and w.heartbeat_at >= alive_since]
-
-
-def _name(text: str) -> str:
-    # quote leaves letters, digits and "_.-~"; encoding "." too rules out "..", hidden
-    # files and clashes with the ".json"/".tmp" suffixes. "%" alone names the empty string.
-    return quote(text, safe="").replace(".", "%2E") or "%"
-
-
-def _eta_us(eta: float) -> int:
-    if not eta < _ETA_MAX / 1e6:  # also catches inf and nan
-        return _ETA_MAX
-    return max(math.floor(eta * 1e6), 0)
-
-
-def _order_key(task: Task, seq: int) -> str:
-    rank = _PRIORITY_SPAN - max(min(task.priority, _PRIORITY_SPAN - 1), 1 - _PRIORITY_SPAN)
-    return f"{rank:019d}-{_eta_us(task.eta):020d}-{seq:020d}"
-
-
-def _key_field(name: str, index: int) -> int | None:
-    """Field ``index`` (1 eta, 2 seq) of a pending entry's name; None for a foreign name."""
-    parts = name.split("-", 3)
-    ok = len(parts) == 4 and all(p.isdigit() for p in parts[:3]) and name.endswith(".json")
-    return int(parts[index]) if ok else None
 
 
 def _json_names(folder: Path) -> list[str]:
@@ -487,74 +679,37 @@ def _holds(task: Task, token: str) -> bool:
     return task.status is TaskStatus.RUNNING and task.lease_token == token
 
 
-def _settled(task: Task, s: Settlement) -> Task:
-    """The task after settlement ``s`` (the rules of MemoryStorage)."""
+def _expired(task: Task, now: float) -> bool:
+    return task.expires_at is not None and task.expires_at <= now
+
+
+def _finished_before(task: Task, before: float) -> bool:
+    return task.finished_at is not None and task.finished_at < before
+
+
+def _finished(task: Task, status: TaskStatus, now: float) -> Task:
+    """``task`` ended in ``status`` at ``now``, its retention clock started."""
+    expires = None if task.result_ttl is None else now + task.result_ttl
+    return dataclasses.replace(task, status=status, finished_at=now, expires_at=expires)
+
+
+def _settled(task: Task, s: Settlement, now: float) -> Task:
+    """The task after settlement ``s`` (the rules of MemoryStorage); ``now`` stands in for
+    a missing ``s.finished_at``."""
     task = dataclasses.replace(
-        task,
-        status=s.status,
-        lease_token=None,
-        lease_until=None,
-        attempts=max(0, task.attempts - 1) if s.uncharge else task.attempts,
-        error=s.error if s.error is not None else task.error,
+        task, lease_token=None, lease_until=None, crashes=task.crashes + int(s.crashed)
     )
+    if s.error is not None:
+        task = dataclasses.replace(task, error=s.error, history=(*task.history, s.error))
+    end = s.finished_at if s.finished_at is not None else now
+    if task.cancel_requested:  # a cancel wins over any outcome; a late result is dropped
+        return _finished(dataclasses.replace(task, result=None), TaskStatus.CANCELLED, end)
     if s.status is TaskStatus.PENDING:
-        eta = s.eta if s.eta is not None else task.eta
-        return dataclasses.replace(task, eta=eta, worker_id=None)
-    return dataclasses.replace(task, result=s.result, finished_at=s.finished_at)
-
-
-def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str | None) -> bytes | None:
-    return None if text is None else base64.b64decode(text, validate=True)
-
-
-def _encode(task: Task, seq: int) -> bytes:
-    record: dict[str, Any] = {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
-    record.update(
-        status=task.status.value,
-        payload=_b64(task.payload),
-        result=_b64(task.result),
-        error=None if task.error is None else task.error.to_dict(),
-    )
-    return json.dumps({"format": 1, "seq": seq, "task": record}, separators=(",", ":")).encode()
-
-
-def _expected(annotation: str) -> tuple[type, ...]:
-    # A field type added to Task later and unknown here is accepted as anything.
-    parts = [p.strip() for p in annotation.split("|")]
-    return tuple(t for p in parts for t in _JSON_TYPES.get(p, (object,)))
-
-
-_FIELD_TYPES = {f.name: _expected(str(f.type)) for f in dataclasses.fields(Task)}
-
-
-def _decode(data: bytes) -> tuple[Task, int]:
-    try:
-        doc = json.loads(data)
-        record, seq = dict(doc["task"]), doc["seq"]
-        for name, types in _FIELD_TYPES.items():
-            if not isinstance(record[name], types):
-                raise TypeError(f"field {name} is {type(record[name]).__name__}")
-        if not isinstance(seq, int):
-            raise TypeError("seq is not an integer")
-        record.update(
-            status=TaskStatus(record["status"]),
-            payload=_unb64(record["payload"]),
-            result=_unb64(record["result"]),
-            error=None if record["error"] is None else TaskError.from_dict(record["error"]),
+        return dataclasses.replace(
+            task,
+            status=TaskStatus.PENDING,
+            attempts=task.attempts - int(s.uncharge),
+            eta=s.eta if s.eta is not None else task.eta,
+            worker_id=None,
         )
-        return Task(**{name: record[name] for name in _FIELD_TYPES}), seq
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSON, base64, enum too
-        raise _Corrupt(f"not a task entry: {type(exc).__name__}: {exc}") from exc
-
-
-def _decode_worker(data: bytes) -> WorkerInfo:
-    try:
-        record = json.loads(data)
-        record["queues"] = tuple(record["queues"])
-        return WorkerInfo(**record)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise _Corrupt(f"not a worker entry: {type(exc).__name__}: {exc}") from exc
+    return _finished(dataclasses.replace(task, result=s.result), s.status, end)

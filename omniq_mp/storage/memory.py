@@ -6,6 +6,7 @@ the contract suite runs against it too, and its behaviour is what the others mus
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -30,14 +31,27 @@ class MemoryStorage:
     async def close(self) -> None:
         """Nothing to close; the tasks stay readable."""
 
-    async def enqueue(self, tasks: Sequence[Task]) -> None:
+    async def enqueue(self, tasks: Sequence[Task]) -> list[str]:
         """Store copies, so later changes to the caller's objects do not leak in."""
         for task in tasks:
             if task.id in self._tasks:
                 raise ValueError(f"task id {task.id} already exists")
+        ids = []
         for task in tasks:
+            existing = task.key and self._unfinished_with_key(task.key)
+            if existing:
+                ids.append(existing)
+                continue
             self._order[task.id] = len(self._order)
             self._tasks[task.id] = replace(task)
+            ids.append(task.id)
+        return ids
+
+    def _unfinished_with_key(self, key: str) -> str | None:
+        for t in self._tasks.values():
+            if t.key == key and not t.status.is_terminal:
+                return t.id
+        return None
 
     async def claim(
         self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker_id: str
@@ -48,7 +62,8 @@ class MemoryStorage:
             for t in self._tasks.values()
             if t.status is TaskStatus.PENDING and t.queue in queues and t.eta <= now
         ]
-        due.sort(key=lambda t: (-t.priority, t.eta, self._order[t.id]))
+        rank = {q: i for i, q in enumerate(queues)}
+        due.sort(key=lambda t: (rank[t.queue], -t.priority, t.eta, self._order[t.id]))
         claimed = []
         for task in due[: max(limit, 0)]:
             task.status = TaskStatus.RUNNING
@@ -100,14 +115,80 @@ class MemoryStorage:
         return None if task is None else replace(task)
 
     async def cancel(self, task_id: str, now: float) -> Task | None:
-        """Cancel if PENDING; otherwise leave it as it is."""
+        """Cancel if PENDING; flag if RUNNING; otherwise leave it as it is."""
         task = self._tasks.get(task_id)
         if task is None:
             return None
         if task.status is TaskStatus.PENDING:
-            task.status = TaskStatus.CANCELLED
-            task.finished_at = now
+            _finish(task, TaskStatus.CANCELLED, now)
+        elif task.status is TaskStatus.RUNNING:
+            task.cancel_requested = True
         return replace(task)
+
+    async def cancel_requests(self, task_ids: Sequence[str]) -> set[str]:
+        """Running tasks among ``task_ids`` whose cancellation was requested."""
+        return {
+            tid
+            for tid in task_ids
+            if (t := self._tasks.get(tid)) is not None
+            and t.status is TaskStatus.RUNNING
+            and t.cancel_requested
+        }
+
+    async def list_tasks(
+        self, status: TaskStatus, queues: Sequence[str] | None, limit: int
+    ) -> list[Task]:
+        """Tasks in ``status``, newest first."""
+        found = [
+            replace(t)
+            for t in self._tasks.values()
+            if t.status is status and (queues is None or t.queue in queues)
+        ]
+        found.sort(key=lambda t: t.finished_at or t.created_at, reverse=True)
+        return found[:limit]
+
+    async def revive(self, task_ids: Sequence[str] | None, now: float) -> list[str]:
+        """Re-queue DEAD (or named FAILED) tasks with fresh budgets."""
+        if task_ids is None:
+            chosen = [t for t in self._tasks.values() if t.status is TaskStatus.DEAD]
+        else:
+            revivable = (TaskStatus.DEAD, TaskStatus.FAILED)
+            chosen = [
+                t
+                for tid in task_ids
+                if (t := self._tasks.get(tid)) is not None and t.status in revivable
+            ]
+        for t in chosen:
+            t.status, t.attempts, t.crashes, t.eta = TaskStatus.PENDING, 0, 0, now
+            t.finished_at = t.expires_at = None
+            t.cancel_requested = False
+        return [t.id for t in chosen]
+
+    async def purge_expired(self, now: float, limit: int) -> int:
+        """Forget finished tasks whose retention ended."""
+        return self._forget(
+            [t for t in self._tasks.values() if t.expires_at is not None and t.expires_at <= now],
+            limit,
+        )
+
+    async def purge_finished(
+        self, before: float, statuses: Sequence[TaskStatus], limit: int
+    ) -> int:
+        """Forget tasks in ``statuses`` finished before ``before``."""
+        return self._forget(
+            [
+                t
+                for t in self._tasks.values()
+                if t.status in statuses and t.finished_at is not None and t.finished_at < before
+            ],
+            limit,
+        )
+
+    def _forget(self, tasks: list[Task], limit: int) -> int:
+        for t in tasks[:limit]:
+            del self._tasks[t.id]
+            del self._order[t.id]
+        return min(len(tasks), limit)
 
     async def stats(self, queues: Sequence[str] | None, now: float) -> QueueStats:
         """Counts by status."""
@@ -132,25 +213,36 @@ def _holds(task: Task, token: str) -> bool:
 
 
 def _apply(task: Task, s: Settlement) -> None:
-    task.status = s.status
+    now = s.finished_at if s.finished_at is not None else time.time()
     task.lease_token = None
     task.lease_until = None
-    if s.uncharge:
-        task.attempts = max(0, task.attempts - 1)
+    task.crashes += int(s.crashed)
     if s.error is not None:
         task.error = s.error
-    if s.status is TaskStatus.PENDING:
+        task.history = (*task.history, s.error)
+    if task.cancel_requested:  # a cancel wins over any outcome; a late result is dropped
+        task.result = None
+        _finish(task, TaskStatus.CANCELLED, now)
+    elif s.status is TaskStatus.PENDING:
+        task.status = TaskStatus.PENDING
+        task.attempts -= int(s.uncharge)
         task.eta = s.eta if s.eta is not None else task.eta
         task.worker_id = None
     else:
         task.result = s.result
-        task.finished_at = s.finished_at
+        _finish(task, s.status, now)
+
+
+def _finish(task: Task, status: TaskStatus, now: float) -> None:
+    task.status = status
+    task.finished_at = now
+    task.expires_at = None if task.result_ttl is None else now + task.result_ttl
 
 
 def count_tasks(tasks: Sequence[Task], now: float) -> QueueStats:
     """Count tasks by status; shared by backends that hold records in Python."""
     counts = dict.fromkeys(("pending", "due", "retrying", "running"), 0)
-    counts.update(completed=0, failed=0, cancelled=0)
+    counts.update(completed=0, failed=0, cancelled=0, dead=0)
     for t in tasks:
         counts[t.status.value.lower()] += 1
         if t.status is TaskStatus.PENDING:

@@ -10,9 +10,9 @@ retried with jitter instead of surfacing "database is locked".
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import sqlite3
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from importlib import resources
@@ -22,19 +22,23 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from omniq_mp.errors import StorageError
-from omniq_mp.models import Settlement, Task, TaskError, TaskStatus
+from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.storage.base import QueueStats, WorkerInfo
+from omniq_mp.storage.sqlite_codec import (
+    COLUMNS,
+    FINISH,
+    INSERT,
+    REQUEUE,
+    claim_statement,
+    row_task,
+    settlement_rows,
+    task_row,
+)
 
 __all__ = ["SQLiteStorage"]
 
 T = TypeVar("T")
 
-_COLUMNS = (
-    "id, func_name, payload, queue, priority, status, eta, interval, timeout, max_retries, "
-    "attempts, created_at, started_at, finished_at, lease_token, lease_until, worker_id, "
-    "result, error"
-)
-_INSERT = f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
 _LOCK_RETRIES = 20
 
 
@@ -78,6 +82,9 @@ class SQLiteStorage:
         if mode is None or str(mode[0]).lower() != "wal":
             raise StorageError(f"{self.path}: cannot switch to WAL mode (got {mode})")
         await conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        # After each checkpoint the WAL file is cut back to this size, so a burst of writes
+        # does not leave a huge WAL on disk for ever.
+        await conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
         schema = resources.files("omniq_mp.storage").joinpath("sqlite_schema.sql").read_text()
         await self._transaction(lambda c: _run_script(c, schema))
 
@@ -128,42 +135,59 @@ class SQLiteStorage:
 
     # -- the protocol ------------------------------------------------------------------------
 
-    async def enqueue(self, tasks: Sequence[Task]) -> None:
-        """Insert all tasks in one transaction."""
-        rows = [_task_row(t) for t in tasks]
+    async def enqueue(self, tasks: Sequence[Task]) -> list[str]:
+        """Insert all tasks in one transaction; a task whose ``key`` matches an unfinished
+        task is not inserted and that task's id is returned in its place."""
 
-        async def body(conn: aiosqlite.Connection) -> None:
-            await conn.executemany(_INSERT, rows)
+        async def body(conn: aiosqlite.Connection) -> list[str]:
+            ids: list[str] = []
+            fresh: list[tuple[Any, ...]] = []
+            taken: dict[str, str] = {}
+            for task in tasks:
+                existing = task.key and (
+                    taken.get(task.key) or await _unfinished_with_key(conn, task.key)
+                )
+                if existing:
+                    ids.append(existing)
+                    continue
+                if task.key:
+                    taken[task.key] = task.id
+                ids.append(task.id)
+                fresh.append(task_row(task))
+            await conn.executemany(INSERT, fresh)
+            return ids
 
         try:
-            await self._transaction(body)
+            return await self._transaction(body)
         except sqlite3.IntegrityError as exc:  # the whole batch was rolled back
             raise ValueError(f"a task id in this batch already exists: {exc}") from None
 
     async def claim(
         self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker_id: str
     ) -> list[Task]:
-        """One UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING: atomic across processes."""
+        """One UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING: atomic across processes.
+
+        Queues are served in the order given; inside a queue, higher priority first, then
+        earlier eta, then first enqueued. Each queue's candidates come from the partial
+        index ``tasks_claimable`` (one indexed scan per queue, stopped at ``limit``).
+        """
         if limit <= 0 or not queues:
             return []
         token = uuid.uuid4().hex  # one token per claim batch; a task's token is token:id
-        marks = ", ".join("?" * len(queues))
-        sql = (
-            "UPDATE tasks SET status = 'RUNNING', attempts = attempts + 1, "
-            "lease_token = ? || ':' || id, lease_until = ?, worker_id = ?, started_at = ? "
-            "WHERE id IN (SELECT id FROM tasks WHERE status = 'PENDING' "
-            f"AND queue IN ({marks}) AND eta <= ? ORDER BY priority DESC, eta, seq LIMIT ?) "
-            f"RETURNING {_COLUMNS}, seq"
-        )
-        params = (token, lease_until, worker_id, now, *queues, now, limit)
+        sql = claim_statement(len(queues))
+        per_queue = [value for q in queues for value in (q, now, limit)]
+        params = (token, lease_until, worker_id, now, *per_queue, limit)
 
         async def body(conn: aiosqlite.Connection) -> list[Any]:
             return list(await conn.execute_fetchall(sql, params))
 
         rows = await self._transaction(body)
         # RETURNING gives no order guarantee; restore the claim order.
-        rows.sort(key=lambda r: (-r[4], r[6], r[-1]))
-        return [_row_task(r) for r in rows]
+        rank = {q: i for i, q in enumerate(queues)}
+        tasks = [row_task(r) for r in rows]
+        seq = {r[0]: r[-1] for r in rows}
+        tasks.sort(key=lambda t: (rank[t.queue], -t.priority, t.eta, seq[t.id]))
+        return tasks
 
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         """Apply outcomes in one transaction; each is fenced by its lease token.
@@ -183,7 +207,11 @@ class SQLiteStorage:
                     del tokens[s.task_id]
                 applied.append(ok)
             chosen = [s for s, ok in zip(settlements, applied, strict=True) if ok]
-            await _write_settlements(conn, chosen)
+            requeue, finish = settlement_rows(chosen, time.time())
+            follow_ups = [task_row(s.follow_up) for s in chosen if s.follow_up is not None]
+            for sql, rows in ((REQUEUE, requeue), (FINISH, finish), (INSERT, follow_ups)):
+                if rows:
+                    await conn.executemany(sql, rows)
             return applied
 
         return await self._transaction(body) if settlements else []
@@ -204,30 +232,108 @@ class SQLiteStorage:
 
     async def expired(self, now: float, limit: int) -> list[Task]:
         """RUNNING tasks past their lease (uses the partial index tasks_leased)."""
-        rows = await self._read(
-            f"SELECT {_COLUMNS} FROM tasks WHERE status = 'RUNNING' AND lease_until < ? "
-            "ORDER BY lease_until LIMIT ?",
+        return await self._tasks(
+            "WHERE status = 'RUNNING' AND lease_until < ? ORDER BY lease_until LIMIT ?",
             (now, limit),
         )
-        return [_row_task(r) for r in rows]
 
     async def get(self, task_id: str) -> Task | None:
         """One task by id."""
-        rows = await self._read(f"SELECT {_COLUMNS} FROM tasks WHERE id = ?", (task_id,))
-        return _row_task(rows[0]) if rows else None
+        tasks = await self._tasks("WHERE id = ?", (task_id,))
+        return tasks[0] if tasks else None
 
     async def cancel(self, task_id: str, now: float) -> Task | None:
-        """Cancel a PENDING task atomically; report the task's state either way."""
+        """Cancel a PENDING task at once; flag a RUNNING one for its supervisor to kill."""
 
         async def body(conn: aiosqlite.Connection) -> None:
             await conn.execute(
-                "UPDATE tasks SET status = 'CANCELLED', finished_at = ? "
-                "WHERE id = ? AND status = 'PENDING'",
-                (now, task_id),
+                "UPDATE tasks SET status = 'CANCELLED', finished_at = ?, "
+                "expires_at = ? + result_ttl WHERE id = ? AND status = 'PENDING'",
+                (now, now, task_id),
+            )
+            await conn.execute(
+                "UPDATE tasks SET cancel_requested = 1 WHERE id = ? AND status = 'RUNNING'",
+                (task_id,),
             )
 
         await self._transaction(body)
         return await self.get(task_id)
+
+    async def cancel_requests(self, task_ids: Sequence[str]) -> set[str]:
+        """Those of ``task_ids`` that are RUNNING with a cancellation requested."""
+        found: set[str] = set()
+        for i in range(0, len(task_ids), _IN_CHUNK):
+            chunk = list(task_ids[i : i + _IN_CHUNK])
+            rows = await self._read(
+                "SELECT id FROM tasks WHERE cancel_requested = 1 AND status = 'RUNNING' "
+                f"AND id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            found.update(r[0] for r in rows)
+        return found
+
+    async def list_tasks(
+        self, status: TaskStatus, queues: Sequence[str] | None, limit: int
+    ) -> list[Task]:
+        """Tasks in ``status``, newest first."""
+        where, params = "WHERE status = ?", [status.value]
+        if queues is not None:
+            where += f" AND queue IN ({', '.join('?' * len(queues))})"
+            params += list(queues)
+        return await self._tasks(
+            f"{where} ORDER BY coalesce(finished_at, created_at) DESC LIMIT ?", [*params, limit]
+        )
+
+    async def revive(self, task_ids: Sequence[str] | None, now: float) -> list[str]:
+        """Re-queue DEAD tasks (all of them when ``task_ids`` is None) or the given FAILED
+        or DEAD ones, with fresh budgets; returns the ids re-queued."""
+        if task_ids is None:
+            where, params = "WHERE status = 'DEAD'", []
+        else:
+            where = (
+                f"WHERE status IN ('DEAD', 'FAILED') AND id IN ({', '.join('?' * len(task_ids))})"
+            )
+            params = list(task_ids)
+
+        async def body(conn: aiosqlite.Connection) -> list[str]:
+            rows = await conn.execute_fetchall(
+                "UPDATE tasks SET status = 'PENDING', attempts = 0, crashes = 0, eta = ?, "
+                "finished_at = NULL, expires_at = NULL, cancel_requested = 0 "
+                f"{where} RETURNING id",
+                [now, *params],
+            )
+            return [r[0] for r in rows]
+
+        return await self._transaction(body)
+
+    async def purge_expired(self, now: float, limit: int) -> int:
+        """Delete up to ``limit`` finished tasks whose retention ended."""
+        return await self._delete("WHERE expires_at <= ?", [now], limit)
+
+    async def purge_finished(
+        self, before: float, statuses: Sequence[TaskStatus], limit: int
+    ) -> int:
+        """Delete up to ``limit`` tasks in ``statuses`` that finished before ``before``."""
+        marks = ", ".join("?" * len(statuses))
+        return await self._delete(
+            f"WHERE finished_at < ? AND status IN ({marks})",
+            [before, *(s.value for s in statuses)],
+            limit,
+        )
+
+    async def _delete(self, where: str, params: list[Any], limit: int) -> int:
+        async def body(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(
+                f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks {where} LIMIT ?)",
+                [*params, limit],
+            )
+            return int(cursor.rowcount)
+
+        return await self._transaction(body)
+
+    async def _tasks(self, where: str, params: Sequence[Any]) -> list[Task]:
+        rows = await self._read(f"SELECT {COLUMNS} FROM tasks {where}", params)
+        return [row_task(r) for r in rows]
 
     async def stats(self, queues: Sequence[str] | None, now: float) -> QueueStats:
         """Counts by status in one grouped query."""
@@ -307,15 +413,7 @@ async def _run_script(conn: aiosqlite.Connection, script: str) -> None:
             await conn.execute("\n".join(lines))
 
 
-_REQUEUE = (
-    "UPDATE tasks SET status = 'PENDING', eta = coalesce(?, eta), attempts = attempts - ?, "
-    "error = coalesce(?, error), lease_token = NULL, lease_until = NULL, worker_id = NULL "
-    "WHERE id = ?"
-)
-_FINISH = (
-    "UPDATE tasks SET status = ?, result = ?, error = coalesce(?, error), finished_at = ?, "
-    "lease_token = NULL, lease_until = NULL WHERE id = ?"
-)
+_WAL_LIMIT = 64 * 2**20
 _IN_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
 
 
@@ -334,73 +432,11 @@ async def _current_tokens(conn: aiosqlite.Connection, ids: Sequence[str]) -> dic
     return tokens
 
 
-async def _write_settlements(conn: aiosqlite.Connection, chosen: Sequence[Settlement]) -> None:
-    def error_json(s: Settlement) -> str | None:
-        return json.dumps(s.error.to_dict()) if s.error is not None else None
-
-    requeue = [
-        (s.eta, int(s.uncharge), error_json(s), s.task_id)
-        for s in chosen
-        if s.status is TaskStatus.PENDING
-    ]
-    finish = [
-        (s.status.value, s.result, error_json(s), s.finished_at, s.task_id)
-        for s in chosen
-        if s.status is not TaskStatus.PENDING
-    ]
-    follow_ups = [_task_row(s.follow_up) for s in chosen if s.follow_up is not None]
-    for sql, rows in ((_REQUEUE, requeue), (_FINISH, finish), (_INSERT, follow_ups)):
-        if rows:
-            await conn.executemany(sql, rows)
-
-
-def _task_row(t: Task) -> tuple[Any, ...]:
-    return (
-        t.id,
-        t.func_name,
-        t.payload,
-        t.queue,
-        t.priority,
-        t.status.value,
-        t.eta,
-        t.interval,
-        t.timeout,
-        t.max_retries,
-        t.attempts,
-        t.created_at,
-        t.started_at,
-        t.finished_at,
-        t.lease_token,
-        t.lease_until,
-        t.worker_id,
-        t.result,
-        json.dumps(t.error.to_dict()) if t.error is not None else None,
-    )
-
-
-def _row_task(r: Sequence[Any]) -> Task:
-    try:
-        error = TaskError.from_dict(json.loads(r[18])) if r[18] else None
-        return Task(
-            id=r[0],
-            func_name=r[1],
-            payload=bytes(r[2]),
-            queue=r[3],
-            priority=r[4],
-            status=TaskStatus(r[5]),
-            eta=r[6],
-            interval=r[7],
-            timeout=r[8],
-            max_retries=r[9],
-            attempts=r[10],
-            created_at=r[11],
-            started_at=r[12],
-            finished_at=r[13],
-            lease_token=r[14],
-            lease_until=r[15],
-            worker_id=r[16],
-            result=None if r[17] is None else bytes(r[17]),
-            error=error,
+async def _unfinished_with_key(conn: aiosqlite.Connection, key: str) -> str | None:
+    rows = list(
+        await conn.execute_fetchall(
+            "SELECT id FROM tasks WHERE unique_key = ? AND status IN ('PENDING', 'RUNNING')",
+            (key,),
         )
-    except (ValueError, TypeError, KeyError) as exc:
-        raise StorageError(f"task row {r[0]!r} is malformed: {exc}") from exc
+    )
+    return str(rows[0][0]) if rows else None

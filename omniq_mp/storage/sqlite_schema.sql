@@ -19,7 +19,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     lease_until REAL,
     worker_id   TEXT,
     result      BLOB,
-    error       TEXT
+    error       TEXT,
+    unique_key  TEXT,                         -- one unfinished task per key
+    max_memory  INTEGER,                      -- bytes
+    result_ttl  REAL,                         -- seconds the finished record is kept
+    expires_at  REAL,                         -- finished_at + result_ttl
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    crashes     INTEGER NOT NULL DEFAULT 0,
+    history     TEXT                          -- JSON list of every failed attempt's error
 );
 
 -- Partial indexes stay as small as the backlog: the claim reads only due PENDING rows.
@@ -28,6 +35,18 @@ CREATE INDEX IF NOT EXISTS tasks_claimable
 
 CREATE INDEX IF NOT EXISTS tasks_leased
     ON tasks (lease_until) WHERE status = 'RUNNING';
+
+CREATE INDEX IF NOT EXISTS tasks_cancelling
+    ON tasks (id) WHERE cancel_requested = 1 AND status = 'RUNNING';
+
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_unique_key
+    ON tasks (unique_key) WHERE unique_key IS NOT NULL AND status IN ('PENDING', 'RUNNING');
+
+CREATE INDEX IF NOT EXISTS tasks_finished
+    ON tasks (status, finished_at) WHERE finished_at IS NOT NULL;
+
+CREATE INDEX IF NOT EXISTS tasks_expiring
+    ON tasks (expires_at) WHERE expires_at IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS workers (
     worker_id    TEXT PRIMARY KEY,

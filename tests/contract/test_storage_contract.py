@@ -296,3 +296,117 @@ async def test_file_store_refuses_a_folder_that_is_a_file(tmp_path: Path) -> Non
     (tmp_path / "store").write_text("x")
     with pytest.raises(StorageError, match="not a directory"):
         await FileStorage(tmp_path / "store").open()
+
+
+# -- task control: keys, cancellation, crash budget, retention ---------------------------------
+
+
+async def test_claim_serves_queues_in_the_order_given(store: Storage) -> None:
+    low = make(queue="default", priority=100)
+    high = [make(queue="high", priority=p) for p in (0, 5)]
+    await store.enqueue([low, *high])
+    claimed = await store.claim(["high", "default"], 10, NOW, NOW + 30, "w1")
+    assert [t.id for t in claimed] == [high[1].id, high[0].id, low.id]
+
+
+async def test_a_key_held_by_an_unfinished_task_returns_that_task(store: Storage) -> None:
+    first = make(key="nightly-2026-11-22")
+    again = make(key="nightly-2026-11-22")
+    other = make(key="other")
+    assert await store.enqueue([first]) == [first.id]
+    assert await store.enqueue([again, other]) == [first.id, other.id]
+    assert await store.get(again.id) is None
+    [t, _] = await claim(store)
+    assert await store.enqueue([again]) == [first.id]  # still unfinished while RUNNING
+    done = Settlement(t.id, t.lease_token or "", TaskStatus.COMPLETED, finished_at=NOW)
+    await store.settle([done])
+    assert await store.enqueue([again]) == [again.id]  # finished: the key is free again
+
+
+async def test_cancel_of_a_running_task_is_a_request_that_wins_over_its_outcome(
+    store: Storage,
+) -> None:
+    await store.enqueue([make(), make()])
+    a, b = await claim(store)
+    flagged = await store.cancel(a.id, NOW)
+    assert flagged is not None and flagged.status is TaskStatus.RUNNING and flagged.cancel_requested
+    assert await store.cancel_requests([a.id, b.id]) == {a.id}
+    late = Settlement(a.id, a.lease_token or "", TaskStatus.COMPLETED, result=b"late")
+    retry = Settlement(b.id, b.lease_token or "", TaskStatus.PENDING, eta=NOW)
+    assert await store.settle([late, retry]) == [True, True]
+    got = await store.get(a.id)
+    assert got is not None and got.status is TaskStatus.CANCELLED and got.result is None
+    assert (await store.get(b.id)).status is TaskStatus.PENDING  # type: ignore[union-attr]
+
+
+async def test_a_cancelled_retry_is_not_requeued(store: Storage) -> None:
+    await store.enqueue([make()])
+    [t] = await claim(store)
+    await store.cancel(t.id, NOW)
+    retry = Settlement(t.id, t.lease_token or "", TaskStatus.PENDING, eta=NOW)
+    assert await store.settle([retry]) == [True]
+    assert (await store.get(t.id)).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
+
+
+async def test_crashes_and_history_accumulate(store: Storage) -> None:
+    await store.enqueue([make()])
+    errors = [TaskError("WorkerCrashed", f"crash {i}", kind="crash") for i in range(2)]
+    for err in errors:
+        [t] = await claim(store, now=NOW + 100)
+        crash = Settlement(t.id, t.lease_token or "", TaskStatus.PENDING, error=err, crashed=True)
+        await store.settle([crash])
+    [t] = await claim(store, now=NOW + 100)
+    dead = Settlement(t.id, t.lease_token or "", TaskStatus.DEAD, finished_at=NOW)
+    await store.settle([dead])
+    got = await store.get(t.id)
+    assert got is not None and got.status is TaskStatus.DEAD
+    assert got.crashes == 2 and got.history == tuple(errors) and got.attempts == 3
+    assert [x.id for x in await store.list_tasks(TaskStatus.DEAD, None, 10)] == [t.id]
+
+
+async def test_revive_requeues_dead_tasks_with_fresh_budgets(store: Storage) -> None:
+    await store.enqueue([make(), make()])
+    a, b = await claim(store)
+    await store.settle(
+        [
+            Settlement(a.id, a.lease_token or "", TaskStatus.DEAD, finished_at=NOW, crashed=True),
+            Settlement(b.id, b.lease_token or "", TaskStatus.FAILED, finished_at=NOW),
+        ]
+    )
+    assert await store.revive(None, NOW + 1) == [a.id]  # all DEAD, not FAILED
+    got = await store.get(a.id)
+    assert got is not None and got.status is TaskStatus.PENDING
+    assert (got.attempts, got.crashes, got.eta, got.finished_at) == (0, 0, NOW + 1, None)
+    assert await store.revive([b.id, "unknown"], NOW + 1) == [b.id]
+    assert await store.revive([a.id], NOW + 1) == []  # pending now: nothing to revive
+
+
+async def test_finished_tasks_expire_after_their_result_ttl(store: Storage) -> None:
+    keep, short = make(result_ttl=None), make(result_ttl=10.0)
+    await store.enqueue([keep, short])
+    claimed = await claim(store)
+    await store.settle(
+        [
+            Settlement(t.id, t.lease_token or "", TaskStatus.COMPLETED, finished_at=NOW)
+            for t in claimed
+        ]
+    )
+    assert (await store.get(short.id)).expires_at == NOW + 10  # type: ignore[union-attr]
+    assert await store.purge_expired(NOW + 9, 100) == 0
+    assert await store.purge_expired(NOW + 10, 100) == 1
+    assert await store.get(short.id) is None and await store.get(keep.id) is not None
+
+
+async def test_purge_finished_by_age_and_status(store: Storage) -> None:
+    await store.enqueue([make(), make(), make()])
+    a, b, c = await claim(store)
+    await store.settle(
+        [
+            Settlement(a.id, a.lease_token or "", TaskStatus.COMPLETED, finished_at=NOW - 100),
+            Settlement(b.id, b.lease_token or "", TaskStatus.FAILED, finished_at=NOW - 100),
+            Settlement(c.id, c.lease_token or "", TaskStatus.COMPLETED, finished_at=NOW),
+        ]
+    )
+    assert await store.purge_finished(NOW - 50, [TaskStatus.COMPLETED], 100) == 1
+    assert await store.get(a.id) is None
+    assert await store.get(b.id) is not None and await store.get(c.id) is not None

@@ -10,6 +10,7 @@ import asyncio
 import ctypes
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -120,3 +121,20 @@ def record_pid_then_sleep(pid_file: str, seconds: float) -> None:
     tmp.write_text(str(os.getpid()))
     tmp.replace(pid_file)
     time.sleep(seconds)
+
+
+def catastrophic_regex() -> bool:
+    """Exponential backtracking inside the C regex engine: holds the GIL for minutes."""
+    return re.match(r"(a+)+$", "a" * 64 + "b") is not None
+
+
+def allocate_mib(mib: int, hold: float = 2.0) -> int:
+    """Make ``mib`` MiB resident (written, not just reserved), hold it, return ``mib``."""
+    block = bytearray(b"\x01") * (mib * 2**20)
+    time.sleep(hold)
+    return len(block) // 2**20
+
+
+def blob_kib(kib: int) -> bytes:
+    """A result of ``kib`` KiB."""
+    return b"r" * (kib * 1024)

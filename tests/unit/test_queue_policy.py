@@ -100,18 +100,70 @@ async def test_aborted_attempts_are_requeued_uncharged(queue: AsyncTaskQueue) ->
     assert again is not None and again.attempts == 1  # the aborted attempt was given back
 
 
-async def test_lost_lease_is_charged_like_a_crash(queue: AsyncTaskQueue, clock: FakeClock) -> None:
-    await queue.enqueue("math.sqrt", max_retries=1)
+def crash() -> Outcome:
+    err = TaskError("WorkerCrashed", "killed by SIGSEGV", kind=ErrorKind.CRASH.value)
+    return Outcome(OutcomeKind.CRASHED, error=err)
+
+
+async def settle_next(queue: AsyncTaskQueue, clock: FakeClock, outcome: Outcome) -> TaskStatus:
+    """Claim the next task, settle it with ``outcome``; advance past any backoff."""
+    clock.now += 120
     task = await queue.dequeue()
     assert task is not None
-    first = queue.lost_settlement(task)
-    assert first.status is TaskStatus.PENDING
-    assert first.error is not None and first.error.error_type == "WorkerLost"
-    await queue.storage.settle([first])
-    clock.now += 1.0  # the backoff
+    settlement = queue.settlement(task, outcome)
+    await queue.storage.settle([settlement])
+    return settlement.status
+
+
+async def test_a_poison_task_is_dead_after_exactly_max_crashes_starts(
+    queue: AsyncTaskQueue, clock: FakeClock
+) -> None:
+    task_id = await queue.enqueue("math.sqrt", max_retries=0)  # crashes have their own budget
+    statuses = [await settle_next(queue, clock, crash()) for _ in range(3)]
+    assert statuses == [TaskStatus.PENDING, TaskStatus.PENDING, TaskStatus.DEAD]
+    task = await queue.get_task(task_id)
+    assert task is not None and task.attempts == 3 and task.crashes == 3
+    assert [e.error_type for e in task.history] == ["WorkerCrashed"] * 3
+    assert task.error is not None and "quarantined after 3 starts" in task.error.message
+    clock.now += 1000
+    assert await queue.dequeue() is None  # never started again
+
+
+async def test_crashes_do_not_spend_the_exception_retry_budget(
+    queue: AsyncTaskQueue, clock: FakeClock
+) -> None:
+    task_id = await queue.enqueue("math.sqrt", max_retries=1)
+    assert await settle_next(queue, clock, crash()) is TaskStatus.PENDING
+    assert await settle_next(queue, clock, failure()) is TaskStatus.PENDING  # 1 retry left
+    assert await settle_next(queue, clock, failure()) is TaskStatus.FAILED
+    task = await queue.get_task(task_id)
+    assert task is not None and (task.attempts, task.crashes) == (3, 1)
+    assert len(task.history) == 3
+
+
+async def test_lost_lease_is_charged_to_the_crash_budget(
+    queue: AsyncTaskQueue, clock: FakeClock
+) -> None:
+    await queue.enqueue("math.sqrt", max_retries=5)
+    for expected in (TaskStatus.PENDING, TaskStatus.PENDING, TaskStatus.DEAD):
+        clock.now += 120
+        task = await queue.dequeue()
+        assert task is not None
+        settlement = queue.lost_settlement(task)
+        assert settlement.crashed and settlement.status is expected
+        assert settlement.error is not None and settlement.error.error_type == "WorkerLost"
+        await queue.storage.settle([settlement])
+
+
+async def test_a_cancelled_kill_settles_cancelled_and_is_never_retried(
+    queue: AsyncTaskQueue,
+) -> None:
+    await queue.enqueue("math.sqrt", max_retries=5)
     task = await queue.dequeue()
     assert task is not None
-    assert queue.lost_settlement(task).status is TaskStatus.FAILED
+    err = TaskError("Cancelled", "cancelled while running", kind=ErrorKind.CANCELLED.value)
+    settlement = queue.settlement(task, Outcome(OutcomeKind.ABORTED, error=err))
+    assert settlement.status is TaskStatus.CANCELLED and not settlement.uncharge
 
 
 async def test_interval_task_schedules_its_next_run_on_the_original_cadence(

@@ -1,0 +1,122 @@
+"""``omniq-mp`` commands that act on stored tasks: cancel, dead, retry, purge.
+
+Unknown ids are one line on stderr and exit 1; so is a store that cannot be opened.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from omniq_mp.cli_common import fail, handles_errors, settings_from, store_options
+from omniq_mp.core import OmniQ
+from omniq_mp.errors import ConfigError, TaskNotFoundError
+from omniq_mp.models import TaskStatus
+from omniq_mp.units import parse_duration
+
+__all__ = ["cancel", "dead", "purge", "retry"]
+
+
+def _open(**options: Any) -> OmniQ:
+    return OmniQ(settings_from(**options))
+
+
+@click.command()
+@store_options
+@click.argument("task_id")
+@handles_errors
+def cancel(task_id: str, **options: Any) -> None:
+    """Cancel TASK_ID: a pending task never starts; a running one is killed."""
+    q = _open(**options)
+    try:
+        before = q.get_task(task_id)
+        if before is None:
+            raise TaskNotFoundError(f"no such task: {task_id}")
+        if not q.cancel(task_id):
+            click.echo(f"task {task_id} already finished ({before.status.value}); nothing to do")
+            return
+        running = before.status is TaskStatus.RUNNING
+        click.echo(f"task {task_id} " + ("is being killed" if running else "cancelled"))
+    finally:
+        q.close()
+
+
+@click.command()
+@store_options
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@handles_errors
+def dead(limit: int, **options: Any) -> None:
+    """List quarantined (DEAD) tasks with the reason of every attempt."""
+    q = _open(**options)
+    try:
+        tasks = q.dead(limit)
+    finally:
+        q.close()
+    if not tasks:
+        click.echo("no dead tasks")
+    for task in tasks:
+        click.echo(f"{task.id}  {task.func_name}  {task.attempts} starts  queue={task.queue}")
+        for number, error in enumerate(task.history, start=1):
+            click.echo(f"    {number}. {error}")
+
+
+@click.command()
+@store_options
+@click.argument("task_ids", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Re-queue every DEAD task.")
+@handles_errors
+def retry(task_ids: tuple[str, ...], every: bool, **options: Any) -> None:
+    """Re-queue DEAD (or FAILED) TASK_IDS, or --all DEAD tasks, with fresh budgets."""
+    if every == bool(task_ids):
+        raise click.UsageError("give task ids or --all (not both)")
+    q = _open(**options)
+    try:
+        revived = q.retry(None if every else list(task_ids))
+        missing = [t for t in task_ids if t not in revived and q.get_task(t) is None]
+    finally:
+        q.close()
+    for task_id in revived:
+        click.echo(f"re-queued {task_id}")
+    if missing:
+        fail(f"no such task: {', '.join(missing)}")
+    skipped = [t for t in task_ids if t not in revived]
+    if skipped:
+        fail(f"not DEAD or FAILED, left as they are: {', '.join(skipped)}")
+
+
+@click.command()
+@store_options
+@click.option("--older-than", required=True, help="Age of finished tasks to delete: 90m, 7d ...")
+@click.option(
+    "--status",
+    "statuses",
+    default="completed,failed",
+    show_default=True,
+    help="Comma-separated terminal statuses: completed, failed, cancelled, dead.",
+)
+@handles_errors
+def purge(older_than: str, statuses: str, **options: Any) -> None:
+    """Delete finished tasks older than --older-than."""
+    try:
+        parse_duration("--older-than", older_than)
+        chosen = [_terminal_status(s) for s in statuses.split(",") if s.strip()]
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    q = _open(**options)
+    try:
+        removed = q.purge(older_than, chosen)
+    finally:
+        q.close()
+    click.echo(f"purged {removed} task(s)")
+
+
+def _terminal_status(text: str) -> TaskStatus:
+    try:
+        status = TaskStatus(text.strip().upper())
+    except ValueError:
+        status = TaskStatus.PENDING
+    if not status.is_terminal:
+        names = ", ".join(s.value.lower() for s in TaskStatus if s.is_terminal)
+        raise ConfigError(f"--status takes finished statuses ({names}), got {text!r}")
+    return status

@@ -1,0 +1,38 @@
+"""The SQLite claim stays one statement that reads indexes, never the whole table."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from omniq_mp.models import create_task
+from omniq_mp.storage.sqlite import SQLiteStorage
+from omniq_mp.storage.sqlite_codec import claim_statement
+
+
+@pytest.mark.parametrize("queue_count", [1, 3])
+async def test_claim_plan_uses_the_claimable_index_for_every_queue(
+    tmp_path: Path, queue_count: int
+) -> None:
+    store = SQLiteStorage(tmp_path / "omniq.db")
+    await store.open()
+    await store.enqueue([create_task("m.f", queue=f"q{i % 3}") for i in range(300)])
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "omniq.db")
+    conn.execute("ANALYZE")
+    now = time.time()
+    params = [
+        "tok", now + 30, "w", now,
+        *[v for i in range(queue_count) for v in (f"q{i}", now, 10)],
+        10,
+    ]  # fmt: skip
+    plan = conn.execute(f"EXPLAIN QUERY PLAN {claim_statement(queue_count)}", params).fetchall()
+    conn.close()
+    details = [row[-1] for row in plan]
+    index_reads = [d for d in details if "tasks_claimable" in d]
+    assert len(index_reads) == queue_count, details
+    # No full scan of the tasks table anywhere in the statement.
+    assert not [d for d in details if d.startswith("SCAN tasks") and "INDEX" not in d], details
