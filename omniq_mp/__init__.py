@@ -11,7 +11,7 @@ from __future__ import annotations
 from loguru import logger
 
 from omniq_mp.config import OmniQConfig, Settings
-from omniq_mp.core import AsyncOmniQ, OmniQ
+from omniq_mp.core import AsyncOmniQ
 from omniq_mp.errors import (
     ConfigError,
     OmniqError,
@@ -24,6 +24,7 @@ from omniq_mp.errors import (
 )
 from omniq_mp.models import Task, TaskError, TaskStatus
 from omniq_mp.queue import AsyncTaskQueue
+from omniq_mp.sync import OmniQ
 from omniq_mp.worker import AsyncWorkerPool
 
 # A library stays quiet until the application asks for its logs (omniq_mp.logging.configure).

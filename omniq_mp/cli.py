@@ -15,6 +15,7 @@ import signal
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,13 @@ import click
 
 from omniq_mp import logging as omniq_logging
 from omniq_mp.cli_common import fail, handles_errors, settings_from, store_options
-from omniq_mp.cli_control import cancel, dead, purge, retry
+from omniq_mp.cli_control import cancel, dead, pause, periodic, purge, resume, retry
 from omniq_mp.config import START_METHODS, Settings
-from omniq_mp.core import AsyncOmniQ, OmniQ
+from omniq_mp.core import AsyncOmniQ
 from omniq_mp.errors import ConfigError, ResultTimeoutError, TaskFailedError
 from omniq_mp.models import TaskStatus
 from omniq_mp.runtime import run
+from omniq_mp.sync import OmniQ
 from omniq_mp.worker import HEARTBEAT_INTERVAL, AsyncWorkerPool
 
 __all__ = ["main"]
@@ -127,6 +129,8 @@ def _parse_value(text: str) -> Any:
     help="Seconds to wait before the task is due.",
 )
 @click.option("--key", default=None, help="Unique key: one unfinished task per key.")
+@click.option("--cron", default=None, help="Run on this 5-field cron schedule instead.")
+@click.option("--tz", default=None, help="Timezone of --cron (IANA name; default UTC).")
 @click.option("--max-memory", default=None, help="Kill the task past this RSS (e.g. 512MB).")
 @handles_errors
 def enqueue(
@@ -145,23 +149,19 @@ def enqueue(
             "expected a dotted path like package.module.function", param_hint="FUNC_PATH"
         )
     kwargs = _parse_kwargs(kwargs_json)
+    chosen = {name: value for name, value in options.items() if value is not None}
+    if delay is not None:
+        chosen["eta"] = timedelta(seconds=delay)
     q = OmniQ(settings_from(backend=backend, base_dir=base_dir))
     try:
-        eta = None if delay is None else _timedelta(delay)
         task_id = q.enqueue(
-            func_path, args=[_parse_value(a) for a in args], kwargs=kwargs, eta=eta, **options
+            func_path, args=[_parse_value(a) for a in args], kwargs=kwargs, **chosen
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     finally:
         q.close()
     click.echo(task_id)
-
-
-def _timedelta(seconds: float) -> Any:
-    from datetime import timedelta
-
-    return timedelta(seconds=seconds)
 
 
 def _parse_kwargs(text: str | None) -> dict[str, Any]:
@@ -283,7 +283,7 @@ def _summary(q: OmniQ, labelled: list[tuple[str, str]], elapsed: float) -> str:
     return "\n".join(lines)
 
 
-for _command in (cancel, dead, retry, purge):
+for _command in (cancel, dead, retry, purge, periodic, pause, resume):
     cli.add_command(_command)
 
 

@@ -1,21 +1,24 @@
-"""``omniq-mp`` commands that act on stored tasks: cancel, dead, retry, purge.
+"""``omniq-mp`` commands that act on stored tasks and schedules: cancel, dead, retry,
+purge, periodic, pause, resume.
 
 Unknown ids are one line on stderr and exit 1; so is a store that cannot be opened.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 
 from omniq_mp.cli_common import fail, handles_errors, settings_from, store_options
-from omniq_mp.core import OmniQ
 from omniq_mp.errors import ConfigError, TaskNotFoundError
 from omniq_mp.models import TaskStatus
+from omniq_mp.sync import OmniQ
 from omniq_mp.units import parse_duration
 
-__all__ = ["cancel", "dead", "purge", "retry"]
+__all__ = ["cancel", "dead", "pause", "periodic", "purge", "resume", "retry"]
 
 
 def _open(**options: Any) -> OmniQ:
@@ -120,3 +123,48 @@ def _terminal_status(text: str) -> TaskStatus:
         names = ", ".join(s.value.lower() for s in TaskStatus if s.is_terminal)
         raise ConfigError(f"--status takes finished statuses ({names}), got {text!r}")
     return status
+
+
+@click.command()
+@store_options
+@handles_errors
+def periodic(**options: Any) -> None:
+    """List cron schedules with their next run."""
+    q = _open(**options)
+    try:
+        schedules = q.periodic()
+    finally:
+        q.close()
+    if not schedules:
+        click.echo("no schedules")
+    for s in schedules:
+        when = datetime.fromtimestamp(s.next_run, ZoneInfo(s.tz)).isoformat(timespec="seconds")
+        state = "paused" if s.paused else f"next {when}"
+        click.echo(f"{s.id}  {s.cron!r} {s.tz}  {s.template.func_name}  {state}")
+
+
+def _set_paused(schedule_id: str, paused: bool, options: dict[str, Any]) -> None:
+    q = _open(**options)
+    try:
+        q.pause(schedule_id, paused)
+    finally:
+        q.close()
+    click.echo(f"{schedule_id} {'paused' if paused else 'resumed'}")
+
+
+@click.command()
+@store_options
+@click.argument("schedule_id")
+@handles_errors
+def pause(schedule_id: str, **options: Any) -> None:
+    """Pause the cron schedule SCHEDULE_ID."""
+    _set_paused(schedule_id, True, options)
+
+
+@click.command()
+@store_options
+@click.argument("schedule_id")
+@handles_errors
+def resume(schedule_id: str, **options: Any) -> None:
+    """Resume SCHEDULE_ID; a due time missed while paused runs once, at once."""
+    _set_paused(schedule_id, False, options)

@@ -1,4 +1,4 @@
-"""The user-facing API: :class:`AsyncOmniQ` and its synchronous twin :class:`OmniQ`.
+"""The user-facing API: :class:`AsyncOmniQ` (its synchronous twin, ``OmniQ``, is in sync.py).
 
 ``async with AsyncOmniQ() as q`` / ``with OmniQ() as q`` open the store and run an
 embedded supervisor with a local process pool. A bare ``OmniQ()`` (no ``with``) is a
@@ -9,9 +9,7 @@ producer: it enqueues and reads results while workers run elsewhere
 from __future__ import annotations
 
 import asyncio
-import atexit
 import time
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,14 +27,14 @@ from omniq_mp.errors import (
 )
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.queue import build_task
-from omniq_mp.runtime import LoopThread
+from omniq_mp.schedule import Schedule, check_cron, next_cron_time
 from omniq_mp.serialization import loads_result
 from omniq_mp.storage import open_storage
 from omniq_mp.storage.base import QueueStats, Storage
 from omniq_mp.units import parse_duration
 from omniq_mp.worker import HEARTBEAT_INTERVAL, AsyncWorkerPool
 
-__all__ = ["AsyncOmniQ", "OmniQ"]
+__all__ = ["AsyncOmniQ"]
 
 _RESERVED = ("args", "kwargs")
 
@@ -171,6 +169,48 @@ class AsyncOmniQ:
             result_ttl=self.settings.result_ttl if result_ttl is None else result_ttl,
         )
 
+    async def schedule(
+        self,
+        func: Callable[..., Any] | str,
+        /,
+        *args: Any,
+        cron: str,
+        tz: str = "UTC",
+        **kwargs: Any,
+    ) -> str:
+        """Run a call at every due time of a 5-field ``cron`` expression in timezone ``tz``
+        (an IANA name); returns the schedule id (``sch-...``).
+
+        Arguments and task options are those of :meth:`enqueue`. However many supervisors
+        share the store, each due time runs once; due times missed while none was running
+        (or while paused) run once, at the next opportunity.
+        """
+        check_cron(cron, tz)
+        template = self.build(func, *args, **kwargs)
+        schedule = Schedule(template, cron, tz, next_run=next_cron_time(cron, tz, time.time()))
+        await self.open()
+        await self.storage.add_schedule(schedule)
+        return schedule.id
+
+    async def periodic(self) -> list[Schedule]:
+        """Every cron schedule, soonest first."""
+        await self.open()
+        return await self.storage.schedules()
+
+    async def pause(self, schedule_id: str, paused: bool = True) -> Schedule:
+        """Pause a cron schedule (``paused=False`` resumes it)."""
+        await self.open()
+        schedule = await self.storage.set_paused(schedule_id, paused)
+        if schedule is None:
+            raise TaskNotFoundError(f"no such schedule: {schedule_id}")
+        return schedule
+
+    async def unschedule(self, schedule_id: str) -> None:
+        """Delete a cron schedule (tasks it already created are not touched)."""
+        await self.open()
+        if not await self.storage.remove_schedule(schedule_id):
+            raise TaskNotFoundError(f"no such schedule: {schedule_id}")
+
     async def enqueue(self, func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> str:
         """Store a call to run in a worker process; returns the task id.
 
@@ -184,12 +224,17 @@ class AsyncOmniQ:
         (``"512MB"``; the task is killed past it), ``result_ttl`` (how long the finished
         record is kept).
 
+        With ``cron="*/5 * * * *"`` (and optionally ``tz=``) this is :meth:`schedule` and
+        returns the schedule id.
+
         :raises SerializationError: the call cannot be pickled (nothing is stored).
         :raises ConfigError: an option is invalid (nothing is stored).
         """
+        if "cron" in kwargs:
+            return await self.schedule(func, *args, **kwargs)
         task = self.build(func, *args, **kwargs)
-        await self.enqueue_tasks([task])
-        return task.id
+        [task_id] = await self.enqueue_tasks([task])
+        return task_id
 
     async def enqueue_tasks(self, tasks: Sequence[Task]) -> list[str]:
         """Store tasks built with :meth:`build`, all in one transaction."""
@@ -346,97 +391,3 @@ def _value_of(task: Task) -> Any:
         history = [str(e) for e in task.history]
         raise TaskDeadError(task.id, error.error_type, error.message, error.traceback, history)
     raise TaskFailedError(task.id, error.error_type, error.message, error.traceback)
-
-
-class OmniQ:
-    """The synchronous API, for scripts and notebooks; same methods as :class:`AsyncOmniQ`.
-
-    Work runs on a private event loop in a background thread, so it is safe to use where
-    an event loop is already running (Jupyter). Pickling happens in the calling thread.
-    """
-
-    def __init__(
-        self,
-        settings: Settings | None = None,
-        *,
-        config: Settings | None = None,
-        storage: Storage | None = None,
-        **overrides: Any,
-    ) -> None:
-        self._async = AsyncOmniQ(settings, config=config, storage=storage, **overrides)
-        self.settings = self._async.settings
-        self._loop = LoopThread()
-        # Close at interpreter exit if the user did not: stops workers, closes the store.
-        ref = weakref.ref(self)
-
-        def close_at_exit() -> None:
-            if (omniq := ref()) is not None:
-                omniq.close()
-
-        self._atexit = close_at_exit
-        atexit.register(close_at_exit)
-
-    def __enter__(self) -> OmniQ:
-        try:
-            self._loop.call(self._async.__aenter__())
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop the embedded supervisor (if any), close the store, stop the loop thread."""
-        if self._loop.running:
-            try:
-                self._loop.call(self._async.close())
-            finally:
-                self._loop.stop()
-                atexit.unregister(self._atexit)
-
-    def enqueue(self, func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> str:
-        """Store a call; see :meth:`AsyncOmniQ.enqueue`. Returns the task id."""
-        task = self._async.build(func, *args, **kwargs)
-        return self._loop.call(self._async.enqueue_tasks([task]))[0]
-
-    def get_result(self, task_id: str, timeout: float | None = None) -> Any:
-        """Wait for and return the task's value; see :meth:`AsyncOmniQ.get_result`."""
-        return self._loop.call(self._async.get_result(task_id, timeout))
-
-    def get_task(self, task_id: str) -> Task | None:
-        """The stored task, or None."""
-        return self._loop.call(self._async.get_task(task_id))
-
-    def cancel(self, task_id: str) -> bool:
-        """Cancel a task that has not started."""
-        return self._loop.call(self._async.cancel(task_id))
-
-    def stats(self, queues: Sequence[str] | None = None) -> QueueStats:
-        """Task counts by status."""
-        return self._loop.call(self._async.stats(queues))
-
-    def dead(self, limit: int = 100) -> list[Task]:
-        """Quarantined (DEAD) tasks; see :meth:`AsyncOmniQ.dead`."""
-        return self._loop.call(self._async.dead(limit))
-
-    def retry(self, task_ids: Sequence[str] | None = None) -> list[str]:
-        """Re-queue DEAD or FAILED tasks; see :meth:`AsyncOmniQ.retry`."""
-        return self._loop.call(self._async.retry(task_ids))
-
-    def purge(
-        self,
-        older_than: timedelta | float | str,
-        statuses: Sequence[TaskStatus] = (TaskStatus.COMPLETED, TaskStatus.FAILED),
-    ) -> int:
-        """Delete old finished tasks; see :meth:`AsyncOmniQ.purge`."""
-        return self._loop.call(self._async.purge(older_than, statuses))
-
-    def build(self, func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> Task:
-        """Validate and pickle a call without storing it."""
-        return self._async.build(func, *args, **kwargs)
-
-    def enqueue_tasks(self, tasks: Sequence[Task]) -> list[str]:
-        """Store built tasks in one transaction."""
-        return self._loop.call(self._async.enqueue_tasks(tasks))

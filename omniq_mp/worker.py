@@ -33,12 +33,14 @@ from omniq_mp.config import Settings
 from omniq_mp.models import Outcome, OutcomeKind, Settlement, Task
 from omniq_mp.pool import ProcessPool, WorkerProcess
 from omniq_mp.queue import AsyncTaskQueue
+from omniq_mp.schedule import next_cron_time
 from omniq_mp.storage.base import Storage, WorkerInfo
 from omniq_mp.watch import WATCH_INTERVAL, TaskWatch
 
 __all__ = ["AsyncWorkerPool"]
 
 HEARTBEAT_INTERVAL = 2.0
+SCHEDULE_INTERVAL = 1.0  # cron has minute resolution; a second late is on time
 _RECOVERY_BATCH = 100
 _PURGE_BATCH = 500
 
@@ -108,6 +110,7 @@ class AsyncWorkerPool:
             ("heartbeat", self._heartbeat_loop),
             ("watch", self._watch_loop),
             ("purge", self._purge_loop),
+            ("schedules", self._schedule_loop),
         ):
             self._services.append(asyncio.create_task(loop(), name=f"omniq-{name}"))
         logger.bind(action="worker_online", worker=self.worker_id).info(
@@ -355,6 +358,21 @@ class AsyncWorkerPool:
         if total:
             logger.bind(action="purged").info("purged {} expired task records", total)
         return total
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            await _guard("cron schedules", self.fire_schedules)
+            await asyncio.sleep(SCHEDULE_INTERVAL)
+
+    async def fire_schedules(self) -> list[str]:
+        """Create the tasks of cron schedules that are due; returns their ids."""
+        fired = await self.queue.storage.fire_schedules(
+            self.queue.clock(), lambda s, now: next_cron_time(s.cron, s.tz, now)
+        )
+        if fired:
+            logger.bind(action="schedules_fired").info("cron: created tasks {}", fired)
+            self.wake()
+        return fired
 
     async def _heartbeat_loop(self) -> None:
         while True:

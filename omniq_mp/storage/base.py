@@ -8,11 +8,12 @@ attempt was claimed with: a stale holder's late write changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from omniq_mp.models import Settlement, Task, TaskStatus
+from omniq_mp.schedule import Schedule
 
 __all__ = ["QueueStats", "Storage", "WorkerInfo"]
 
@@ -136,6 +137,29 @@ class Storage(Protocol):
 
     async def stats(self, queues: Sequence[str] | None, now: float) -> QueueStats:
         """Counts by status, over ``queues`` or the whole store."""
+        ...
+
+    async def add_schedule(self, schedule: Schedule) -> None:
+        """Store a new cron schedule."""
+
+    async def schedules(self) -> list[Schedule]:
+        """Every schedule, paused ones included."""
+        ...
+
+    async def set_paused(self, schedule_id: str, paused: bool) -> Schedule | None:
+        """Pause or resume a schedule; None if unknown."""
+        ...
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Delete a schedule; False if unknown."""
+        ...
+
+    async def fire_schedules(
+        self, now: float, next_run: Callable[[Schedule, float], float]
+    ) -> list[str]:
+        """Atomically, for every unpaused schedule due at ``now``: insert its task (eta = the
+        due time) and move ``next_run`` to ``next_run(schedule, now)``. Two callers never
+        fire one due time twice. Returns the new task ids."""
         ...
 
     async def heartbeat(self, info: WorkerInfo) -> None:

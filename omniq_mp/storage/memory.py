@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from omniq_mp.models import Settlement, Task, TaskStatus
+from omniq_mp.schedule import Schedule
 from omniq_mp.storage.base import QueueStats, WorkerInfo
 
 __all__ = ["MemoryStorage"]
@@ -24,6 +25,7 @@ class MemoryStorage:
         self._tasks: dict[str, Task] = {}
         self._order: dict[str, int] = {}  # task id -> insertion number, the FIFO tie-break
         self._workers: dict[str, WorkerInfo] = {}
+        self._schedules: dict[str, Schedule] = {}
 
     async def open(self) -> None:
         """Nothing to open."""
@@ -194,6 +196,42 @@ class MemoryStorage:
         """Counts by status."""
         tasks = [t for t in self._tasks.values() if queues is None or t.queue in queues]
         return count_tasks(tasks, now)
+
+    async def add_schedule(self, schedule: Schedule) -> None:
+        """Keep a copy of the schedule."""
+        self._schedules[schedule.id] = replace(schedule)
+
+    async def schedules(self) -> list[Schedule]:
+        """Copies of every schedule."""
+        return [replace(s) for s in self._schedules.values()]
+
+    async def set_paused(self, schedule_id: str, paused: bool) -> Schedule | None:
+        """Pause or resume."""
+        schedule = self._schedules.get(schedule_id)
+        if schedule is None:
+            return None
+        schedule.paused = paused
+        return replace(schedule)
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Forget a schedule."""
+        return self._schedules.pop(schedule_id, None) is not None
+
+    async def fire_schedules(
+        self, now: float, next_run: Callable[[Schedule, float], float]
+    ) -> list[str]:
+        """Create the due schedules' tasks (no await inside: atomic in one loop)."""
+        fired = []
+        for schedule in self._schedules.values():
+            if schedule.paused or schedule.next_run > now:
+                continue
+            task = schedule.task_for(schedule.next_run)
+            self._order[task.id] = len(self._order)
+            self._tasks[task.id] = task
+            schedule.next_run = next_run(schedule, now)
+            schedule.last_task_id = task.id
+            fired.append(task.id)
+        return fired
 
     async def heartbeat(self, info: WorkerInfo) -> None:
         """Remember the supervisor's latest beat."""

@@ -23,14 +23,19 @@ import aiosqlite
 
 from omniq_mp.errors import StorageError
 from omniq_mp.models import Settlement, Task, TaskStatus
+from omniq_mp.schedule import Schedule
 from omniq_mp.storage.base import QueueStats, WorkerInfo
 from omniq_mp.storage.sqlite_codec import (
     COLUMNS,
     FINISH,
     INSERT,
+    INSERT_SCHEDULE,
     REQUEUE,
+    SCHEDULE_COLUMNS,
     claim_statement,
+    row_schedule,
     row_task,
+    schedule_row,
     settlement_rows,
     task_row,
 )
@@ -353,6 +358,69 @@ class SQLiteStorage:
             if status == "PENDING":
                 counts.update(due=due or 0, retrying=retrying or 0)
         return QueueStats(**counts)
+
+    async def add_schedule(self, schedule: Schedule) -> None:
+        """Insert a schedule."""
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                INSERT_SCHEDULE,
+                schedule_row(schedule),
+            )
+
+        await self._transaction(body)
+
+    async def schedules(self) -> list[Schedule]:
+        """Every schedule, soonest first."""
+        rows = await self._read(f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY next_run")
+        return [row_schedule(r) for r in rows]
+
+    async def set_paused(self, schedule_id: str, paused: bool) -> Schedule | None:
+        """Pause or resume a schedule."""
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            await conn.execute(
+                "UPDATE schedules SET paused = ? WHERE id = ?", (int(paused), schedule_id)
+            )
+
+        await self._transaction(body)
+        rows = await self._read(
+            f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = ?", (schedule_id,)
+        )
+        return row_schedule(rows[0]) if rows else None
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Delete a schedule."""
+
+        async def body(conn: aiosqlite.Connection) -> bool:
+            cursor = await conn.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,))
+            return cursor.rowcount == 1
+
+        return await self._transaction(body)
+
+    async def fire_schedules(
+        self, now: float, next_run: Callable[[Schedule, float], float]
+    ) -> list[str]:
+        """Fire due schedules inside one BEGIN IMMEDIATE transaction: a second supervisor
+        waits for it, then finds ``next_run`` already moved on."""
+
+        async def body(conn: aiosqlite.Connection) -> list[str]:
+            rows = await conn.execute_fetchall(
+                f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE paused = 0 AND next_run <= ?",
+                (now,),
+            )
+            fired = []
+            for schedule in (row_schedule(r) for r in rows):
+                task = schedule.task_for(schedule.next_run)
+                await conn.execute(INSERT, task_row(task))
+                await conn.execute(
+                    "UPDATE schedules SET next_run = ?, last_task_id = ? WHERE id = ?",
+                    (next_run(schedule, now), task.id, schedule.id),
+                )
+                fired.append(task.id)
+            return fired
+
+        return await self._transaction(body)
 
     async def heartbeat(self, info: WorkerInfo) -> None:
         """Upsert the supervisor's row."""

@@ -12,14 +12,19 @@ from typing import Any
 
 from omniq_mp.errors import StorageError
 from omniq_mp.models import Settlement, Task, TaskError, TaskStatus
+from omniq_mp.schedule import Schedule
 
 __all__ = [
     "COLUMNS",
     "FINISH",
     "INSERT",
+    "INSERT_SCHEDULE",
     "REQUEUE",
+    "SCHEDULE_COLUMNS",
     "claim_statement",
+    "row_schedule",
     "row_task",
+    "schedule_row",
     "settlement_rows",
     "task_row",
 ]
@@ -150,3 +155,36 @@ def row_task(row: Sequence[Any]) -> Task:
         return Task(**values)
     except (ValueError, TypeError, KeyError) as exc:
         raise StorageError(f"task row {row[0]!r} is malformed: {exc}") from exc
+
+
+SCHEDULE_COLUMNS = (
+    "id, func_name, payload, options, cron, tz, next_run, paused, last_task_id, created_at"
+)
+
+
+INSERT_SCHEDULE = f"INSERT INTO schedules ({SCHEDULE_COLUMNS}) VALUES ({', '.join('?' * 10)})"
+
+
+def schedule_row(s: Schedule) -> tuple[Any, ...]:
+    """The INSERT parameters of a schedule."""
+    return (
+        s.id,
+        s.template.func_name,
+        s.template.payload,
+        json.dumps(s.template_options()),
+        s.cron,
+        s.tz,
+        s.next_run,
+        int(s.paused),
+        s.last_task_id,
+        s.created_at,
+    )
+
+
+def row_schedule(r: Sequence[Any]) -> Schedule:
+    """A schedule from a row selected with ``SCHEDULE_COLUMNS``."""
+    try:
+        template = Schedule.template_from(r[1], bytes(r[2]), json.loads(r[3]))
+        return Schedule(template, r[4], r[5], r[0], r[6], bool(r[7]), r[8], r[9])
+    except (ValueError, TypeError) as exc:
+        raise StorageError(f"schedule row {r[0]!r} is malformed: {exc}") from exc

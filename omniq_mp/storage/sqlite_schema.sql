@@ -58,6 +58,21 @@ CREATE TABLE IF NOT EXISTS workers (
     heartbeat_at REAL NOT NULL
 );
 
+CREATE TABLE IF NOT EXISTS schedules (
+    id           TEXT PRIMARY KEY,
+    func_name    TEXT NOT NULL,
+    payload      BLOB NOT NULL,
+    options      TEXT NOT NULL,                -- JSON: queue, priority, timeout ...
+    cron         TEXT NOT NULL,
+    tz           TEXT NOT NULL,
+    next_run     REAL NOT NULL,
+    paused       INTEGER NOT NULL DEFAULT 0,
+    last_task_id TEXT,
+    created_at   REAL NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS schedules_due ON schedules (next_run) WHERE paused = 0;
+
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL

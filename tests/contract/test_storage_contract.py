@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -17,24 +16,10 @@ from omniq_mp.errors import StorageError
 from omniq_mp.models import ErrorKind, Settlement, Task, TaskError, TaskStatus, create_task
 from omniq_mp.storage.base import Storage, WorkerInfo
 from omniq_mp.storage.file import FileStorage
-from omniq_mp.storage.memory import MemoryStorage
 from omniq_mp.storage.sqlite import SQLiteStorage
+from tests.contract.backends import BACKENDS, PERSISTENT
 
-BACKENDS: dict[str, Callable[[Path], Storage]] = {
-    "memory": lambda _: MemoryStorage(),
-    "sqlite": lambda d: SQLiteStorage(d / "omniq.db"),
-    "file": lambda d: FileStorage(d / "store"),
-}
-PERSISTENT = ["sqlite", "file"]
 NOW = 1_700_000_000.0
-
-
-@pytest.fixture(params=list(BACKENDS))
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
-    storage = BACKENDS[request.param](tmp_path)
-    await storage.open()
-    yield storage
-    await storage.close()
 
 
 def make(**options: object) -> Task:

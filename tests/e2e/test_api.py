@@ -132,3 +132,28 @@ async def test_worker_pool_processes_a_limited_number_of_tasks(tmp_path: Path) -
     task = await q.get_task(ids[0])
     assert task is not None and task.status is TaskStatus.COMPLETED and task.attempts == 1
     await q.close()
+
+
+def test_a_cron_schedule_fires_its_task_when_due(tmp_path: Path) -> None:
+    import sqlite3
+
+    from omniq_mp.errors import ConfigError as BadInput
+
+    with OmniQ(Settings(base_dir=tmp_path, procs=1)) as q:
+        with pytest.raises(BadInput, match="invalid cron"):
+            q.enqueue(pow, 2, 10, cron="every minute")
+        schedule_id = q.enqueue(pow, 2, 10, cron="*/15 * * * *", tz="Europe/Berlin")
+        [listed] = q.periodic()
+        assert listed.id == schedule_id and listed.next_run > time.time()
+        # Time travel: make the next due time now, as if the clock had reached it.
+        with sqlite3.connect(tmp_path / "omniq.db") as db:
+            db.execute("UPDATE schedules SET next_run = ?", (time.time() - 1,))
+        deadline = time.monotonic() + 30
+        while (fired := q.periodic()[0].last_task_id) is None:
+            assert time.monotonic() < deadline, "the due schedule did not fire"
+            time.sleep(0.05)
+        assert q.get_result(fired, timeout=30) == 1024
+        assert q.periodic()[0].next_run > time.time()  # moved to the next quarter hour
+        assert q.pause(schedule_id).paused
+        q.unschedule(schedule_id)
+        assert q.periodic() == []

@@ -1,0 +1,139 @@
+"""The synchronous API, :class:`OmniQ`: the same methods as
+:class:`~omniq_mp.core.AsyncOmniQ`, for scripts and notebooks."""
+
+from __future__ import annotations
+
+import atexit
+import weakref
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
+
+from omniq_mp.config import Settings
+from omniq_mp.core import AsyncOmniQ
+from omniq_mp.models import Task, TaskStatus
+from omniq_mp.runtime import LoopThread
+from omniq_mp.schedule import Schedule
+from omniq_mp.storage.base import QueueStats, Storage
+
+__all__ = ["OmniQ"]
+
+
+class OmniQ:
+    """The synchronous API, for scripts and notebooks; same methods as :class:`AsyncOmniQ`.
+
+    Work runs on a private event loop in a background thread, so it is safe to use where
+    an event loop is already running (Jupyter). Pickling happens in the calling thread.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        config: Settings | None = None,
+        storage: Storage | None = None,
+        **overrides: Any,
+    ) -> None:
+        self._async = AsyncOmniQ(settings, config=config, storage=storage, **overrides)
+        self.settings = self._async.settings
+        self._loop = LoopThread()
+        # Close at interpreter exit if the user did not: stops workers, closes the store.
+        ref = weakref.ref(self)
+
+        def close_at_exit() -> None:
+            if (omniq := ref()) is not None:
+                omniq.close()
+
+        self._atexit = close_at_exit
+        atexit.register(close_at_exit)
+
+    def __enter__(self) -> OmniQ:
+        try:
+            self._loop.call(self._async.__aenter__())
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the embedded supervisor (if any), close the store, stop the loop thread."""
+        if self._loop.running:
+            try:
+                self._loop.call(self._async.close())
+            finally:
+                self._loop.stop()
+                atexit.unregister(self._atexit)
+
+    def enqueue(self, func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> str:
+        """Store a call; see :meth:`AsyncOmniQ.enqueue`. Returns the task id."""
+        if "cron" in kwargs:
+            return self.schedule(func, *args, **kwargs)
+        task = self._async.build(func, *args, **kwargs)
+        return self._loop.call(self._async.enqueue_tasks([task]))[0]
+
+    def get_result(self, task_id: str, timeout: float | None = None) -> Any:
+        """Wait for and return the task's value; see :meth:`AsyncOmniQ.get_result`."""
+        return self._loop.call(self._async.get_result(task_id, timeout))
+
+    def get_task(self, task_id: str) -> Task | None:
+        """The stored task, or None."""
+        return self._loop.call(self._async.get_task(task_id))
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task that has not started."""
+        return self._loop.call(self._async.cancel(task_id))
+
+    def stats(self, queues: Sequence[str] | None = None) -> QueueStats:
+        """Task counts by status."""
+        return self._loop.call(self._async.stats(queues))
+
+    def schedule(
+        self,
+        func: Callable[..., Any] | str,
+        /,
+        *args: Any,
+        cron: str,
+        tz: str = "UTC",
+        **kwargs: Any,
+    ) -> str:
+        """Run a call on a cron schedule; see :meth:`AsyncOmniQ.schedule`."""
+        return self._loop.call(self._async.schedule(func, *args, cron=cron, tz=tz, **kwargs))
+
+    def periodic(self) -> list[Schedule]:
+        """Every cron schedule, soonest first."""
+        return self._loop.call(self._async.periodic())
+
+    def pause(self, schedule_id: str, paused: bool = True) -> Schedule:
+        """Pause (or, with ``paused=False``, resume) a cron schedule."""
+        return self._loop.call(self._async.pause(schedule_id, paused))
+
+    def unschedule(self, schedule_id: str) -> None:
+        """Delete a cron schedule."""
+        self._loop.call(self._async.unschedule(schedule_id))
+
+    def dead(self, limit: int = 100) -> list[Task]:
+        """Quarantined (DEAD) tasks; see :meth:`AsyncOmniQ.dead`."""
+        return self._loop.call(self._async.dead(limit))
+
+    def retry(self, task_ids: Sequence[str] | None = None) -> list[str]:
+        """Re-queue DEAD or FAILED tasks; see :meth:`AsyncOmniQ.retry`."""
+        return self._loop.call(self._async.retry(task_ids))
+
+    def purge(
+        self,
+        older_than: timedelta | float | str,
+        statuses: Sequence[TaskStatus] = (TaskStatus.COMPLETED, TaskStatus.FAILED),
+    ) -> int:
+        """Delete old finished tasks; see :meth:`AsyncOmniQ.purge`."""
+        return self._loop.call(self._async.purge(older_than, statuses))
+
+    def build(self, func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> Task:
+        """Validate and pickle a call without storing it."""
+        return self._async.build(func, *args, **kwargs)
+
+    def enqueue_tasks(self, tasks: Sequence[Task]) -> list[str]:
+        """Store built tasks in one transaction."""
+        return self._loop.call(self._async.enqueue_tasks(tasks))
