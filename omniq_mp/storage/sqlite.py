@@ -214,7 +214,10 @@ class SQLiteStorage:
             chosen = [s for s, ok in zip(settlements, applied, strict=True) if ok]
             requeue, finish = settlement_rows(chosen, time.time())
             follow_ups = [task_row(s.follow_up) for s in chosen if s.follow_up is not None]
-            for sql, rows in ((REQUEUE, requeue), (FINISH, finish), (INSERT, follow_ups)):
+            # A follow-up whose key another unfinished task already holds is skipped
+            # (OR IGNORE), never allowed to fail the whole batch of outcomes.
+            follow = INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
+            for sql, rows in ((REQUEUE, requeue), (FINISH, finish), (follow, follow_ups)):
                 if rows:
                     await conn.executemany(sql, rows)
             return applied
