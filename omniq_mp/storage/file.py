@@ -11,11 +11,12 @@
       running/<id>.json
       done/<id>.json                     COMPLETED, FAILED, CANCELLED and DEAD tasks
       workers/<worker_id>.json           supervisor heartbeats
+      schedules/<schedule_id>.json       cron schedules, each with its template task
       ids/<id> -> ../pending/<queue>/<P>-<E>-<S>-<id>.json   a pending task by id (a
                                          symlink; running and done ones are found by name)
-      keys/<key> -> <id>                 the task holding a unique key (a symlink whose
-                                         target is the encoded id; only trusted after
-                                         reading that task: unfinished, with this key)
+      keys/<key>/<id>                    an empty file per unfinished task holding a
+                                         unique key: normally one (a revived task can
+                                         share its key with a newer one)
       quarantine/<x>-<name>, <x>-<name>.reason   entries that could not be read
 
 Every write goes to ``<name>.tmp``, is fsync'ed and renamed over the old entry, and the
@@ -24,15 +25,17 @@ change renames the entry to ``running/<id>.json``, rewrites it there with its ne
 then renames it into its new folder: a task is always in exactly one file, and a crash
 leaves at worst an entry in ``running/`` whose status says it belongs elsewhere, which
 open(), expired() and every scan move on. Names (queues, ids, keys) are percent-encoded so
-any string is a safe file name. Entries are JSON with base64 bytes: nothing here unpickles.
-The index links (``ids/``, ``keys/``) are hints: a link to nothing, or to a task that no
-longer matches, finds nothing, so a crash between writing a link and its entry is harmless.
+any string is a safe file name (a key too long for one goes by its SHA-256). Entries are
+JSON with base64 bytes: nothing here unpickles. The indexes (``ids/``, ``keys/``) are
+hints: one naming nothing, or a task that no longer matches, finds nothing, so a crash
+between writing an index entry and the entry it names is harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import fcntl
 import itertools
 import os
@@ -44,11 +47,14 @@ from typing import TypeVar
 
 from omniq_mp.errors import StorageError
 from omniq_mp.models import Settlement, Task, TaskStatus
+from omniq_mp.schedule import Schedule
 from omniq_mp.storage.base import QueueStats, WorkerInfo
 from omniq_mp.storage.file_codec import (
     Corrupt,
+    decode_schedule,
     decode_task,
     decode_worker,
+    encode_schedule,
     encode_task,
     encode_worker,
     entry_name,
@@ -66,7 +72,16 @@ T = TypeVar("T")
 R = TypeVar("R")
 _Entry = tuple[Path, Task, int]  # where an entry is, its task, its FIFO sequence number
 _TMP = ".tmp"
-_FOLDERS = ("pending", "running", "done", "workers", "ids", "keys", "quarantine")
+_FOLDERS = (
+    "pending",
+    "running",
+    "done",
+    "workers",
+    "schedules",
+    "ids",
+    "keys",
+    "quarantine",
+)
 _TERMINAL = tuple(s for s in TaskStatus if s.is_terminal)  # the statuses kept in done/
 _REVIVABLE = (TaskStatus.DEAD, TaskStatus.FAILED)
 
@@ -189,6 +204,35 @@ class FileStorage:
         names = None if queues is None else tuple(queues)
         return await self._run(lambda t: t.stats(names, now))
 
+    async def add_schedule(self, schedule: Schedule) -> None:
+        """Store a schedule (replacing one with the same id, as MemoryStorage does)."""
+        data = encode_schedule(schedule)
+        await self._run(lambda t: t.write(t.at("schedules", schedule.id), data))
+
+    async def schedules(self) -> list[Schedule]:
+        """Every schedule, paused ones included, soonest ``next_run`` first."""
+        return await self._run(lambda t: t.schedules())
+
+    async def set_paused(self, schedule_id: str, paused: bool) -> Schedule | None:
+        """Pause or resume a schedule; :return: it as it now is, None if unknown."""
+        return await self._run(lambda t: t.set_paused(schedule_id, paused))
+
+    async def remove_schedule(self, schedule_id: str) -> bool:
+        """Delete a schedule; :return: False if it was unknown."""
+        return await self._run(lambda t: t.remove_schedule(schedule_id))
+
+    async def fire_schedules(
+        self, now: float, next_run: Callable[[Schedule, float], float]
+    ) -> list[str]:
+        """For each unpaused schedule due at ``now``, insert its task (eta: the due time)
+        and move it to ``next_run(schedule, now)``, all under the store's lock, so two
+        supervisors never fire one due time twice; :return: the new task ids.
+
+        The task is written before the schedule moves on: a crash between the two fires
+        that due time again on the next call rather than losing it.
+        """
+        return await self._run(lambda t: t.fire_schedules(now, next_run))
+
     async def heartbeat(self, info: WorkerInfo) -> None:
         """Record a supervisor's beat. :param info: replaces the supervisor's last record."""
         data = encode_worker(info)
@@ -258,7 +302,7 @@ class _Tree:
     def id_link(self, task_id: str) -> Path:
         return self.base / "ids" / entry_name(task_id)
 
-    def key_link(self, key: str) -> Path:
+    def key_folder(self, key: str) -> Path:
         return self.base / "keys" / key_name(key)
 
     def stage(self, path: Path, data: bytes) -> Path:
@@ -298,18 +342,14 @@ class _Tree:
                 os.close(fd)
         self.dirty.clear()
 
-    def symlink(self, link: Path, target: str) -> None:
-        """Point ``link`` at ``target``, replacing it atomically (a symlink holds its target
-        in the inode: no data block to fsync, the folder's fsync makes it durable)."""
+    def link(self, task_id: str, target: Path) -> None:
+        """Point the id index at a pending entry, replacing any old link atomically (a
+        symlink holds its target in the inode: no data block to fsync)."""
+        link = self.id_link(task_id)
         tmp = link.with_name(link.name + _TMP)
         tmp.unlink(missing_ok=True)
-        os.symlink(target, tmp)
+        os.symlink(os.path.relpath(target, link.parent), tmp)
         self.move(tmp, link)
-
-    def link(self, task_id: str, target: Path) -> None:
-        """Point the id index at a pending entry."""
-        link = self.id_link(task_id)
-        self.symlink(link, os.path.relpath(target, link.parent))
 
     def quarantine(self, path: Path, reason: str) -> None:
         dst = self.base / "quarantine" / f"{uuid.uuid4().hex[:8]}-{path.parent.name}-{path.name}"
@@ -422,38 +462,52 @@ class _Tree:
     # -- unique keys -------------------------------------------------------------------------
 
     def holder(self, key: str, finishing: str | None = None) -> str | None:
-        """The id of the unfinished task holding ``key``, or None.
+        """The id of the first enqueued unfinished task holding ``key``, or None.
 
-        The link is only a hint: the task it names must still exist, carry this key and be
-        unfinished, so a link left by a finished, purged or never-stored task frees the key.
-        ``finishing`` is a task being settled to a terminal status in this operation, whose
-        key is already free.
+        Members of ``keys/<key>/`` are only hints: the task named must still exist, carry
+        this key and be unfinished; members that fail this (left by a crash) are tidied
+        away. ``finishing`` is a task this operation settles to a terminal status: its key
+        is already free. There is normally one holder; a revived task can make two.
         """
-        try:
-            task_id = unname(os.readlink(self.key_link(key)))
-        except OSError:  # no link (or something that is not one): nobody holds the key
-            return None
-        found = self.find(task_id)
-        if found is None or task_id == finishing:
-            return None
-        task = found[1]
-        return task_id if task.key == key and not task.status.is_terminal else None
+        folder = self.key_folder(key)
+        best: tuple[int, str] | None = None
+        for name in _names(folder):
+            task_id = unname(name)
+            found = self.find(task_id)
+            if found is None or found[1].key != key or found[1].status.is_terminal:
+                self.unlist(folder / name)
+            elif task_id != finishing and (best is None or found[2] < best[0]):
+                best = (found[2], task_id)
+        return None if best is None else best[1]
 
     def point_key(self, task: Task) -> None:
+        """List an unfinished task as a holder of its key (an empty file: creating one is
+        atomic, and the folder's fsync makes it durable)."""
         if task.key:
-            self.symlink(self.key_link(task.key), entry_name(task.id))
+            folder = self.key_folder(task.key)
+            self.mkdir(folder)
+            (folder / entry_name(task.id)).touch()
+            self.dirty.add(folder)
 
     def drop_key(self, task: Task) -> None:
-        """Remove the key link if it still names ``task`` (it may name a newer holder)."""
-        if not task.key:
-            return
-        link = self.key_link(task.key)
+        """Unlist a task that finished or was deleted from its key's holders."""
+        if task.key:
+            self.unlist(self.key_folder(task.key) / entry_name(task.id))
+
+    def unlist(self, member: Path) -> None:
+        folder = member.parent
+        member.unlink(missing_ok=True)
         try:
-            target = os.readlink(link)
-        except OSError:
+            folder.rmdir()  # the key's last holder: keys/ keeps only keys in use
+        except FileNotFoundError:
             return
-        if unname(target) == task.id:
-            self.remove(link)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            self.dirty.add(folder)  # other holders remain: make the unlink durable
+            return
+        self.dirty.discard(folder)  # gone: nothing left to fsync there
+        self.dirty.add(folder.parent)
 
     # -- operations --------------------------------------------------------------------------
 
@@ -558,10 +612,11 @@ class _Tree:
             return False
         task, seq = entry
         settled = _settled(task, s, time.time())
-        if s.follow_up is not None:
-            # First: a crash now repeats the next run, never loses it. The settled task is
-            # finished as far as keys go (as if settled first), so a follow-up carrying its
-            # key is inserted, not merged into it.
+        # The follow-up first: a crash now repeats the next run, never loses it. The settled
+        # task is finished as far as keys go (as if settled first), so a follow-up carrying
+        # its key is inserted, not merged into it. One whose id is taken is skipped, as
+        # SQLite does: it must not fail the outcomes settled before it in this batch.
+        if s.follow_up is not None and self.find(s.follow_up.id) is None:
             done = task.id if settled.status.is_terminal else None
             self.insert([s.follow_up], finishing=done)
         self.transition(path, settled, seq)
@@ -641,8 +696,9 @@ class _Tree:
                 expires_at=None,
                 cancel_requested=False,
             )
-            if fresh.key and self.holder(fresh.key) is None:
-                self.point_key(fresh)  # the key is free: the revived task holds it again
+            # Holds its key again, even beside a newer holder: like MemoryStorage, revive
+            # does not check keys, and the first enqueued holder is the one enqueue finds.
+            self.point_key(fresh)
             self.transition(path, fresh, seq)  # keeps seq: FIFO place as first enqueued
             revived.append(task.id)
         return revived
@@ -662,17 +718,55 @@ class _Tree:
         tasks = [task for _, task, _ in self.scan(tuple(TaskStatus), queues)]
         return count_tasks(tasks, now)
 
+    def schedules(self) -> list[Schedule]:
+        folder = self.base / "schedules"
+        found = [self.read(folder / name, decode_schedule) for name in _json_names(folder)]
+        return sorted((s for s in found if s is not None), key=lambda s: (s.next_run, s.id))
+
+    def set_paused(self, schedule_id: str, paused: bool) -> Schedule | None:
+        path = self.at("schedules", schedule_id)
+        schedule = self.read(path, decode_schedule)
+        if schedule is not None and schedule.paused != paused:
+            schedule = dataclasses.replace(schedule, paused=paused)
+            self.write(path, encode_schedule(schedule))
+        return schedule
+
+    def remove_schedule(self, schedule_id: str) -> bool:
+        path = self.at("schedules", schedule_id)
+        if not path.exists():
+            return False
+        self.remove(path)
+        return True
+
+    def fire_schedules(self, now: float, next_run: Callable[[Schedule, float], float]) -> list[str]:
+        fired = []
+        for schedule in self.schedules():
+            if schedule.paused or schedule.next_run > now:
+                continue
+            task = schedule.task_for(schedule.next_run)
+            self.insert([task])
+            moved = dataclasses.replace(
+                schedule, next_run=next_run(schedule, now), last_task_id=task.id
+            )
+            self.write(self.at("schedules", schedule.id), encode_schedule(moved))
+            fired.append(task.id)
+        return fired
+
     def workers(self, alive_since: float) -> list[WorkerInfo]:
         folder = self.base / "workers"
         infos = [self.read(folder / name, decode_worker) for name in sorted(_json_names(folder))]
         return [w for w in infos if w is not None and w.heartbeat_at >= alive_since]
 
 
-def _json_names(folder: Path) -> list[str]:
+def _names(folder: Path) -> list[str]:
     try:
-        return [n for n in os.listdir(folder) if n.endswith(".json")]
+        return os.listdir(folder)
     except FileNotFoundError:
         return []
+
+
+def _json_names(folder: Path) -> list[str]:
+    return [n for n in _names(folder) if n.endswith(".json")]
 
 
 def _holds(task: Task, token: str) -> bool:

@@ -1,4 +1,5 @@
-"""The file store's entries and names: Task <-> JSON bytes, and strings <-> safe file names.
+"""The file store's entries and names: tasks and schedules <-> JSON bytes, and strings <->
+safe file names.
 
 Kept apart from ``file.py`` so the storage logic reads as operations on folders, not as
 field-by-field conversions. Decoding is driven by the type hints of the dataclasses, so a
@@ -21,12 +22,15 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from omniq_mp.models import Task
+from omniq_mp.schedule import Schedule
 from omniq_mp.storage.base import WorkerInfo
 
 __all__ = [
     "Corrupt",
+    "decode_schedule",
     "decode_task",
     "decode_worker",
+    "encode_schedule",
     "encode_task",
     "encode_worker",
     "entry_name",
@@ -44,8 +48,9 @@ _NAME_MAX = 200  # encoded names longer than this are hashed: most file systems 
 
 # Fields every entry has carried since the first format. One of them missing means the
 # entry is damaged (a default would invent an id, a status or a time); any other field
-# missing means the entry predates that field, and it takes the dataclass default.
-_ALWAYS_STORED = frozenset(
+# missing means the entry predates that field, and it takes the dataclass default. Fields
+# added to these classes later must not be listed here, so older stores stay readable.
+_TASK_FIELDS = frozenset(
     {
         "func_name",
         "payload",
@@ -68,6 +73,10 @@ _ALWAYS_STORED = frozenset(
         "error",
     }
 )
+_SCHEDULE_FIELDS = frozenset(
+    {"template", "cron", "tz", "id", "next_run", "paused", "last_task_id", "created_at"}
+)
+_REQUIRED: dict[type, frozenset[str]] = {Task: _TASK_FIELDS, Schedule: _SCHEDULE_FIELDS}
 
 # JSON types accepted for plain annotations. A bool is an int to isinstance, so it is
 # refused explicitly wherever a number is expected (and numbers where a bool is).
@@ -149,11 +158,26 @@ def decode_task(data: bytes) -> tuple[Task, int]:
     try:
         doc = json.loads(data)
         seq = _from_json(doc["seq"], int)
-        task = _from_record(Task, doc["task"], _ALWAYS_STORED)
+        task = _from_record(Task, doc["task"])
         return task, seq
     # ValueError covers JSON, UTF-8, base64 and enum errors; RecursionError absurd nesting.
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise Corrupt(f"not a task entry: {type(exc).__name__}: {exc}") from exc
+
+
+def encode_schedule(schedule: Schedule) -> bytes:
+    """A schedule entry, its template task stored whole (as an entry stores a task)."""
+    doc = {"format": _FORMAT, "schedule": _to_json(schedule)}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_schedule(data: bytes) -> Schedule:
+    """Inverse of :func:`encode_schedule`. :raises Corrupt: for anything else."""
+    try:
+        schedule: Schedule = _from_record(Schedule, json.loads(data)["schedule"])
+        return schedule
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        raise Corrupt(f"not a schedule entry: {type(exc).__name__}: {exc}") from exc
 
 
 def encode_worker(info: WorkerInfo) -> bytes:
@@ -172,6 +196,8 @@ def decode_worker(data: bytes) -> WorkerInfo:
 
 
 def _to_json(value: Any) -> Any:
+    """Plain JSON data for a field value: bytes as base64, enums by value, dataclasses as
+    objects, tuples as lists (the hints say how to turn them back)."""
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")
     if isinstance(value, enum.Enum):
@@ -193,12 +219,14 @@ def _hints(cls: type) -> dict[str, Any]:
     return _HINTS[cls]
 
 
-def _from_record(cls: type[Any], record: Any, required: frozenset[str]) -> Any:
+def _from_record(cls: type[Any], record: Any) -> Any:
     """An instance of dataclass ``cls`` from a JSON object, every field type-checked.
 
     Unknown keys (written by a newer version) are ignored; missing ones take the default
-    unless ``required`` names them (or the class has none, which the constructor catches).
+    unless ``_REQUIRED`` lists them for ``cls`` (or the class has none, which the
+    constructor catches).
     """
+    required = _REQUIRED.get(cls, frozenset())
     if not isinstance(record, dict):
         raise TypeError(f"{cls.__name__} record is {type(record).__name__}, not an object")
     values = {}
@@ -227,7 +255,7 @@ def _from_json(value: Any, hint: Any) -> Any:
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return hint(value)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return _from_record(hint, value, frozenset())
+        return _from_record(hint, value)
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple and args[-1:] == (...,):
         if not isinstance(value, list):

@@ -6,6 +6,7 @@ the contract suite runs against it too, and its behaviour is what the others mus
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
         self._order: dict[str, int] = {}  # task id -> insertion number, the FIFO tie-break
+        self._seq = itertools.count()  # never reused, even after purges
         self._workers: dict[str, WorkerInfo] = {}
         self._schedules: dict[str, Schedule] = {}
 
@@ -44,7 +46,7 @@ class MemoryStorage:
             if existing:
                 ids.append(existing)
                 continue
-            self._order[task.id] = len(self._order)
+            self._order[task.id] = next(self._seq)
             self._tasks[task.id] = replace(task)
             ids.append(task.id)
         return ids
@@ -203,7 +205,7 @@ class MemoryStorage:
 
     async def schedules(self) -> list[Schedule]:
         """Copies of every schedule."""
-        return [replace(s) for s in self._schedules.values()]
+        return sorted((replace(s) for s in self._schedules.values()), key=lambda s: s.next_run)
 
     async def set_paused(self, schedule_id: str, paused: bool) -> Schedule | None:
         """Pause or resume."""
@@ -226,7 +228,7 @@ class MemoryStorage:
             if schedule.paused or schedule.next_run > now:
                 continue
             task = schedule.task_for(schedule.next_run)
-            self._order[task.id] = len(self._order)
+            self._order[task.id] = next(self._seq)
             self._tasks[task.id] = task
             schedule.next_run = next_run(schedule, now)
             schedule.last_task_id = task.id

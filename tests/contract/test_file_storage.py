@@ -1,19 +1,25 @@
 """File-backend specifics the shared contract cannot see: damaged entries, crash leftovers,
-odd names and folders that are in the way."""
+odd names, folders that are in the way, the unique-key index, and parity with the memory
+backend over random operation sequences."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from omniq_mp.errors import StorageError
-from omniq_mp.models import Task, TaskStatus, create_task
+from omniq_mp.models import Settlement, Task, TaskError, TaskStatus, create_task
+from omniq_mp.schedule import Schedule
 from omniq_mp.storage.base import WorkerInfo
 from omniq_mp.storage.file import FileStorage
+from omniq_mp.storage.memory import MemoryStorage
 
 NOW = 1_700_000_000.0
 
@@ -209,3 +215,345 @@ async def test_a_parent_that_is_a_file_is_refused(tmp_path: Path) -> None:
 async def test_use_before_open_is_a_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="not open"):
         await FileStorage(tmp_path).get("x")
+
+
+# -- entry format: new fields, old entries, wrong types ----------------------------------------
+
+
+def entry(store: FileStorage, task_id: str) -> Path:
+    """The one entry file of a task, in whatever folder it is."""
+    [path] = [p for p in store.base_dir.rglob("*.json") if task_id in p.name]
+    return path
+
+
+def edit(path: Path, **fields: Any) -> None:
+    doc = json.loads(path.read_text())
+    doc["task"].update(fields)
+    path.write_text(json.dumps(doc))
+
+
+async def settle_one(store: FileStorage, status: TaskStatus, **options: Any) -> Task:
+    [t] = await store.claim(["default"], 1, NOW, NOW + 30, "w1")
+    await store.settle([Settlement(t.id, t.lease_token or "", status, **options)])
+    got = await store.get(t.id)
+    assert got is not None
+    return got
+
+
+async def test_every_new_field_round_trips_through_states_and_reopen(tmp_path: Path) -> None:
+    store = FileStorage(tmp_path / "store")
+    await store.open()
+    task = make(key="k/../é", max_memory=2**40, result_ttl=7.5)
+    await store.enqueue([task])
+    errors = [TaskError("WorkerCrashed", "boom", kind="crash"), TaskError("E", "again")]
+    await settle_one(store, TaskStatus.PENDING, error=errors[0], crashed=True, eta=NOW - 1)
+    dead = await settle_one(store, TaskStatus.DEAD, error=errors[1], finished_at=NOW)
+    assert (dead.crashes, dead.history, dead.error) == (1, tuple(errors), errors[1])
+    assert dead.expires_at == NOW + 7.5 and entry(store, task.id).parent.name == "done"
+    await store.close()
+    again = FileStorage(tmp_path / "store")
+    await again.open()
+    assert await again.get(task.id) == dead
+    assert await again.list_tasks(TaskStatus.DEAD, ["default"], 10) == [dead]
+    await again.close()
+
+
+async def test_an_entry_written_before_the_new_fields_reads_with_their_defaults(
+    store: FileStorage,
+) -> None:
+    task = make()
+    await store.enqueue([task])
+    path = entry(store, task.id)
+    doc = json.loads(path.read_text())
+    new = ("key", "max_memory", "result_ttl", "expires_at", "cancel_requested", "crashes")
+    for name in (*new, "history"):
+        del doc["task"][name]
+    doc["task"]["error"] = {"error_type": "E", "message": "m"}  # an error without kind etc.
+    doc["task"]["from_a_newer_version"] = [1, 2]  # unknown fields are ignored
+    path.write_text(json.dumps(doc))
+    got = await store.get(task.id)
+    assert got == dataclasses.replace(task, error=TaskError("E", "m"))
+    assert quarantined(store) == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("cancel_requested", 1),
+        ("crashes", "1"),
+        ("crashes", True),
+        ("attempts", 1.0),
+        ("key", 7),
+        ("max_memory", 1.5),
+        ("result_ttl", "60"),
+        ("history", {}),
+        ("history", ["E: m"]),
+        ("history", [{"error_type": "E", "message": 5}]),
+        ("error", {"error_type": "E", "message": "m", "is_retryable": "no"}),
+        ("status", "LOST"),
+        ("id", None),  # a field every entry has always had, missing or not, must be valid
+    ],
+)
+async def test_wrongly_typed_new_fields_are_quarantined(
+    store: FileStorage, field: str, value: object
+) -> None:
+    task = make()
+    await store.enqueue([task])
+    edit(entry(store, task.id), **{field: value})
+    assert await store.claim(["default"], 10, NOW, NOW + 30, "w1") == []
+    [bad] = quarantined(store)
+    assert field in bad.with_name(bad.name + ".reason").read_text()
+
+
+async def test_a_missing_core_field_is_damage_not_a_default(store: FileStorage) -> None:
+    task = make()
+    await store.enqueue([task])
+    path = entry(store, task.id)
+    doc = json.loads(path.read_text())
+    del doc["task"]["status"]  # a default would turn any task back into PENDING
+    path.write_text(json.dumps(doc))
+    assert await store.claim(["default"], 10, NOW, NOW + 30, "w1") == []
+    assert len(quarantined(store)) == 1
+
+
+# -- unique keys -------------------------------------------------------------------------------
+
+
+def key_members(store: FileStorage) -> list[str]:
+    return sorted(p.name for p in (store.base_dir / "keys").rglob("*") if p.is_file())
+
+
+async def test_a_key_is_indexed_while_its_task_is_unfinished(store: FileStorage) -> None:
+    task = make(key="../a/key")
+    await store.enqueue([task])
+    assert key_members(store) == [task.id]
+    assert [p.name for p in (store.base_dir / "keys").iterdir()] == ["%2E%2E%2Fa%2Fkey"]
+    await settle_one(store, TaskStatus.COMPLETED)
+    assert list((store.base_dir / "keys").iterdir()) == []  # the last holder takes its folder
+
+
+async def test_a_stale_key_entry_does_not_hold_the_key(store: FileStorage) -> None:
+    first = make(key="k")
+    await store.enqueue([first])
+    entry(store, first.id).unlink()  # lost by hand: the index still names it
+    second = make(key="k")
+    assert await store.enqueue([second]) == [second.id]
+    assert key_members(store) == [second.id]  # the stale member was tidied away
+
+
+async def test_a_long_key_is_indexed_by_its_digest(store: FileStorage) -> None:
+    key = "https://example.com/" + "é" * 300  # percent-encoded, far past 255 bytes
+    first, again = make(key=key), make(key=key)
+    assert await store.enqueue([first]) == [first.id]
+    assert await store.enqueue([again]) == [first.id]
+    [folder] = (store.base_dir / "keys").iterdir()
+    assert folder.name.startswith("#") and len(folder.name) == 65
+
+
+async def test_a_revived_task_and_a_newer_holder_share_a_key_oldest_first(
+    store: FileStorage,
+) -> None:
+    old = make(key="k")
+    await store.enqueue([old])
+    await settle_one(store, TaskStatus.DEAD, finished_at=NOW)
+    newer = make(key="k", eta=NOW + 100)
+    assert await store.enqueue([newer]) == [newer.id]
+    assert await store.revive(None, NOW) == [old.id]
+    assert await store.enqueue([make(key="k")]) == [old.id]  # as MemoryStorage: first enqueued
+    await store.cancel(old.id, NOW)
+    assert await store.enqueue([make(key="k")]) == [newer.id]
+
+
+async def test_a_follow_up_carrying_the_settled_tasks_key_is_inserted(store: FileStorage) -> None:
+    await store.enqueue([make(key="nightly", interval=60.0)])
+    [t] = await store.claim(["default"], 1, NOW, NOW + 30, "w1")
+    nxt = make(key="nightly", interval=60.0, eta=NOW + 60)
+    done = Settlement(
+        t.id, t.lease_token or "", TaskStatus.COMPLETED, finished_at=NOW, follow_up=nxt
+    )
+    assert await store.settle([done]) == [True]
+    assert await store.get(nxt.id) == nxt
+    assert key_members(store) == [nxt.id]
+    assert await store.enqueue([make(key="nightly")]) == [nxt.id]
+
+
+async def test_a_follow_up_whose_id_is_taken_is_skipped_not_fatal(store: FileStorage) -> None:
+    other = make(eta=NOW + 100)
+    await store.enqueue([make(), other])
+    [t] = await store.claim(["default"], 1, NOW, NOW + 30, "w1")
+    done = Settlement(
+        t.id, t.lease_token or "", TaskStatus.COMPLETED, finished_at=NOW, follow_up=other
+    )
+    assert await store.settle([done]) == [True]
+    assert (await store.get(t.id)).status is TaskStatus.COMPLETED  # type: ignore[union-attr]
+
+
+# -- cancellation, revival, deletion -----------------------------------------------------------
+
+
+async def test_a_cancel_request_is_seen_by_another_process_instance(tmp_path: Path) -> None:
+    one, two = FileStorage(tmp_path / "s"), FileStorage(tmp_path / "s")
+    await one.open()
+    await two.open()
+    await one.enqueue([make()])
+    [t] = await one.claim(["default"], 1, NOW, NOW + 30, "w1")
+    await two.cancel(t.id, NOW)
+    assert await one.cancel_requests([t.id, t.id, "unknown"]) == {t.id}
+    assert entry(one, t.id).parent.name == "running"
+    await one.close()
+    await two.close()
+
+
+async def test_a_revived_task_keeps_its_fifo_place_and_its_id_link(store: FileStorage) -> None:
+    first, second = make(), make()
+    await store.enqueue([first])
+    await settle_one(store, TaskStatus.FAILED, finished_at=NOW)
+    await store.enqueue([second])
+    assert await store.revive([first.id, first.id], NOW - 1) == [first.id]
+    assert (store.base_dir / "ids" / first.id).exists()
+    claimed = await store.claim(["default"], 10, NOW, NOW + 30, "w1")
+    assert [t.id for t in claimed] == [first.id, second.id]
+
+
+async def test_purging_removes_entries_and_their_index_entries(store: FileStorage) -> None:
+    tasks = [make(key=f"k{i}", result_ttl=1.0) for i in range(3)]
+    await store.enqueue(tasks)
+    for _ in tasks:
+        await settle_one(store, TaskStatus.COMPLETED, finished_at=NOW)
+    assert await store.purge_expired(NOW + 1, 2) == 2
+    assert [t.id for t in await store.list_tasks(TaskStatus.COMPLETED, None, 10)] == [tasks[2].id]
+    assert await store.purge_finished(NOW + 1, [TaskStatus.COMPLETED], 10) == 1
+    leftovers = [p for p in store.base_dir.rglob("*") if p.is_file() or p.is_symlink()]
+    assert sorted(p.name for p in leftovers) == [".lock", "seq"]
+
+
+# -- schedules ---------------------------------------------------------------------------------
+
+
+async def test_schedules_survive_reopen_whole_and_damaged_ones_are_quarantined(
+    tmp_path: Path,
+) -> None:
+    store = FileStorage(tmp_path / "store")
+    await store.open()
+    template = make(queue="q", priority=2, max_memory=10**9, result_ttl=5.0)
+    schedule = Schedule(template, "*/5 * * * *", "Europe/Berlin", next_run=NOW)
+    await store.add_schedule(schedule)
+    await store.close()
+    (store.base_dir / "schedules" / "broken.json").write_text('{"schedule": {"cron": 5}}')
+    await store.open()
+    assert await store.schedules() == [schedule]
+    assert len(quarantined(store)) == 1
+    [task_id] = await store.fire_schedules(NOW, lambda s, now: now + 300)
+    task = await store.get(task_id)
+    assert task is not None and (task.queue, task.priority, task.eta) == ("q", 2, NOW)
+    await store.close()
+
+
+# -- parity with the reference backend ---------------------------------------------------------
+
+
+class _Parity:
+    """Runs one random operation sequence on MemoryStorage and FileStorage side by side.
+
+    Ids and times come from a seeded generator, so a failure replays exactly. Purges are
+    left out: MemoryStorage numbers its FIFO order by its current size, which purging
+    shrinks, so after a purge its own claim order drifts from first-enqueued-first.
+    """
+
+    def __init__(self, seed: int, file: FileStorage) -> None:
+        self.rng = random.Random(seed)
+        self.memory, self.file = MemoryStorage(), file
+        self.clock, self.ids, self.n = NOW, list[str](), 0
+        self.leases: dict[str, tuple[str, str]] = {}  # id -> (file token, memory token)
+
+    def task(self) -> Task:
+        self.n += 1
+        rng = self.rng
+        return Task(
+            "f",
+            b"p",
+            id=f"t{self.n}",
+            queue=rng.choice("ab"),
+            priority=rng.choice([0, 0, 1]),
+            eta=self.clock + rng.choice([-1, 0, 2]),
+            created_at=self.clock + rng.random(),
+            key=rng.choice([None, None, "k1", "k2"]),
+            result_ttl=rng.choice([None, 5.0]),
+        )
+
+    async def both(self, op: str, *args: Any) -> Any:
+        mine = await getattr(self.file, op)(*args)
+        theirs = await getattr(self.memory, op)(*args)
+        if op == "claim":  # lease tokens are random: keep both
+            for m, t in zip(mine, theirs, strict=True):
+                self.leases[m.id] = (m.lease_token or "", t.lease_token or "")
+        assert _tokenless(mine) == _tokenless(theirs), (op, args)
+        return mine
+
+    async def step(self) -> None:
+        self.clock += self.rng.choice([0, 0.5, 1, 3])
+        op = self.rng.choice("eeeeccccsssxrlq")
+        if op == "e":
+            batch = [self.task() for _ in range(self.rng.randint(1, 3))]
+            self.ids += [t.id for t in batch]
+            await self.both("enqueue", batch)
+        elif op == "c":
+            queues = self.rng.choice([["a"], ["b", "a"], ["a", "b"]])
+            await self.both("claim", queues, self.rng.randint(1, 3), self.clock, self.clock, "w")
+        elif op == "s" and self.leases:
+            await self.settle()
+        elif op == "x" and self.ids:
+            await self.both("cancel", self.rng.choice(self.ids), self.clock)
+        elif op == "r":
+            chosen = self.rng.choice([None, self.rng.sample(self.ids, min(2, len(self.ids)))])
+            await self.both("revive", chosen, self.clock)
+        elif op == "l":
+            await self.both("list_tasks", self.rng.choice(list(TaskStatus)), None, 5)
+        elif op == "q":
+            await self.both("cancel_requests", self.ids)
+
+    async def settle(self) -> None:
+        rng = self.rng
+        task_id = rng.choice(sorted(self.leases))
+        tokens = self.leases.pop(task_id)
+        status = rng.choice(list(TaskStatus)[:1] + list(TaskStatus)[2:])
+        source = await self.memory.get(task_id)
+        assert source is not None
+        follow_up = self.task() if rng.random() < 0.3 else None
+        if follow_up is not None:  # as the queue builds one: the settled task's key
+            follow_up = dataclasses.replace(follow_up, key=source.key)
+            self.ids.append(follow_up.id)
+        settlement = Settlement(
+            task_id,
+            tokens[0],
+            status,
+            result=b"r" if status is TaskStatus.COMPLETED else None,
+            error=rng.choice([None, TaskError("E", "m")]),
+            eta=self.clock + rng.choice([0, 1]),
+            uncharge=rng.random() < 0.3,
+            finished_at=self.clock,
+            follow_up=follow_up,
+            crashed=rng.random() < 0.3,
+        )
+        mine = await self.file.settle([settlement])
+        theirs = await self.memory.settle([dataclasses.replace(settlement, lease_token=tokens[1])])
+        assert mine == theirs == [True]
+
+
+def _tokenless(value: Any) -> Any:
+    """``value`` with every task's (random) lease token replaced by whether it has one."""
+    if isinstance(value, Task):
+        return dataclasses.replace(value, lease_token=str(value.lease_token is not None))
+    if isinstance(value, list):
+        return [_tokenless(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_random_operations_match_the_memory_backend(store: FileStorage, seed: int) -> None:
+    parity = _Parity(seed, store)
+    for _ in range(150):
+        await parity.step()
+    for task_id in parity.ids:
+        mine, theirs = await store.get(task_id), await parity.memory.get(task_id)
+        assert _tokenless(mine) == _tokenless(theirs)
