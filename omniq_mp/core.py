@@ -186,6 +186,8 @@ class AsyncOmniQ:
         (or while paused) run once, at the next opportunity.
         """
         check_cron(cron, tz)
+        if kwargs.get("key") is not None:
+            raise ConfigError("key= cannot be combined with cron=: each due time is its own task")
         template = self.build(func, *args, **kwargs)
         schedule = Schedule(template, cron, tz, next_run=next_cron_time(cron, tz, time.time()))
         await self.open()

@@ -189,6 +189,24 @@ class Task:
             raise KeyError(key)
         return getattr(self, key)
 
+    def rerun(self, eta: float, now: float) -> Task:
+        """A fresh task (new id, no attempts, no history) making the same call with the
+        same options, due at ``eta``: the next run of an interval or cron task."""
+        return Task(
+            func_name=self.func_name,
+            payload=self.payload,
+            queue=self.queue,
+            priority=self.priority,
+            eta=eta,
+            interval=self.interval,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            created_at=now,
+            key=self.key,
+            max_memory=self.max_memory,
+            result_ttl=self.result_ttl,
+        )
+
     @property
     def retries(self) -> int:
         """Retries made so far: executions started beyond the first."""

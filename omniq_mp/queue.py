@@ -295,20 +295,7 @@ class AsyncTaskQueue:
         eta = task.eta + task.interval
         if eta <= now:
             eta += math.ceil((now - eta) / task.interval) * task.interval
-        return Task(
-            func_name=task.func_name,
-            payload=task.payload,
-            queue=task.queue,
-            priority=task.priority,
-            eta=eta,
-            interval=task.interval,
-            timeout=task.timeout,
-            max_retries=task.max_retries,
-            created_at=now,
-            key=task.key,
-            max_memory=task.max_memory,
-            result_ttl=task.result_ttl,
-        )
+        return task.rerun(eta, now)
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -55,19 +55,7 @@ class Schedule:
 
     def task_for(self, due: float) -> Task:
         """The task this schedule creates for the due time ``due``."""
-        t = self.template
-        return Task(
-            func_name=t.func_name,
-            payload=t.payload,
-            queue=t.queue,
-            priority=t.priority,
-            eta=due,
-            timeout=t.timeout,
-            max_retries=t.max_retries,
-            created_at=time.time(),
-            max_memory=t.max_memory,
-            result_ttl=t.result_ttl,
-        )
+        return self.template.rerun(due, time.time())
 
 
 def _zone(tz: str) -> ZoneInfo:

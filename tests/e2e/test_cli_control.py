@@ -9,15 +9,9 @@ import pytest
 
 from omniq_mp import OmniQ, Settings, TaskStatus
 from tests.e2e.conftest import Cli, start_workers
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("command", [("cancel", "nope"), ("retry", "nope")])

@@ -20,6 +20,7 @@ import pytest
 
 from omniq_mp import OmniQ, Settings, TaskStatus
 from tests.e2e.conftest import cli_env, start_workers
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -50,14 +51,6 @@ def produce(base_dir: Path, count: int, pause: float) -> list[str]:
     )
     ids: list[str] = json.loads(done.stdout)
     return ids
-
-
-def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def assert_all_results(base_dir: Path, ids: list[str]) -> None:
@@ -106,13 +99,13 @@ def test_sigkill_of_the_supervisor_loses_nothing(tmp_path: Path) -> None:
     first = start_workers(tmp_path, "--procs", "2", **env)
     q = OmniQ(Settings(base_dir=tmp_path))
     try:
-        wait_until(lambda: q.stats().completed >= 100, 60, "the first 100 results")
+        wait_for(lambda: q.stats().completed >= 100, 60, "the first 100 results")
         children = worker_pids(first)
         assert len(children) == 2
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=10)
         # Its worker processes die with it (PR_SET_PDEATHSIG / forkserver exit).
-        wait_until(lambda: not [p for p in children if _alive(p)], 3, "orphans to die")
+        wait_for(lambda: not [p for p in children if _alive(p)], 3, "orphans to die")
         stats = q.stats()
         assert stats.completed < len(ids), "killed too late to prove anything"
         assert stats.running > 0  # claimed by the dead supervisor, leases not yet expired
@@ -131,7 +124,7 @@ def test_sigterm_lets_running_tasks_finish_and_returns_the_rest_uncharged(
     workers = start_workers(tmp_path, "--procs", "2", OMNIQ_SHUTDOWN_GRACE="5")
     q = OmniQ(Settings(base_dir=tmp_path))
     try:
-        wait_until(lambda: q.stats().completed >= 2, 30, "two results")
+        wait_for(lambda: q.stats().completed >= 2, 30, "two results")
         workers.send_signal(signal.SIGTERM)
         _, err = workers.communicate(timeout=15)
         assert workers.returncode == 0, err
@@ -153,8 +146,8 @@ def test_sigterm_past_the_grace_kills_and_requeues_a_long_task(tmp_path: Path) -
     try:
         task_id = q.enqueue(time.sleep, 60, max_retries=0)
         workers = start_workers(tmp_path, "--procs", "1", OMNIQ_SHUTDOWN_GRACE="0.5")
-        wait_until(lambda: q.stats().running == 1, 30, "the task to start")
-        wait_until(lambda: len(worker_pids(workers)) >= 1, 10, "the worker")
+        wait_for(lambda: q.stats().running == 1, 30, "the task to start")
+        wait_for(lambda: len(worker_pids(workers)) >= 1, 10, "the worker")
         child = worker_pids(workers)
         began = time.monotonic()
         workers.send_signal(signal.SIGTERM)

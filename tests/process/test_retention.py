@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from omniq_mp import OmniQ, Settings
 from tests.process import tasks
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
-
-
-def wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def test_expired_results_are_purged_so_the_database_stops_growing(tmp_path: Path) -> None:
@@ -27,8 +20,8 @@ def test_expired_results_are_purged_so_the_database_stops_growing(tmp_path: Path
     with OmniQ(settings) as q:
         for _ in range(6):
             q.enqueue_tasks([q.build(tasks.blob_kib, 16) for _ in range(300)])
-            wait_until(lambda: q.stats().unfinished == 0, 60, "the round to finish")
-            wait_until(lambda: q.stats().completed == 0, 10, "expired results to be purged")
+            wait_for(lambda: q.stats().unfinished == 0, 60, "the round to finish")
+            wait_for(lambda: q.stats().completed == 0, 10, "expired results to be purged")
             sizes.append(db.stat().st_size)
     # Each round writes ~5 MiB of results; freed pages are reused, so after the first
     # rounds the file stays the same size instead of growing by ~5 MiB a round.

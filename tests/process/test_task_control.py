@@ -12,6 +12,7 @@ import pytest
 from omniq_mp import OmniQ, Settings, TaskCancelledError, TaskStatus
 from omniq_mp.errors import TaskDeadError, TaskFailedError
 from tests.process import tasks
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.process
 
@@ -20,13 +21,6 @@ KILL_GRACE = 0.5
 
 def settings(tmp_path: Path, **overrides: object) -> Settings:
     return Settings(base_dir=tmp_path, procs=2, kill_grace=KILL_GRACE, **overrides)  # type: ignore[arg-type]
-
-
-def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def test_cancel_kills_a_running_task_that_holds_the_gil(tmp_path: Path) -> None:
