@@ -157,3 +157,23 @@ def test_a_cron_schedule_fires_its_task_when_due(tmp_path: Path) -> None:
         assert q.pause(schedule_id).paused
         q.unschedule(schedule_id)
         assert q.periodic() == []
+
+
+def test_a_repeated_key_with_other_arguments_is_logged(tmp_path: Path) -> None:
+    from loguru import logger
+
+    messages: list[str] = []
+    logger.enable("omniq_mp")
+    sink = logger.add(lambda m: messages.append(str(m)), level="INFO")
+    q = OmniQ(Settings(base_dir=tmp_path))
+    try:
+        first = q.enqueue(pow, 2, 3, key="nightly")
+        assert q.enqueue(pow, 2, 3, key="nightly") == first
+        assert q.enqueue(pow, 9, 9, key="nightly") == first
+    finally:
+        q.close()
+        logger.remove(sink)
+        logger.disable("omniq_mp")
+    duplicates = [m for m in messages if "key 'nightly' is held by unfinished task" in m]
+    assert len(duplicates) == 2
+    assert "arguments differ" not in duplicates[0] and "arguments differ" in duplicates[1]

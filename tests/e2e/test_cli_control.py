@@ -89,3 +89,20 @@ def test_purge_deletes_old_finished_tasks_only(tmp_path: Path, omniq: Cli) -> No
         assert q.get_task(done_id) is None and q.get_task(waiting) is not None
     finally:
         q.close()
+
+
+def test_periodic_pause_and_resume(omniq: Cli) -> None:
+    created = omniq("enqueue", "math.factorial", "5", "--cron", "0 3 * * *", "--tz", "Asia/Tokyo")
+    assert created.returncode == 0, created.stderr
+    schedule_id = created.stdout.strip()
+    assert schedule_id.startswith("sch-")
+    listing = omniq("periodic").stdout
+    assert schedule_id in listing and "'0 3 * * *' Asia/Tokyo" in listing
+    assert "T03:00:00+09:00" in listing  # next run shown in the schedule's own timezone
+    assert omniq("pause", schedule_id).stdout.strip() == f"{schedule_id} paused"
+    assert "paused" in omniq("periodic").stdout
+    assert omniq("resume", schedule_id).stdout.strip() == f"{schedule_id} resumed"
+    unknown = omniq("pause", "sch-nope")
+    assert unknown.returncode == 1 and unknown.stderr.strip() == "error: no such schedule: sch-nope"
+    bad = omniq("enqueue", "math.factorial", "--cron", "* * *")
+    assert bad.returncode == 2 and "invalid cron expression" in bad.stderr
