@@ -169,9 +169,15 @@ class AsyncWorkerPool:
                 break
             self._dispatch()
             budget = None if limit is None else limit - claimed
-            claimed += await self._claim(budget)
+            try:
+                claimed += await self._claim(budget)
+                drained = burst and not self._held and await self._drained_store()
+            except Exception as exc:  # a locked or failing store: keep running tasks, retry
+                logger.bind(action="claim_failed").warning("cannot claim tasks: {}", exc)
+                await asyncio.sleep(min(1.0, self.settings.poll_interval * 10))
+                continue
             self._dispatch()
-            if burst and not self._held and await self._drained_store():
+            if drained:
                 break
             await self._sleep(deadline)
         await self._release_ready()
