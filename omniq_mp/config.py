@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["BACKENDS", "START_METHODS", "OmniQConfig", "Settings"]
 
 BACKENDS = ("sqlite", "file", "memory")
+EVENT_BACKENDS = ("sqlite", "file", "memory", "none")
 START_METHODS = ("forkserver", "spawn")
 
 
@@ -61,6 +62,10 @@ class Settings:
     :param purge_interval: seconds between a supervisor's purges of expired tasks.
     :param retry_delay: delay before the first retry, in seconds; doubles per retry.
     :param retry_delay_max: largest retry delay before jitter, in seconds.
+    :param event_storage_type: where task and worker events go: ``"sqlite"`` (default,
+        ``events.db`` beside the queue), ``"file"``, ``"memory"`` or ``"none"``.
+    :param event_storage_path: the event database file or folder; default in ``base_dir``.
+    :param event_ttl: seconds events are kept; None keeps them.
     """
 
     backend: str = "sqlite"
@@ -83,6 +88,9 @@ class Settings:
     purge_interval: float = 60.0
     retry_delay: float = 1.0
     retry_delay_max: float = 60.0
+    event_storage_type: str = "sqlite"
+    event_storage_path: Path | None = None
+    event_ttl: float | None = 7 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "base_dir", Path(self.base_dir))
@@ -90,6 +98,11 @@ class Settings:
         if isinstance(queues, str):
             object.__setattr__(self, "queues", _split_queues(queues))
         _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("event_storage_type", self.event_storage_type, EVENT_BACKENDS)
+        if self.event_storage_path is not None:
+            object.__setattr__(self, "event_storage_path", Path(self.event_storage_path))
+        if self.event_ttl is not None:
+            check_seconds("event_ttl", self.event_ttl)
         _check_choice("start_method", self.start_method, START_METHODS)
         _check_choice("sqlite_synchronous", self.sqlite_synchronous.upper(), ("FULL", "NORMAL"))
         _check_int("procs", self.procs, minimum=1)
@@ -126,6 +139,14 @@ class Settings:
 
         policy = RetryPolicy(base=self.retry_delay, cap=self.retry_delay_max)
         return AsyncTaskQueue(storage, retry_policy=policy, max_crashes=self.max_crashes)
+
+    @property
+    def events_path(self) -> Path:
+        """The event store's file (sqlite) or folder (file)."""
+        if self.event_storage_path is not None:
+            return Path(self.event_storage_path)
+        name = "events.db" if self.event_storage_type == "sqlite" else "events"
+        return Path(self.base_dir) / name
 
     @property
     def sqlite_path(self) -> Path:

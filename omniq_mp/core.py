@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +25,9 @@ from omniq_mp.errors import (
     TaskFailedError,
     TaskNotFoundError,
 )
+from omniq_mp.events import EventRecorder, enqueued_events
+from omniq_mp.events import follow as follow_events
+from omniq_mp.eventstore import Event, EventStorage, EventType, StoredEvent, open_event_storage
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.queue import build_task
 from omniq_mp.schedule import Schedule, check_cron, next_cron_time
@@ -77,6 +80,7 @@ class AsyncOmniQ:
     :param settings: a :class:`Settings`; defaults to ``Settings.from_env()``.
     :param config: the same, under the name the storage docs use.
     :param storage: a storage object to use instead of the one settings name.
+    :param event_storage: an event store to use instead of the one settings name.
     :param overrides: Settings fields to change, e.g. ``procs=4``.
     """
 
@@ -86,10 +90,13 @@ class AsyncOmniQ:
         *,
         config: Settings | None = None,
         storage: Storage | None = None,
+        event_storage: EventStorage | None = None,
         **overrides: Any,
     ) -> None:
         self.settings = _resolve_settings(settings, config, overrides)
         self.storage = storage if storage is not None else open_storage(self.settings)
+        self.event_storage = event_storage or open_event_storage(self.settings)
+        self.recorder = None if self.event_storage is None else EventRecorder(self.event_storage)
         self.queue = self.settings.task_queue(self.storage)
         self._open = False
         self._workers: AsyncWorkerPool | None = None
@@ -102,6 +109,9 @@ class AsyncOmniQ:
         """Open the store (done lazily by every method)."""
         if not self._open:
             await self.storage.open()
+            if self.event_storage is not None and self.recorder is not None:
+                await self.event_storage.open()
+                self.recorder.start()
             self._open = True
 
     async def close(self) -> None:
@@ -112,6 +122,9 @@ class AsyncOmniQ:
             if self._runner is not None:
                 await self._runner
         if self._open:
+            if self.event_storage is not None and self.recorder is not None:
+                await self.recorder.stop()
+                await self.event_storage.close()
             await self.storage.close()
             self._open = False
 
@@ -132,7 +145,13 @@ class AsyncOmniQ:
     ) -> AsyncWorkerPool:
         """A supervisor over this store: ``async with q.worker_pool() as w:
         await w.process_tasks(limit=10)``."""
-        return AsyncWorkerPool(self.queue, self.settings, concurrency=concurrency, queues=queues)
+        return AsyncWorkerPool(
+            self.queue,
+            self.settings,
+            concurrency=concurrency,
+            queues=queues,
+            recorder=self.recorder,
+        )
 
     # -- producing ---------------------------------------------------------------------------
 
@@ -247,6 +266,9 @@ class AsyncOmniQ:
                 logger.bind(task_id=task.id, action="task_enqueued").debug(
                     "task {} ({}) enqueued on {}", task.id, task.func_name, task.queue
                 )
+                if self.recorder is not None:
+                    for event in enqueued_events(task, time.time()):
+                        self.recorder.emit(event)
             else:
                 await self._log_duplicate(task, task_id)
         if self._workers is not None:
@@ -254,6 +276,31 @@ class AsyncOmniQ:
         return ids
 
     # -- reading -----------------------------------------------------------------------------
+
+    async def get_events(self, task_id: str) -> list[Event]:
+        """Every stored event of one task, oldest first (empty when events are off)."""
+        return [stored.event async for stored in self.events(task_id=task_id)]
+
+    async def events(
+        self,
+        *,
+        follow: bool = False,
+        after: int = 0,
+        task_id: str | None = None,
+        types: Sequence[EventType] | None = None,
+    ) -> AsyncIterator[StoredEvent]:
+        """Stored events after position ``after``; with ``follow``, keep yielding new ones
+        as they are written, by this process or any other using the same event store.
+        Each item has ``position`` (to resume from) and ``event``."""
+        await self.open()
+        if self.event_storage is None:
+            return
+        if self.recorder is not None:
+            await self.recorder.flush()  # our own emitted events first
+        async for stored in follow_events(
+            self.event_storage, after, task_id=task_id, types=types, live=follow
+        ):
+            yield stored
 
     async def get_task(self, task_id: str) -> Task | None:
         """The stored task (status, attempts, error ...), or None if unknown."""

@@ -121,7 +121,9 @@ class WorkerProcess:
 
     # -- running a task ----------------------------------------------------------------------
 
-    async def run(self, task: Task, kill_grace: float) -> Outcome:
+    async def run(
+        self, task: Task, kill_grace: float, on_started: Callable[[], None] | None = None
+    ) -> Outcome:
         """Run one task to an outcome. Never raises for anything the task does."""
         begin = time.monotonic()
         try:
@@ -135,6 +137,8 @@ class WorkerProcess:
         frame = await self.inbox.get()
         if frame is None or frame.kind != ipc.STARTED:
             return await self._died(begin)
+        if on_started is not None:
+            on_started()
         # The timeout clock starts at the child's acknowledgement, on the monotonic clock.
         started = asyncio.get_running_loop().time()
         deadline = started + task.timeout if task.timeout else None
@@ -326,11 +330,14 @@ class ProcessPool:
         except asyncio.QueueEmpty:
             return None
 
-    async def run(self, worker: WorkerProcess, task: Task) -> Outcome:
-        """Run ``task`` on an acquired worker; the worker returns to the pool or is replaced."""
+    async def run(
+        self, worker: WorkerProcess, task: Task, on_started: Callable[[], None] | None = None
+    ) -> Outcome:
+        """Run ``task`` on an acquired worker; the worker returns to the pool or is replaced.
+        ``on_started`` is called when the worker acknowledges the task."""
         self._running[task.id] = worker
         try:
-            return await worker.run(task, self.kill_grace)
+            return await worker.run(task, self.kill_grace, on_started)
         finally:
             del self._running[task.id]
             self._release(worker)

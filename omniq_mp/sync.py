@@ -11,6 +11,7 @@ from typing import Any
 
 from omniq_mp.config import Settings
 from omniq_mp.core import AsyncOmniQ
+from omniq_mp.eventstore import Event, EventStorage
 from omniq_mp.models import Task, TaskStatus
 from omniq_mp.runtime import LoopThread
 from omniq_mp.schedule import Schedule
@@ -32,9 +33,12 @@ class OmniQ:
         *,
         config: Settings | None = None,
         storage: Storage | None = None,
+        event_storage: EventStorage | None = None,
         **overrides: Any,
     ) -> None:
-        self._async = AsyncOmniQ(settings, config=config, storage=storage, **overrides)
+        self._async = AsyncOmniQ(
+            settings, config=config, storage=storage, event_storage=event_storage, **overrides
+        )
         self.settings = self._async.settings
         self._loop = LoopThread()
         # Close at interpreter exit if the user did not: stops workers, closes the store.
@@ -77,6 +81,10 @@ class OmniQ:
     def get_result(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait for and return the task's value; see :meth:`AsyncOmniQ.get_result`."""
         return self._loop.call(self._async.get_result(task_id, timeout))
+
+    def get_events(self, task_id: str) -> list[Event]:
+        """Every stored event of one task, oldest first."""
+        return self._loop.call(self._async.get_events(task_id))
 
     def get_task(self, task_id: str) -> Task | None:
         """The stored task, or None."""

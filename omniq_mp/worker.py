@@ -30,12 +30,13 @@ from typing import Any
 from loguru import logger
 
 from omniq_mp.config import Settings
+from omniq_mp.events import EventRecorder, EventType, SupervisorEvents
 from omniq_mp.models import Outcome, OutcomeKind, Settlement, Task
 from omniq_mp.pool import ProcessPool, WorkerProcess
 from omniq_mp.queue import AsyncTaskQueue
 from omniq_mp.schedule import next_cron_time
 from omniq_mp.storage.base import Storage, WorkerInfo
-from omniq_mp.watch import WATCH_INTERVAL, TaskWatch
+from omniq_mp.watch import WATCH_INTERVAL, TaskWatch, tree_rss
 
 __all__ = ["AsyncWorkerPool"]
 
@@ -54,6 +55,7 @@ class AsyncWorkerPool:
     :param settings: runtime settings (procs, lease, grace, start method ...).
     :param concurrency: worker processes; defaults to ``settings.procs``.
     :param queues: queue names served; defaults to ``settings.queues``.
+    :param recorder: where task and worker events go (None: no events).
     """
 
     def __init__(
@@ -63,12 +65,14 @@ class AsyncWorkerPool:
         *,
         concurrency: int | None = None,
         queues: Sequence[str] | None = None,
+        recorder: EventRecorder | None = None,
     ) -> None:
         self.settings = (settings or Settings()).with_overrides(
             procs=concurrency, queues=tuple(queues) if queues else None
         )
         self.queue = queue if isinstance(queue, AsyncTaskQueue) else self.settings.task_queue(queue)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.events = SupervisorEvents(recorder, self.worker_id)
         self.pool = ProcessPool(
             self.settings.procs,
             start_method=self.settings.start_method,
@@ -113,6 +117,7 @@ class AsyncWorkerPool:
             ("schedules", self._schedule_loop),
         ):
             self._services.append(asyncio.create_task(loop(), name=f"omniq-{name}"))
+        self.events.worker(EventType.WORKER_ONLINE, **self._counters())
         logger.bind(action="worker_online", worker=self.worker_id).info(
             "supervisor {} online: {} processes, queues {}",
             self.worker_id,
@@ -147,6 +152,7 @@ class AsyncWorkerPool:
         await self.pool.close()
         with contextlib.suppress(Exception):
             await self.queue.storage.remove_worker(self.worker_id)
+        self.events.worker(EventType.WORKER_OFFLINE, **self._counters())
         logger.bind(action="worker_offline", worker=self.worker_id).info(
             "supervisor {} offline after {} attempts", self.worker_id, self.processed
         )
@@ -224,7 +230,7 @@ class AsyncWorkerPool:
         logger.bind(task_id=task.id, action="task_started", pid=worker.pid).debug(
             "task {} ({}) attempt {} started", task.id, task.func_name, task.attempts
         )
-        outcome = await self.pool.run(worker, task)
+        outcome = await self.pool.run(worker, task, lambda: self.events.started(task, worker.pid))
         self._pacer.ran(outcome.duration)
         self._outcomes.put_nowait((task, outcome))
         self._dispatch()  # the freed worker takes the next claimed task at once
@@ -261,12 +267,15 @@ class AsyncWorkerPool:
             while not self._outcomes.empty():
                 batch.append(self._outcomes.get_nowait())
             pairs = [(task, self.queue.settlement(task, outcome)) for task, outcome in batch]
+            durations = {task.id: outcome.duration for task, outcome in batch}
             # Shielded: cancelling the recorder must not drop outcomes half-written.
-            await asyncio.shield(self._settle(pairs))
+            await asyncio.shield(self._settle(pairs, durations))
             for task, outcome in batch:
                 _log_outcome(task, outcome)
 
-    async def _settle(self, pairs: list[tuple[Task, Settlement]]) -> None:
+    async def _settle(
+        self, pairs: list[tuple[Task, Settlement]], durations: dict[str, float] | None = None
+    ) -> None:
         delay = 0.1
         while True:
             try:
@@ -274,6 +283,9 @@ class AsyncWorkerPool:
                 break
             except Exception as exc:  # storage trouble: keep the outcomes and retry
                 logger.bind(action="settle_retry").warning("cannot record outcomes: {}", exc)
+                if delay == 0.1:  # report once per batch, not once per retry
+                    for task, _ in pairs:
+                        self.events.storing_failed(task, str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         for (task, settlement), ok in zip(pairs, applied, strict=True):
@@ -282,8 +294,9 @@ class AsyncWorkerPool:
                 logger.bind(task_id=task.id, action="settle_fenced").warning(
                     "task {}: lease lost before its outcome was stored; outcome dropped", task.id
                 )
-            elif not settlement.uncharge:
-                self.processed += 1
+            else:
+                self.processed += not settlement.uncharge
+                self.events.settled(task, settlement, (durations or {}).get(task.id))
             for callback in self.on_settled:
                 callback(task, settlement)
         if not self._held:
@@ -326,7 +339,11 @@ class AsyncWorkerPool:
         mine = [t for t in expired if t.id not in self._held]
         if not mine:
             return 0
-        applied = await self.queue.storage.settle([self.queue.lost_settlement(t) for t in mine])
+        settlements = [self.queue.lost_settlement(t) for t in mine]
+        applied = await self.queue.storage.settle(settlements)
+        for task, settlement, ok in zip(mine, settlements, applied, strict=True):
+            if ok:
+                self.events.settled(task, settlement)
         for task in mine:
             logger.bind(task_id=task.id, action="task_recovered").warning(
                 "task {} recovered from {} (lease expired)", task.id, task.worker_id
@@ -363,6 +380,9 @@ class AsyncWorkerPool:
             await asyncio.sleep(0)
         if total:
             logger.bind(action="purged").info("purged {} expired task records", total)
+        recorder, ttl = self.events.recorder, self.settings.event_ttl
+        if recorder is not None and ttl is not None:
+            await recorder.storage.purge(self.queue.clock() - ttl)
         return total
 
     async def _schedule_loop(self) -> None:
@@ -376,6 +396,7 @@ class AsyncWorkerPool:
             self.queue.clock(), lambda s, now: next_cron_time(s.cron, s.tz, now)
         )
         if fired:
+            self.events.enqueued_by_schedule(fired)
             logger.bind(action="schedules_fired").info("cron: created tasks {}", fired)
             self.wake()
         return fired
@@ -385,7 +406,23 @@ class AsyncWorkerPool:
             await _guard("heartbeat", self._beat)
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
+    def _counters(self) -> dict[str, Any]:
+        return {
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": list(self.settings.queues),
+            "procs": self.settings.procs,
+            "active": self.pool.busy(),
+            "processed": self.processed,
+            "uptime": round(time.time() - self._started_at, 3),
+        }
+
     async def _beat(self) -> None:
+        children = [
+            {"pid": w.pid, "task_id": task_id, "rss": tree_rss(w.pid)}
+            for task_id, w in self.pool.running().items()
+        ]
+        self.events.worker(EventType.WORKER_HEARTBEAT, children=children, **self._counters())
         await self.queue.storage.heartbeat(
             WorkerInfo(
                 self.worker_id,

@@ -1,0 +1,315 @@
+"""Task and worker events: recorded in batches, stored, read back, followed live.
+
+    supervisor / producer ──emit()──> EventRecorder ──batches──> EventStorage
+                                     (bounded queue; never blocks, never raises)
+    get_events(task_id) / follow(after=position) / AsyncEventProcessor <── EventStorage
+
+A follower keeps the position of the last event it handled; asking for what comes after
+it is how a restarted follower resumes without gaps or repeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from loguru import logger
+
+from omniq_mp.eventstore import (
+    Event,
+    EventStorage,
+    EventType,
+    MemoryEventStorage,
+    SQLiteEventStorage,
+    StoredEvent,
+)
+from omniq_mp.models import ErrorKind, Settlement, Task, TaskStatus
+
+__all__ = [
+    "AsyncEventProcessor",
+    "Event",
+    "EventRecorder",
+    "EventStorage",
+    "EventType",
+    "MemoryEventStorage",
+    "SQLiteEventStorage",
+    "StoredEvent",
+    "TaskEvent",
+    "follow",
+]
+
+TaskEvent = Event  # the name the reference documents use
+_BATCH = 500
+Handler = Callable[[Event], Awaitable[None] | None]
+
+
+class EventRecorder:
+    """Writes emitted events to storage from a background task, in batches.
+
+    ``emit`` only appends to a bounded in-memory queue, so recording can never slow the
+    dispatch path; a failing store is logged and counted, never raised into the caller.
+
+    :param storage: where events go.
+    :param capacity: events held while the store is slow; past it, new ones are dropped
+        (counted in ``dropped``).
+    """
+
+    def __init__(self, storage: EventStorage, capacity: int = 100_000) -> None:
+        self.storage = storage
+        self.dropped = 0
+        self.failures = 0
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(capacity)
+        self._writer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the background writer (idempotent)."""
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="omniq-events")
+
+    def emit(self, event: Event) -> None:
+        """Queue an event for writing."""
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < _BATCH:
+                batch.append(self._queue.get_nowait())
+            await asyncio.shield(self._write(batch))
+
+    async def _write(self, batch: list[Event]) -> None:
+        try:
+            await self.storage.append(batch)
+        except Exception as exc:
+            self.failures += 1
+            logger.bind(action="event_store_failed").warning(
+                "{} events not stored: {}", len(batch), exc
+            )
+
+    async def flush(self) -> None:
+        """Write everything emitted so far."""
+        batch: list[Event] = []
+        while not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        if batch:
+            await self._write(batch)
+
+    async def stop(self) -> None:
+        """Stop the writer after writing what is queued."""
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        await self.flush()
+
+
+async def follow(
+    storage: EventStorage,
+    after: int = 0,
+    *,
+    task_id: str | None = None,
+    types: Sequence[EventType] | None = None,
+    poll_interval: float = 0.1,
+    live: bool = True,
+) -> AsyncIterator[StoredEvent]:
+    """Yield stored events after position ``after``; with ``live``, keep waiting for new
+    ones (from this process or any other writing the same store)."""
+    position = after
+    while True:
+        batch = await storage.read(position, _BATCH, task_id=task_id, types=types)
+        for stored in batch:
+            position = stored.position
+            yield stored
+        if len(batch) < _BATCH:
+            if not live:
+                return
+            await asyncio.sleep(poll_interval)
+
+
+class AsyncEventProcessor:
+    """Calls registered handlers for every new event, live.
+
+    :param storage: an event store, or build one from ``event_storage_type`` ("sqlite",
+        "file" or "memory") and ``event_storage_path``.
+    :param after: position to resume after (0: from the beginning); :attr:`position` holds
+        the last event handled, to save and pass back after a restart.
+    """
+
+    def __init__(
+        self,
+        storage: EventStorage | None = None,
+        *,
+        event_storage_type: str | None = None,
+        event_storage_path: str | None = None,
+        after: int = 0,
+        poll_interval: float = 0.1,
+    ) -> None:
+        if storage is None:
+            from omniq_mp.eventstore import open_event_storage_at
+
+            storage = open_event_storage_at(event_storage_type or "sqlite", event_storage_path)
+        self.storage = storage
+        self.position = after
+        self.poll_interval = poll_interval
+        self.handler_errors = 0
+        self._handlers: list[Handler] = []
+        self._stopping = False
+
+    def register_handler(self, handler: Handler) -> None:
+        """Add a function (plain or async) called with each :class:`Event`."""
+        self._handlers.append(handler)
+
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopping
+
+    def stop(self) -> None:
+        """Make :meth:`start` return after the event in hand."""
+        self._stopping = True
+
+    async def start(self) -> None:
+        """Follow the store and dispatch events until :meth:`stop` (which takes effect
+        after the event in hand, or at once while waiting for new events)."""
+        await self.storage.open()
+        self._stopping = False
+        while not self.stopping():
+            batch = await self.storage.read(self.position, _BATCH)
+            for stored in batch:
+                for handler in self._handlers:
+                    await self._call(handler, stored)
+                self.position = stored.position
+                if self.stopping():  # a handler may have called stop()
+                    return
+            if len(batch) < _BATCH:
+                await asyncio.sleep(self.poll_interval)
+
+    async def _call(self, handler: Handler, stored: StoredEvent) -> None:
+        try:
+            result = handler(stored.event)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:  # one bad handler must not stop the stream
+            self.handler_errors += 1
+            logger.bind(action="event_handler_failed").error(
+                "event handler {!r} failed on event {}: {!r}", handler, stored.position, exc
+            )
+
+
+class SupervisorEvents:
+    """What a supervisor reports, as events; every method is a no-op without a recorder.
+
+    :param recorder: where events go (None: events are off).
+    :param worker_id: the supervisor's id, stamped on every event.
+    """
+
+    def __init__(self, recorder: EventRecorder | None, worker_id: str) -> None:
+        self.recorder = recorder
+        self.worker_id = worker_id
+
+    def worker(self, kind: EventType, **details: Any) -> None:
+        """WORKER_ONLINE / WORKER_HEARTBEAT / WORKER_OFFLINE with counters in details."""
+        if self.recorder is not None:
+            self.recorder.emit(Event(kind, worker_id=self.worker_id, details=details))
+
+    def started(self, task: Task, pid: int) -> None:
+        """The worker process acknowledged ``task``."""
+        if self.recorder is not None:
+            self.recorder.emit(started_event(task, self.worker_id, pid))
+
+    def settled(self, task: Task, settlement: Settlement, duration: float | None = None) -> None:
+        """Events of an attempt whose outcome was stored."""
+        if self.recorder is not None:
+            for event in settled_events(task, settlement, self.worker_id, duration):
+                self.recorder.emit(event)
+
+    def storing_failed(self, task: Task, error: str) -> None:
+        """An outcome could not be stored (it is kept and retried)."""
+        if self.recorder is not None:
+            self.recorder.emit(
+                _task_event(
+                    EventType.ERROR_STORING_RESULT,
+                    task,
+                    worker_id=self.worker_id,
+                    details={"error": error},
+                )
+            )
+
+    def enqueued_by_schedule(self, task_ids: Sequence[str]) -> None:
+        """Tasks a cron schedule created."""
+        if self.recorder is not None:
+            for task_id in task_ids:
+                self.recorder.emit(
+                    Event(
+                        EventType.ENQUEUED,
+                        task_id,
+                        worker_id=self.worker_id,
+                        details={"by": "schedule"},
+                    )
+                )
+
+
+# -- building events from what the queue decided ---------------------------------------------
+
+
+def _task_event(kind: EventType, task: Task, **fields: Any) -> Event:
+    return Event(
+        kind,
+        task.id,
+        func_name=task.func_name,
+        queue=task.queue,
+        attempt=task.attempts or None,
+        **fields,
+    )
+
+
+def enqueued_events(task: Task, now: float) -> list[Event]:
+    """ENQUEUED, then SCHEDULED when the task is not due yet."""
+    events = [_task_event(EventType.ENQUEUED, task, details={"priority": task.priority})]
+    if task.eta > now:
+        events.append(_task_event(EventType.SCHEDULED, task, details={"eta": task.eta}))
+    return events
+
+
+def started_event(task: Task, worker_id: str, pid: int) -> Event:
+    """STARTED: the worker process acknowledged the task."""
+    return _task_event(EventType.STARTED, task, worker_id=worker_id, details={"pid": pid})
+
+
+_FINAL = {
+    TaskStatus.COMPLETED: EventType.COMPLETED,
+    TaskStatus.CANCELLED: EventType.CANCELLED,
+    TaskStatus.DEAD: EventType.DEAD,
+}
+
+
+def settled_events(
+    task: Task, settlement: Settlement, worker_id: str, duration: float | None
+) -> list[Event]:
+    """The events one settled attempt produces, in order: COMPLETED; or FAILED/TIMED_OUT
+    (with ``will_retry``), then RETRIED and SCHEDULED when it runs again; or CANCELLED; or
+    DEAD. A task handed back unstarted (shutdown) produces none."""
+    common: dict[str, Any] = {"worker_id": worker_id, "duration": duration}
+    if settlement.status in _FINAL:
+        final = {} if settlement.error is None else {"error": str(settlement.error)}
+        return [_task_event(_FINAL[settlement.status], task, details=final, **common)]
+    if settlement.error is None:  # released uncharged: nothing happened to the task
+        return []
+    retry = settlement.status is TaskStatus.PENDING
+    kind = (
+        EventType.TIMED_OUT
+        if settlement.error.kind == ErrorKind.TIMEOUT.value
+        else EventType.FAILED
+    )
+    details: dict[str, Any] = {"error": str(settlement.error), "will_retry": retry}
+    events = [_task_event(kind, task, details=details, **common)]
+    if retry:
+        events.append(_task_event(EventType.RETRIED, task, worker_id=worker_id))
+        events.append(_task_event(EventType.SCHEDULED, task, details={"eta": settlement.eta}))
+    return events
