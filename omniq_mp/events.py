@@ -151,6 +151,9 @@ class AsyncEventProcessor:
         after: int = 0,
         poll_interval: float = 0.1,
     ) -> None:
+        # A store we open ourselves we also close when start() returns (an open aiosqlite
+        # connection would keep the interpreter from exiting).
+        self._owns_storage = storage is None
         if storage is None:
             from omniq_mp.eventstore import open_event_storage_at
 
@@ -179,6 +182,13 @@ class AsyncEventProcessor:
         after the event in hand, or at once while waiting for new events)."""
         await self.storage.open()
         self._stopping = False
+        try:
+            await self._follow()
+        finally:
+            if self._owns_storage:
+                await self.storage.close()
+
+    async def _follow(self) -> None:
         while not self.stopping():
             batch = await self.storage.read(self.position, _BATCH)
             for stored in batch:
