@@ -11,7 +11,6 @@ it is how a restarted follower resumes without gaps or repeats.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -61,7 +60,7 @@ class EventRecorder:
         self.storage = storage
         self.dropped = 0
         self.failures = 0
-        self._queue: asyncio.Queue[Event] = asyncio.Queue(capacity)
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(capacity)  # None: stop
         self._writer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -77,11 +76,20 @@ class EventRecorder:
             self.dropped += 1
 
     async def _write_loop(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < _BATCH:
-                batch.append(self._queue.get_nowait())
-            await asyncio.shield(self._write(batch))
+        stopping = False
+        while not stopping:
+            batch: list[Event] = []
+            item = await self._queue.get()
+            while True:
+                if item is None:
+                    stopping = True  # write what came before the stop mark, then end
+                    break
+                batch.append(item)
+                if self._queue.empty() or len(batch) >= _BATCH:
+                    break
+                item = self._queue.get_nowait()
+            if batch:
+                await self._write(batch)
 
     async def _write(self, batch: list[Event]) -> None:
         try:
@@ -93,21 +101,18 @@ class EventRecorder:
             )
 
     async def flush(self) -> None:
-        """Write everything emitted so far."""
-        batch: list[Event] = []
-        while not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        if batch:
-            await self._write(batch)
+        """Write everything emitted so far (stops and restarts the writer)."""
+        await self.stop()
+        self.start()
 
     async def stop(self) -> None:
-        """Stop the writer after writing what is queued."""
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
-        await self.flush()
+        """Write everything queued, then stop the writer. Nothing emitted before the call
+        is lost; the writer is never cancelled in the middle of a write."""
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        await self._queue.put(None)
+        await writer
 
 
 async def follow(

@@ -1,0 +1,71 @@
+"""``omniq-mp events``: print stored events, optionally following new ones live."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import click
+
+from omniq_mp.cli_common import handles_errors, settings_from, store_options
+from omniq_mp.core import AsyncOmniQ
+from omniq_mp.eventstore import Event, EventType
+from omniq_mp.runtime import run
+
+__all__ = ["events"]
+
+
+def _parse_types(text: str | None) -> list[EventType] | None:
+    if text is None:
+        return None
+    chosen = []
+    for name in (part.strip().upper() for part in text.split(",") if part.strip()):
+        try:
+            chosen.append(EventType(name))
+        except ValueError:
+            known = ", ".join(t.value for t in EventType)
+            raise click.BadParameter(f"unknown event type {name!r}; known: {known}") from None
+    if not chosen:
+        raise click.BadParameter("give at least one event type")
+    return chosen
+
+
+def _line(position: int, event: Event) -> str:
+    when = datetime.fromtimestamp(event.timestamp).isoformat(timespec="milliseconds")
+    who = event.task_id or event.worker_id or "-"
+    details = " ".join(f"{k}={v}" for k, v in event.details.items() if k != "children")
+    return f"{position:>8} {when} {event.event_type.value:<20} {who}  {details}".rstrip()
+
+
+@click.command()
+@store_options
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events (Ctrl-C stops).")
+@click.option("--task", "task_id", default=None, help="Only this task's events.")
+@click.option("--type", "types", default=None, help="Comma-separated types, e.g. FAILED,DEAD.")
+@click.option("--after", type=click.IntRange(min=0), default=0, help="Start after this position.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@handles_errors
+def events(
+    follow: bool, task_id: str | None, types: str | None, after: int, as_json: bool, **options: Any
+) -> None:
+    """Print task and worker events, oldest first."""
+    chosen = _parse_types(types)
+    settings = settings_from(**options)
+
+    async def show() -> None:
+        q = AsyncOmniQ(settings)
+        try:
+            stream = q.events(follow=follow, after=after, task_id=task_id, types=chosen)
+            async for stored in stream:
+                if as_json:
+                    click.echo(json.dumps({"position": stored.position, **stored.event.to_dict()}))
+                else:
+                    click.echo(_line(stored.position, stored.event))
+        finally:
+            await q.close()
+
+    try:
+        run(show())
+    except KeyboardInterrupt:  # --follow ends with Ctrl-C: a normal way out
+        pass
