@@ -62,8 +62,9 @@ class Settings:
     :param purge_interval: seconds between a supervisor's purges of expired tasks.
     :param retry_delay: delay before the first retry, in seconds; doubles per retry.
     :param retry_delay_max: largest retry delay before jitter, in seconds.
-    :param event_storage_type: where task and worker events go: ``"sqlite"`` (default,
-        ``events.db`` beside the queue), ``"file"``, ``"memory"`` or ``"none"``.
+    :param event_storage_type: where task and worker events go: ``"sqlite"`` (``events.db``
+        beside the queue), ``"file"``, ``"memory"`` or ``"none"``; by default ``"memory"``
+        for the memory backend and ``"sqlite"`` otherwise.
     :param event_storage_path: the event database file or folder; default in ``base_dir``.
     :param event_ttl: seconds events are kept; None keeps them.
     """
@@ -88,7 +89,7 @@ class Settings:
     purge_interval: float = 60.0
     retry_delay: float = 1.0
     retry_delay_max: float = 60.0
-    event_storage_type: str = "sqlite"
+    event_storage_type: str | None = None
     event_storage_path: Path | None = None
     event_ttl: float | None = 7 * 24 * 3600.0
 
@@ -98,6 +99,9 @@ class Settings:
         if isinstance(queues, str):
             object.__setattr__(self, "queues", _split_queues(queues))
         _check_choice("backend", self.backend, BACKENDS)
+        if self.event_storage_type is None:
+            default = "memory" if self.backend == "memory" else "sqlite"
+            object.__setattr__(self, "event_storage_type", default)
         _check_choice("event_storage_type", self.event_storage_type, EVENT_BACKENDS)
         if self.event_storage_path is not None:
             object.__setattr__(self, "event_storage_path", Path(self.event_storage_path))

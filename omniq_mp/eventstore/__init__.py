@@ -21,7 +21,10 @@ def open_event_storage(settings: Settings) -> EventStorage | None:
     """The event store ``settings`` name (unopened), or None when events are off."""
     if settings.event_storage_type == "none":
         return None
-    return open_event_storage_at(settings.event_storage_type, str(settings.events_path))
+    kind = settings.event_storage_type or "sqlite"
+    if kind == "memory":
+        return MemoryEventStorage()
+    return open_event_storage_at(kind, str(settings.events_path))
 
 
 def open_event_storage_at(kind: str, path: str | None) -> EventStorage:
