@@ -94,47 +94,46 @@ class Settings:
     event_ttl: float | None = 7 * 24 * 3600.0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "base_dir", Path(self.base_dir))
-        queues: Any = self.queues  # "a,b" is accepted too, as from the CLI or environment
-        if isinstance(queues, str):
-            object.__setattr__(self, "queues", _split_queues(queues))
-        _check_choice("backend", self.backend, BACKENDS)
-        if self.event_storage_type is None:
-            default = "memory" if self.backend == "memory" else "sqlite"
-            object.__setattr__(self, "event_storage_type", default)
-        _check_choice("event_storage_type", self.event_storage_type, EVENT_BACKENDS)
-        if self.event_storage_path is not None:
-            object.__setattr__(self, "event_storage_path", Path(self.event_storage_path))
-        if self.event_ttl is not None:
-            check_seconds("event_ttl", self.event_ttl)
-        _check_choice("start_method", self.start_method, START_METHODS)
+        self._normalise()
+        for name, choices in (
+            ("backend", BACKENDS),
+            ("event_storage_type", EVENT_BACKENDS),
+            ("start_method", START_METHODS),
+        ):
+            _check_choice(name, getattr(self, name), choices)
         _check_choice("sqlite_synchronous", self.sqlite_synchronous.upper(), ("FULL", "NORMAL"))
-        _check_int("procs", self.procs, minimum=1)
-        _check_int("max_retries", self.max_retries, minimum=0)
-        _check_int("prefetch", self.prefetch, minimum=0)
-        _check_int("max_crashes", self.max_crashes, minimum=1)
-        if self.result_ttl is not None:
-            check_seconds("result_ttl", self.result_ttl)
-        if self.max_memory_per_child is not None:
-            limit = parse_bytes("max_memory_per_child", self.max_memory_per_child)
-            object.__setattr__(self, "max_memory_per_child", limit)
+        for name, minimum in (
+            ("procs", 1),
+            ("max_retries", 0),
+            ("prefetch", 0),
+            ("max_crashes", 1),
+        ):
+            _check_int(name, getattr(self, name), minimum=minimum)
         if self.max_tasks_per_child is not None:
             _check_int("max_tasks_per_child", self.max_tasks_per_child, minimum=1)
-        if self.default_timeout is not None:
-            check_seconds("default_timeout", self.default_timeout)
-        durations = (
-            "lease_ttl",
-            "poll_interval",
-            "kill_grace",
-            "shutdown_grace",
-            "purge_interval",
-            "retry_delay",
-            "retry_delay_max",
-        )
-        for name in durations:
+        for name in _DURATIONS:
             check_seconds(name, getattr(self, name), allow_zero=name == "shutdown_grace")
+        for name in _OPTIONAL_DURATIONS:
+            if getattr(self, name) is not None:
+                check_seconds(name, getattr(self, name))
         if not self.queues or not all(isinstance(q, str) and q for q in self.queues):
             raise ConfigError(f"queues must be non-empty names, got {self.queues!r}")
+
+    def _normalise(self) -> None:
+        # Accept the forms users and the environment give: str paths, "a,b" queues,
+        # "1GB" sizes; fill the event store kind from the backend when not chosen.
+        set_ = object.__setattr__
+        set_(self, "base_dir", Path(self.base_dir))
+        queues: Any = self.queues
+        if isinstance(queues, str):
+            set_(self, "queues", _split_queues(queues))
+        if self.event_storage_type is None:
+            set_(self, "event_storage_type", "memory" if self.backend == "memory" else "sqlite")
+        if self.event_storage_path is not None:
+            set_(self, "event_storage_path", Path(self.event_storage_path))
+        if self.max_memory_per_child is not None:
+            limit = parse_bytes("max_memory_per_child", self.max_memory_per_child)
+            set_(self, "max_memory_per_child", limit)
 
     def task_queue(self, storage: Storage) -> AsyncTaskQueue:
         """An :class:`AsyncTaskQueue` over ``storage`` with this retry and crash policy."""
@@ -176,6 +175,18 @@ class Settings:
 
 
 OmniQConfig = Settings
+
+_DURATIONS = (
+    "lease_ttl",
+    "poll_interval",
+    "kill_grace",
+    "shutdown_grace",
+    "purge_interval",
+    "retry_delay",
+    "retry_delay_max",
+)
+_OPTIONAL_DURATIONS = ("default_timeout", "result_ttl", "event_ttl")
+_INT_MINIMUMS = (("procs", 1), ("max_retries", 0), ("prefetch", 0), ("max_crashes", 1))
 
 
 def check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
