@@ -1,4 +1,4 @@
-"""``omniq-mp events``: print stored events, optionally following new ones live."""
+"""``omniq-mp events`` (stored events, optionally followed live) and ``omniq-mp stats``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from omniq_mp.core import AsyncOmniQ
 from omniq_mp.eventstore import Event, EventType
 from omniq_mp.runtime import run
 
-__all__ = ["events"]
+__all__ = ["events", "stats"]
 
 
 def _parse_types(text: str | None) -> list[EventType] | None:
@@ -69,3 +69,60 @@ def events(
         run(show())
     except KeyboardInterrupt:  # --follow ends with Ctrl-C: a normal way out
         pass
+
+
+@click.command()
+@store_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handles_errors
+def stats(as_json: bool, **options: Any) -> None:
+    """Show queue depths, totals, last-minute throughput and what each worker runs."""
+    settings = settings_from(**options)
+
+    async def collect() -> tuple[Any, Any, Any]:
+        q = AsyncOmniQ(settings)
+        try:
+            return (
+                await q.get_global_stats(),
+                await q.get_all_queue_stats(),
+                await q.get_worker_stats(),
+            )
+        finally:
+            await q.close()
+
+    totals, queues, workers = run(collect())
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "global": totals.to_dict(),
+                    "queues": {name: s.to_dict() for name, s in queues.items()},
+                    "workers": [w.to_dict() for w in workers],
+                }
+            )
+        )
+        return
+    click.echo(_stats_text(totals, queues, workers))
+
+
+def _stats_text(totals: Any, queues: Any, workers: Any) -> str:
+    lines = [
+        f"{'queue':<16}{'due':>7}{'sched':>7}{'run':>6}{'done':>8}{'failed':>8}{'dead':>6}"
+        f"{'/min':>7}"
+    ]
+    for name, s in queues.items():
+        lines.append(
+            f"{name:<16}{s.depth:>7}{s.scheduled:>7}{s.running:>6}{s.completed:>8}"
+            f"{s.failed:>8}{s.dead:>6}{s.throughput:>7}"
+        )
+    lines.append(
+        f"supervisors alive: {totals.supervisors}, worker processes: {totals.worker_processes}"
+    )
+    for w in workers:
+        lines.append(f"  {w.worker_id}  active {w.active}/{w.procs}  processed {w.processed}")
+        for c in w.children:
+            lines.append(
+                f"    pid {c.pid}  task {c.task_id}  {c.running_for:.1f}s  "
+                f"rss {c.rss // 2**20} MiB  cpu {c.cpu_seconds:.1f}s"
+            )
+    return "\n".join(lines)

@@ -32,6 +32,15 @@ from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.queue import build_task
 from omniq_mp.schedule import Schedule, check_cron, next_cron_time
 from omniq_mp.serialization import loads_result
+from omniq_mp.stats import (
+    GlobalStatistics,
+    QueueStatistics,
+    WorkerStatistics,
+    all_queue_statistics,
+    global_statistics,
+    queue_statistics,
+    worker_statistics,
+)
 from omniq_mp.storage import open_storage
 from omniq_mp.storage.base import QueueStats, Storage
 from omniq_mp.units import parse_duration
@@ -301,6 +310,30 @@ class AsyncOmniQ:
             self.event_storage, after, task_id=task_id, types=types, live=follow
         ):
             yield stored
+
+    async def get_queue_stats(self, queue: str = "default") -> QueueStatistics:
+        """Depth, scheduled, running, terminal totals and last-minute throughput of a queue."""
+        await self.open()
+        return await queue_statistics(self.storage, queue, time.time())
+
+    async def get_all_queue_stats(self) -> dict[str, QueueStatistics]:
+        """:meth:`get_queue_stats` for every queue that holds tasks."""
+        await self.open()
+        return await all_queue_statistics(self.storage, time.time())
+
+    async def get_global_stats(self) -> GlobalStatistics:
+        """Totals across queues, and the live supervisors and worker processes."""
+        await self.open()
+        return await global_statistics(self.storage, time.time(), self._alive_since())
+
+    async def get_worker_stats(self) -> list[WorkerStatistics]:
+        """Each live supervisor and what each of its worker processes is running."""
+        await self.open()
+        return await worker_statistics(self.storage, time.time(), self._alive_since())
+
+    @staticmethod
+    def _alive_since() -> float:
+        return time.time() - 3 * HEARTBEAT_INTERVAL
 
     async def get_task(self, task_id: str) -> Task | None:
         """The stored task (status, attempts, error ...), or None if unknown."""

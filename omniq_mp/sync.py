@@ -15,6 +15,7 @@ from omniq_mp.eventstore import Event, EventStorage
 from omniq_mp.models import Task, TaskStatus
 from omniq_mp.runtime import LoopThread
 from omniq_mp.schedule import Schedule
+from omniq_mp.stats import GlobalStatistics, QueueStatistics, WorkerStatistics
 from omniq_mp.storage.base import QueueStats, Storage
 
 __all__ = ["OmniQ"]
@@ -85,6 +86,22 @@ class OmniQ:
     def get_events(self, task_id: str) -> list[Event]:
         """Every stored event of one task, oldest first."""
         return self._loop.call(self._async.get_events(task_id))
+
+    def get_queue_stats(self, queue: str = "default") -> QueueStatistics:
+        """Statistics of one queue; see :meth:`AsyncOmniQ.get_queue_stats`."""
+        return self._loop.call(self._async.get_queue_stats(queue))
+
+    def get_all_queue_stats(self) -> dict[str, QueueStatistics]:
+        """Statistics of every queue."""
+        return self._loop.call(self._async.get_all_queue_stats())
+
+    def get_global_stats(self) -> GlobalStatistics:
+        """Totals, live supervisors and worker processes."""
+        return self._loop.call(self._async.get_global_stats())
+
+    def get_worker_stats(self) -> list[WorkerStatistics]:
+        """Each live supervisor and its worker processes."""
+        return self._loop.call(self._async.get_worker_stats())
 
     def get_task(self, task_id: str) -> Task | None:
         """The stored task, or None."""

@@ -23,7 +23,7 @@ from omniq_mp.proctree import descendants
 from omniq_mp.storage.base import Storage
 from omniq_mp.units import format_bytes
 
-__all__ = ["WATCH_INTERVAL", "TaskWatch", "tree_rss"]
+__all__ = ["WATCH_INTERVAL", "TaskWatch", "cpu_seconds", "tree_rss"]
 
 WATCH_INTERVAL = 0.1  # seconds; bounds how late a cancel or a memory kill can be
 
@@ -37,6 +37,14 @@ def tree_rss(pid: int) -> int:
         with contextlib.suppress(psutil.Error):
             total += proc.memory_info().rss
     return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used, in seconds (0 if gone)."""
+    with contextlib.suppress(psutil.Error):
+        times = psutil.Process(pid).cpu_times()
+        return round(times.user + times.system, 3)
+    return 0.0
 
 
 class TaskWatch:

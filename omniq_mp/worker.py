@@ -36,7 +36,7 @@ from omniq_mp.pool import ProcessPool, WorkerProcess
 from omniq_mp.queue import AsyncTaskQueue
 from omniq_mp.schedule import next_cron_time
 from omniq_mp.storage.base import Storage, WorkerInfo
-from omniq_mp.watch import WATCH_INTERVAL, TaskWatch, tree_rss
+from omniq_mp.watch import WATCH_INTERVAL, TaskWatch, cpu_seconds, tree_rss
 
 __all__ = ["AsyncWorkerPool"]
 
@@ -418,11 +418,8 @@ class AsyncWorkerPool:
         }
 
     async def _beat(self) -> None:
-        children = [
-            {"pid": w.pid, "task_id": task_id, "rss": tree_rss(w.pid)}
-            for task_id, w in self.pool.running().items()
-        ]
-        self.events.worker(EventType.WORKER_HEARTBEAT, children=children, **self._counters())
+        details = {**self._counters(), "children": self._children()}
+        self.events.worker(EventType.WORKER_HEARTBEAT, **details)
         await self.queue.storage.heartbeat(
             WorkerInfo(
                 self.worker_id,
@@ -432,8 +429,25 @@ class AsyncWorkerPool:
                 self.settings.queues,
                 self._started_at,
                 time.time(),
+                details,
             )
         )
+
+    def _children(self) -> list[dict[str, Any]]:
+        # What each busy worker process is doing, for stats, `top` and heartbeat events.
+        children = []
+        for task_id, worker in self.pool.running().items():
+            task = self._held.get(task_id)
+            children.append(
+                {
+                    "pid": worker.pid,
+                    "task_id": task_id,
+                    "started_at": task.started_at if task is not None else None,
+                    "rss": tree_rss(worker.pid),
+                    "cpu_seconds": cpu_seconds(worker.pid),
+                }
+            )
+        return children
 
 
 class Pacer:

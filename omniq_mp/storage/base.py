@@ -9,8 +9,8 @@ attempt was claimed with: a stale holder's late write changes nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
@@ -52,6 +52,7 @@ class WorkerInfo:
     queues: tuple[str, ...]
     started_at: float
     heartbeat_at: float
+    details: Mapping[str, Any] = field(default_factory=dict)  # counters and children, as JSON
 
 
 @runtime_checkable
@@ -162,8 +163,16 @@ class Storage(Protocol):
         fire one due time twice. Returns the new task ids."""
         ...
 
+    async def queue_names(self) -> list[str]:
+        """Names of every queue that holds at least one task, sorted."""
+        ...
+
+    async def completed_since(self, queues: Sequence[str] | None, since: float) -> int:
+        """How many tasks (of ``queues``; None: all) completed at or after ``since``."""
+        ...
+
     async def heartbeat(self, info: WorkerInfo) -> None:
-        """Record that a supervisor is alive."""
+        """Record that a supervisor is alive (replacing its previous record)."""
 
     async def remove_worker(self, worker_id: str) -> None:
         """Forget a supervisor that stopped cleanly."""

@@ -233,6 +233,16 @@ class FileStorage:
         """
         return await self._run(lambda t: t.fire_schedules(now, next_run))
 
+    async def queue_names(self) -> list[str]:
+        """Queues holding at least one task (any status), sorted; reads every entry."""
+        return await self._run(lambda t: t.queue_names())
+
+    async def completed_since(self, queues: Sequence[str] | None, since: float) -> int:
+        """COMPLETED tasks (of ``queues``; None: all) finished at or after ``since``;
+        reads every finished entry."""
+        names = None if queues is None else tuple(queues)
+        return await self._run(lambda t: t.completed_since(names, since))
+
     async def heartbeat(self, info: WorkerInfo) -> None:
         """Record a supervisor's beat. :param info: replaces the supervisor's last record."""
         data = encode_worker(info)
@@ -717,6 +727,15 @@ class _Tree:
     def stats(self, queues: Sequence[str] | None, now: float) -> QueueStats:
         tasks = [task for _, task, _ in self.scan(tuple(TaskStatus), queues)]
         return count_tasks(tasks, now)
+
+    def queue_names(self) -> list[str]:
+        return sorted({task.queue for _, task, _ in self.scan(tuple(TaskStatus), None)})
+
+    def completed_since(self, queues: Sequence[str] | None, since: float) -> int:
+        return sum(
+            task.finished_at is not None and task.finished_at >= since
+            for _, task, _ in self.scan((TaskStatus.COMPLETED,), queues)
+        )
 
     def schedules(self) -> list[Schedule]:
         folder = self.base / "schedules"

@@ -181,8 +181,10 @@ def decode_schedule(data: bytes) -> Schedule:
 
 
 def encode_worker(info: WorkerInfo) -> bytes:
-    """A supervisor's heartbeat record."""
-    return json.dumps(dataclasses.asdict(info)).encode()
+    """A supervisor's heartbeat record; ``details`` must be JSON data."""
+    record = dataclasses.asdict(info)
+    record["details"] = dict(info.details)  # any Mapping, stored as a JSON object
+    return json.dumps(record).encode()
 
 
 def decode_worker(data: bytes) -> WorkerInfo:
@@ -190,6 +192,9 @@ def decode_worker(data: bytes) -> WorkerInfo:
     try:
         record = json.loads(data)
         record["queues"] = tuple(record["queues"])
+        details = record.setdefault("details", {})  # entries from before details existed
+        if not isinstance(details, dict):
+            raise TypeError(f"details is {type(details).__name__}, not an object")
         return WorkerInfo(**record)
     except (ValueError, KeyError, TypeError) as exc:
         raise Corrupt(f"not a worker entry: {type(exc).__name__}: {exc}") from exc

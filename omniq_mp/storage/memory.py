@@ -235,6 +235,19 @@ class MemoryStorage:
             fired.append(task.id)
         return fired
 
+    async def queue_names(self) -> list[str]:
+        """Queues that hold tasks."""
+        return sorted({t.queue for t in self._tasks.values()})
+
+    async def completed_since(self, queues: Sequence[str] | None, since: float) -> int:
+        """COMPLETED tasks finished at or after ``since``."""
+        return sum(
+            t.status is TaskStatus.COMPLETED
+            and (t.finished_at or 0) >= since
+            and (queues is None or t.queue in queues)
+            for t in self._tasks.values()
+        )
+
     async def heartbeat(self, info: WorkerInfo) -> None:
         """Remember the supervisor's latest beat."""
         self._workers[info.worker_id] = info

@@ -10,6 +10,7 @@ retried with jitter instead of surfacing "database is locked".
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sqlite3
 import time
@@ -435,10 +436,13 @@ class SQLiteStorage:
             ",".join(info.queues),
             info.started_at,
             info.heartbeat_at,
+            json.dumps(dict(info.details)),
         )
 
         async def body(conn: aiosqlite.Connection) -> None:
-            await conn.execute("INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+            await conn.execute(
+                "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row
+            )
 
         await self._transaction(body)
 
@@ -454,8 +458,27 @@ class SQLiteStorage:
         """Rows with a recent heartbeat."""
         rows = await self._read("SELECT * FROM workers WHERE heartbeat_at >= ?", (alive_since,))
         return [
-            WorkerInfo(r[0], r[1], r[2], r[3], tuple(r[4].split(",")), r[5], r[6]) for r in rows
+            WorkerInfo(r[0], r[1], r[2], r[3], tuple(r[4].split(",")), r[5], r[6], json.loads(r[7]))
+            for r in rows
         ]
+
+    async def queue_names(self) -> list[str]:
+        """Distinct queue names (an index-only scan of tasks_claimable would miss finished
+        queues, so this reads the queue column; fine for a monitoring call)."""
+        rows = await self._read("SELECT DISTINCT queue FROM tasks ORDER BY queue")
+        return [str(r[0]) for r in rows]
+
+    async def completed_since(self, queues: Sequence[str] | None, since: float) -> int:
+        """Count COMPLETED tasks finished at or after ``since`` (index tasks_finished)."""
+        where, params = "", list[Any]([since])
+        if queues is not None:
+            where = f" AND queue IN ({', '.join('?' * len(queues))})"
+            params += list(queues)
+        rows = await self._read(
+            f"SELECT count(*) FROM tasks WHERE status = 'COMPLETED' AND finished_at >= ?{where}",
+            params,
+        )
+        return int(rows[0][0])
 
 
 def _check_path(path: Path) -> None:

@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS workers (
     procs        INTEGER NOT NULL,
     queues       TEXT NOT NULL,
     started_at   REAL NOT NULL,
-    heartbeat_at REAL NOT NULL
+    heartbeat_at REAL NOT NULL,
+    details      TEXT NOT NULL DEFAULT '{}'   -- JSON: active, processed, children
 );
 
 CREATE TABLE IF NOT EXISTS schedules (

@@ -557,3 +557,61 @@ async def test_random_operations_match_the_memory_backend(store: FileStorage, se
     for task_id in parity.ids:
         mine, theirs = await store.get(task_id), await parity.memory.get(task_id)
         assert _tokenless(mine) == _tokenless(theirs)
+
+
+# -- statistics and worker details -----------------------------------------------------------
+
+
+async def test_worker_details_survive_reopen(tmp_path: Path) -> None:
+    details = {"active": 2, "done": 9, "children": [{"pid": 7, "task_id": "t", "rss": 1024}]}
+    info = WorkerInfo("w1", "host", 42, 2, ("default",), NOW, NOW, details)
+    store = FileStorage(tmp_path / "store")
+    await store.open()
+    await store.heartbeat(info)
+    await store.close()
+    again = FileStorage(tmp_path / "store")
+    await again.open()
+    assert await again.workers(0) == [info]
+
+
+async def test_a_worker_entry_without_details_reads_as_empty(store: FileStorage) -> None:
+    info = WorkerInfo("w1", "host", 42, 2, ("default",), NOW, NOW, {"active": 1})
+    await store.heartbeat(info)
+    [path] = (store.base_dir / "workers").glob("*.json")
+    record = json.loads(path.read_text())
+    del record["details"]
+    path.write_text(json.dumps(record))
+    assert await store.workers(0) == [dataclasses.replace(info, details={})]
+
+
+async def test_a_worker_entry_with_non_object_details_is_quarantined(store: FileStorage) -> None:
+    await store.heartbeat(WorkerInfo("w1", "host", 42, 2, ("default",), NOW, NOW))
+    [path] = (store.base_dir / "workers").glob("*.json")
+    record = json.loads(path.read_text())
+    record["details"] = [1, 2]
+    path.write_text(json.dumps(record))
+    assert await store.workers(0) == []
+    assert len(quarantined(store)) == 1
+
+
+async def test_queue_names_cover_every_folder_and_odd_names(store: FileStorage) -> None:
+    assert await store.queue_names() == []
+    await store.enqueue([make(queue="a/../b"), make(), make(queue="")])
+    await settle_one(store, TaskStatus.COMPLETED, finished_at=NOW)  # "default": done/ only
+    await store.enqueue([make(queue="x")])
+    await store.claim(["x"], 1, NOW, NOW + 30, "w1")  # "x" now lives only in running/
+    assert await store.queue_names() == ["", "a/../b", "default", "x"]
+    await store.purge_finished(NOW + 1, [TaskStatus.COMPLETED], 100)
+    assert await store.queue_names() == ["", "a/../b", "x"]
+
+
+async def test_completed_since_counts_only_completed_tasks(store: FileStorage) -> None:
+    await store.enqueue([make() for _ in range(4)])
+    await settle_one(store, TaskStatus.COMPLETED, finished_at=NOW)
+    await settle_one(store, TaskStatus.COMPLETED, finished_at=NOW - 100)
+    await settle_one(store, TaskStatus.DEAD, finished_at=NOW)
+    await store.claim(["default"], 1, NOW, NOW + 30, "w1")
+    assert await store.completed_since(None, NOW) == 1
+    assert await store.completed_since(["default"], NOW - 100) == 2
+    assert await store.completed_since(["other"], 0) == 0
+    assert await store.completed_since([], 0) == 0

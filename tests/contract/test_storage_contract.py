@@ -395,3 +395,27 @@ async def test_purge_finished_by_age_and_status(store: Storage) -> None:
     assert await store.purge_finished(NOW - 50, [TaskStatus.COMPLETED], 100) == 1
     assert await store.get(a.id) is None
     assert await store.get(b.id) is not None and await store.get(c.id) is not None
+
+
+# -- statistics ----------------------------------------------------------------------------
+
+
+async def test_queue_names_and_completed_since(store: Storage) -> None:
+    await store.enqueue([make(queue="b"), make(queue="a"), make(queue="a")])
+    assert await store.queue_names() == ["a", "b"]
+    claimed = await claim(store, queues=("a",))
+    done = [
+        Settlement(t.id, t.lease_token or "", TaskStatus.COMPLETED, finished_at=when)
+        for t, when in zip(claimed, (NOW, NOW - 120), strict=True)
+    ]
+    await store.settle(done)
+    assert await store.completed_since(["a"], NOW - 60) == 1
+    assert await store.completed_since(None, NOW - 600) == 2
+    assert await store.completed_since(["b"], 0) == 0
+
+
+async def test_worker_details_round_trip(store: Storage) -> None:
+    details = {"active": 1, "children": [{"pid": 7, "task_id": "t", "rss": 1024}]}
+    info = WorkerInfo("w2", "host", 42, 2, ("default",), NOW, NOW, details)
+    await store.heartbeat(info)
+    assert await store.workers(NOW - 1) == [info]
