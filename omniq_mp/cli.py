@@ -24,7 +24,7 @@ import click
 from omniq_mp import logging as omniq_logging
 from omniq_mp.cli_common import fail, handles_errors, settings_from, store_options
 from omniq_mp.cli_control import cancel, dead, pause, periodic, purge, resume, retry
-from omniq_mp.cli_events import events, stats
+from omniq_mp.cli_events import events, stats, top
 from omniq_mp.config import START_METHODS, Settings
 from omniq_mp.core import AsyncOmniQ
 from omniq_mp.errors import ConfigError, ResultTimeoutError, TaskFailedError
@@ -284,7 +284,7 @@ def _summary(q: OmniQ, labelled: list[tuple[str, str]], elapsed: float) -> str:
     return "\n".join(lines)
 
 
-for _command in (cancel, dead, retry, purge, periodic, pause, resume, events, stats):
+for _command in (cancel, dead, retry, purge, periodic, pause, resume, events, stats, top):
     cli.add_command(_command)
 
 

@@ -13,7 +13,7 @@ from omniq_mp.core import AsyncOmniQ
 from omniq_mp.eventstore import Event, EventType
 from omniq_mp.runtime import run
 
-__all__ = ["events", "stats"]
+__all__ = ["events", "stats", "top"]
 
 
 def _parse_types(text: str | None) -> list[EventType] | None:
@@ -103,6 +103,17 @@ def stats(as_json: bool, **options: Any) -> None:
         )
         return
     click.echo(_stats_text(totals, queues, workers))
+
+
+@click.command()
+@store_options
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
+@handles_errors
+def top(interval: float, **options: Any) -> None:
+    """Live view of supervisors, worker processes, their tasks and queue depths (q quits)."""
+    from omniq_mp.top import run_top
+
+    run_top(settings_from(**options), interval)
 
 
 def _stats_text(totals: Any, queues: Any, workers: Any) -> str:

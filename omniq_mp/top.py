@@ -1,0 +1,116 @@
+"""``omniq-mp top``: a live terminal view of supervisors, worker processes and queues.
+
+Redraws once a second from the store (any process can run it). ``q`` or Ctrl-C exits;
+the terminal is put in cbreak mode only while the view runs, and restored on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import sys
+import termios
+import time
+import tty
+from collections.abc import Iterator
+from datetime import datetime
+
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from omniq_mp.config import Settings
+from omniq_mp.core import AsyncOmniQ
+from omniq_mp.runtime import LoopThread
+from omniq_mp.stats import GlobalStatistics, QueueStatistics, WorkerStatistics
+
+__all__ = ["run_top"]
+
+Snapshot = tuple[GlobalStatistics, dict[str, QueueStatistics], list[WorkerStatistics]]
+
+
+async def _snapshot(q: AsyncOmniQ) -> Snapshot:
+    return await q.get_global_stats(), await q.get_all_queue_stats(), await q.get_worker_stats()
+
+
+def render(settings: Settings, snapshot: Snapshot) -> Group:
+    """The whole screen for one snapshot."""
+    totals, queues, workers = snapshot
+    title = Text(
+        f"omniq-mp top — {settings.backend} store {settings.base_dir} — "
+        f"{datetime.now():%H:%M:%S} — q to quit",
+        style="bold",
+    )
+    return Group(title, _queue_table(queues), _worker_table(workers, totals))
+
+
+def _queue_table(queues: dict[str, QueueStatistics]) -> Table:
+    table = Table("queue", "due", "scheduled", "running", "done", "failed", "dead", "done/min")
+    for name, s in queues.items():
+        table.add_row(
+            name, *map(str, (s.depth, s.scheduled, s.running, s.completed, s.failed, s.dead,
+                             s.throughput))
+        )  # fmt: skip
+    return table
+
+
+def _worker_table(workers: list[WorkerStatistics], totals: GlobalStatistics) -> Table:
+    table = Table(
+        "supervisor / pid", "task", "running for", "memory", "cpu",
+        title=f"{totals.supervisors} supervisor(s), {totals.worker_processes} process(es)",
+    )  # fmt: skip
+    for w in workers:
+        table.add_row(
+            f"[bold]{w.worker_id}[/]", f"{w.active}/{w.procs} busy, {w.processed} done", "", "", ""
+        )
+        for c in w.children:
+            table.add_row(
+                f"  {c.pid}",
+                c.task_id,
+                f"{c.running_for:.1f}s",
+                f"{c.rss / 2**20:.0f} MiB",
+                f"{c.cpu_seconds:.1f}s",
+            )
+    return table
+
+
+@contextlib.contextmanager
+def _keys() -> Iterator[None]:
+    """Read single key presses without echo while the view runs (if stdin is a tty)."""
+    if not sys.stdin.isatty():
+        yield
+        return
+    saved = termios.tcgetattr(sys.stdin)
+    try:
+        tty.setcbreak(sys.stdin.fileno())
+        yield
+    finally:
+        termios.tcsetattr(sys.stdin, termios.TCSADRAIN, saved)
+
+
+def _quit_pressed(timeout: float) -> bool:
+    if not sys.stdin.isatty():
+        time.sleep(timeout)
+        return False
+    ready, _, _ = select.select([sys.stdin], [], [], timeout)
+    return bool(ready) and sys.stdin.read(1).lower() == "q"
+
+
+def run_top(settings: Settings, interval: float = 1.0, iterations: int | None = None) -> None:
+    """Show the live view until ``q``, Ctrl-C, or ``iterations`` redraws."""
+    loop = LoopThread()
+    q = AsyncOmniQ(settings)
+    try:
+        with _keys(), Live(auto_refresh=False, screen=False) as live:
+            count = 0
+            while iterations is None or count < iterations:
+                live.update(render(settings, loop.call(_snapshot(q))), refresh=True)
+                count += 1
+                if _quit_pressed(interval):
+                    break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        loop.call(q.close())
+        loop.stop()
