@@ -68,27 +68,50 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     default=None,
     help="Seconds running tasks get on SIGTERM before they are killed and requeued.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=1, max=65535),
+    default=None,
+    help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.",
+)
 @handles_errors
-def workers(burst: bool, **options: Any) -> None:
+def workers(burst: bool, metrics_port: int | None, **options: Any) -> None:
     """Run a supervisor and its worker processes against the store."""
     settings = settings_from(**options)
-    done = run(_serve(settings, burst))
+    done = run(_serve(settings, burst, metrics_port))
     click.echo(f"omniq-mp workers: {done} task attempt(s) settled", err=True)
 
 
-async def _serve(settings: Settings, burst: bool) -> int:
+async def _serve(settings: Settings, burst: bool, metrics_port: int | None = None) -> int:
     omniq = AsyncOmniQ(settings)
     await omniq.open()
     try:
         workers = omniq.worker_pool()
+        refresher = _start_metrics(workers, metrics_port)
         _install_signal_handlers(workers)
         await workers.start()
         try:
             return await workers.process_tasks(burst=burst)
         finally:
             await workers.stop()
+            if refresher is not None:
+                refresher.cancel()
     finally:
         await omniq.close()
+
+
+def _start_metrics(workers: AsyncWorkerPool, port: int | None) -> asyncio.Task[None] | None:
+    if port is None:
+        return None
+    from omniq_mp.metrics import Metrics
+
+    metrics = Metrics()
+    try:
+        metrics.serve(port)
+    except OSError as exc:
+        raise click.UsageError(f"--metrics-port {port}: {exc.strerror}") from None
+    metrics.attach(workers)
+    return asyncio.create_task(metrics.refresh_depths(workers), name="omniq-metrics")
 
 
 def _install_signal_handlers(workers: AsyncWorkerPool) -> None:

@@ -218,56 +218,62 @@ class AsyncEventProcessor:
 
 
 class SupervisorEvents:
-    """What a supervisor reports, as events; every method is a no-op without a recorder.
+    """What a supervisor reports, as events, to its recorder and to in-process listeners
+    (metrics). With neither, every method is a cheap no-op.
 
-    :param recorder: where events go (None: events are off).
+    :param recorder: where events are stored (None: not stored).
     :param worker_id: the supervisor's id, stamped on every event.
     """
 
     def __init__(self, recorder: EventRecorder | None, worker_id: str) -> None:
         self.recorder = recorder
         self.worker_id = worker_id
+        self.listeners: list[Callable[[Event], None]] = []
+
+    def _emit(self, event: Event) -> None:
+        if self.recorder is not None:
+            self.recorder.emit(event)
+        for listener in self.listeners:
+            try:
+                listener(event)
+            except Exception as exc:  # a listener must never break the supervisor
+                logger.bind(action="event_listener_failed").warning("listener failed: {}", exc)
 
     def worker(self, kind: EventType, **details: Any) -> None:
         """WORKER_ONLINE / WORKER_HEARTBEAT / WORKER_OFFLINE with counters in details."""
-        if self.recorder is not None:
-            self.recorder.emit(Event(kind, worker_id=self.worker_id, details=details))
+        self._emit(Event(kind, worker_id=self.worker_id, details=details))
 
     def started(self, task: Task, pid: int) -> None:
         """The worker process acknowledged ``task``."""
-        if self.recorder is not None:
-            self.recorder.emit(started_event(task, self.worker_id, pid))
+        self._emit(started_event(task, self.worker_id, pid))
 
     def settled(self, task: Task, settlement: Settlement, duration: float | None = None) -> None:
         """Events of an attempt whose outcome was stored."""
-        if self.recorder is not None:
-            for event in settled_events(task, settlement, self.worker_id, duration):
-                self.recorder.emit(event)
+        for event in settled_events(task, settlement, self.worker_id, duration):
+            self._emit(event)
 
     def storing_failed(self, task: Task, error: str) -> None:
         """An outcome could not be stored (it is kept and retried)."""
-        if self.recorder is not None:
-            self.recorder.emit(
-                _task_event(
-                    EventType.ERROR_STORING_RESULT,
-                    task,
-                    worker_id=self.worker_id,
-                    details={"error": error},
-                )
+        self._emit(
+            _task_event(
+                EventType.ERROR_STORING_RESULT,
+                task,
+                worker_id=self.worker_id,
+                details={"error": error},
             )
+        )
 
     def enqueued_by_schedule(self, task_ids: Sequence[str]) -> None:
         """Tasks a cron schedule created."""
-        if self.recorder is not None:
-            for task_id in task_ids:
-                self.recorder.emit(
-                    Event(
-                        EventType.ENQUEUED,
-                        task_id,
-                        worker_id=self.worker_id,
-                        details={"by": "schedule"},
-                    )
+        for task_id in task_ids:
+            self._emit(
+                Event(
+                    EventType.ENQUEUED,
+                    task_id,
+                    worker_id=self.worker_id,
+                    details={"by": "schedule"},
                 )
+            )
 
 
 # -- building events from what the queue decided ---------------------------------------------
