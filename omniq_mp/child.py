@@ -23,7 +23,10 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
+
+from loguru import logger
 
 from omniq_mp import ipc
 from omniq_mp.models import ErrorKind, TaskError
@@ -46,17 +49,51 @@ def main(sock: socket.socket, max_tasks: int | None) -> None:
     # The supervisor owns signals: Ctrl-C in a terminal must not kill tasks mid-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     faulthandler.enable()
-    ipc.send_frame(sock, ipc.READY, {"pid": os.getpid()})
+    send = _sender(sock)
+    _forward_logs(send)
+    send(ipc.READY, {"pid": os.getpid()}, b"")
     served = 0
     while (frame := ipc.recv_frame(sock)) is not None and frame.kind == ipc.RUN:
-        ipc.send_frame(sock, ipc.STARTED, {"task_id": frame.meta["task_id"], "pid": os.getpid()})
-        meta, body = _execute(frame.body, frame.meta.get("attempt", 1))
+        task_id = frame.meta["task_id"]
+        send(ipc.STARTED, {"task_id": task_id, "pid": os.getpid()}, b"")
+        with logger.contextualize(task_id=task_id, correlation_id=task_id):
+            meta, body = _execute(frame.body, frame.meta.get("attempt", 1))
         served += 1
         meta["retire"] = max_tasks is not None and served >= max_tasks
-        ipc.send_frame(sock, ipc.DONE, meta, body)
+        send(ipc.DONE, meta, body)
         if meta["retire"]:
             break
     sock.close()
+
+
+Send = Callable[[str, dict[str, Any], bytes], None]
+
+
+def _sender(sock: socket.socket) -> Send:
+    # A task's threads may log while the main thread sends DONE: frames must not interleave.
+    lock = threading.Lock()
+
+    def send(kind: str, meta: dict[str, Any], body: bytes) -> None:
+        with lock:
+            ipc.send_frame(sock, kind, meta, body)
+
+    return send
+
+
+def _forward_logs(send: Send) -> None:
+    """Send the task's loguru records to the supervisor, which writes them to its own
+    sinks with the task id as correlation id (the child has no sinks of its own)."""
+    logger.remove()
+
+    def sink(message: Any) -> None:
+        record = message.record
+        extra = {k: v if isinstance(v, str | int | float | bool) else repr(v)
+                 for k, v in record["extra"].items()}  # fmt: skip
+        meta = {"level": record["level"].name, "message": record["message"], "extra": extra,
+                "name": record["name"] or "__main__"}  # fmt: skip
+        send(ipc.LOG, meta, b"")
+
+    logger.add(sink, level=0, format="{message}", catch=True)
 
 
 def _die_with_parent() -> None:

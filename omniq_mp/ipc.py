@@ -29,6 +29,7 @@ RUN = "run"  # parent -> child: meta {task_id, attempt}, body = call payload
 STARTED = "started"  # child -> parent: the task is running now; the timeout clock starts
 DONE = "done"  # child -> parent: meta {ok, error?, retire?}, body = result bytes
 STOP = "stop"  # parent -> child: exit cleanly
+LOG = "log"  # child -> parent: a log record written by the task (relayed to the parent's sinks)
 
 
 @dataclass(frozen=True)

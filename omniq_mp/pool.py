@@ -134,7 +134,7 @@ class WorkerProcess:
             await self._writer.drain()
         except (ConnectionError, OSError):
             return await self._died(begin)
-        frame = await self.inbox.get()
+        frame = await self._next_frame()
         if frame is None or frame.kind != ipc.STARTED:
             return await self._died(begin)
         if on_started is not None:
@@ -144,13 +144,19 @@ class WorkerProcess:
         deadline = started + task.timeout if task.timeout else None
         try:
             async with asyncio.timeout_at(deadline):
-                frame = await self.inbox.get()
+                frame = await self._next_frame()
         except TimeoutError:
             signal_used = await self.kill(kill_grace)
             return self._timed_out(task, begin, signal_used)
         if frame is None or frame.kind != ipc.DONE:
             return await self._died(begin)
         return self._done(frame, begin)
+
+    async def _next_frame(self) -> ipc.Frame | None:
+        """The next frame that is not a relayed log record."""
+        while (frame := await self.inbox.get()) is not None and frame.kind == ipc.LOG:
+            relay_log(frame.meta, self.pid)
+        return frame
 
     def _done(self, frame: ipc.Frame, begin: float) -> Outcome:
         self.tasks_run += 1
@@ -457,6 +463,32 @@ class ProcessPool:
     def _forget(self, worker: WorkerProcess) -> None:
         self._workers.discard(worker)
         worker.close()
+
+
+_relays: dict[str, Callable[..., None]] = {}
+
+
+def relay_log(meta: dict[str, Any], pid: int) -> None:
+    """Write a task's log record to this process's loguru sinks.
+
+    loguru decides whether a record is enabled from the module that calls it. Relaying
+    from here would make every task record look like omniq_mp's own, and omniq_mp is
+    silent until configured; so the call is made from a tiny function compiled with the
+    task module's ``__name__``, and the record is filtered as the user's own.
+    """
+    name = str(meta.get("name") or "__main__")
+    relay = _relays.get(name)
+    if relay is None:
+        namespace: dict[str, Any] = {"__name__": name, "logger": logger}
+        exec(
+            "def relay(level, message, extra):\n"
+            "    logger.opt(depth=0).bind(**extra).log(level, message)\n",
+            namespace,
+        )
+        relay = _relays[name] = namespace["relay"]
+    extra = {**dict(meta.get("extra") or {}), "pid": pid}
+    with contextlib.suppress(Exception):  # an unknown level name must not break a task
+        relay(str(meta.get("level", "INFO")), str(meta.get("message", "")), extra)
 
 
 def _context(start_method: str) -> BaseContext:

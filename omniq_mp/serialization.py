@@ -9,11 +9,13 @@ only the client unpickles results: the supervisor moves the bytes untouched.
 from __future__ import annotations
 
 import importlib
+import io
 import pickle
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import cloudpickle
+from loguru import logger
 
 from omniq_mp.errors import SerializationError
 
@@ -40,9 +42,34 @@ def dumps_call(
             f"cannot enqueue a {type(target).__name__}: expected a callable or a dotted path"
         )
     try:
-        return bytes(cloudpickle.dumps((target, tuple(args), dict(kwargs))))
+        return _dumps((target, tuple(args), dict(kwargs)))
     except Exception as exc:
         raise SerializationError(_blame(target, args, kwargs, exc)) from exc
+
+
+# loguru's global logger is passed by name, not by value: a function from __main__ that
+# logs would otherwise carry the producer's handlers (files, queues) into the pickle, and
+# fail to pickle at all once a handler holds a queue. The worker gets its own logger,
+# whose records go back to the supervisor's sinks.
+_LOGGER_ID = "loguru.logger"
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    def persistent_id(self, obj: Any) -> str | None:
+        return _LOGGER_ID if obj is logger else None
+
+
+class _Unpickler(pickle.Unpickler):
+    def persistent_load(self, pid: Any) -> Any:
+        if pid == _LOGGER_ID:
+            return logger
+        raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+
+
+def _dumps(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return buffer.getvalue()
 
 
 def _blame(
@@ -86,7 +113,7 @@ def resolve(path: str) -> Callable[..., Any]:
 
 def loads_call(payload: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
     """Unpickle a call in the worker, resolving a dotted path to its function."""
-    target, args, kwargs = pickle.loads(payload)
+    target, args, kwargs = _Unpickler(io.BytesIO(payload)).load()
     func = resolve(target) if isinstance(target, str) else target
     return func, tuple(args), dict(kwargs)
 
