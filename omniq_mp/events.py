@@ -167,6 +167,7 @@ class AsyncEventProcessor:
         self.position = after
         self.poll_interval = poll_interval
         self.handler_errors = 0
+        self.current: StoredEvent | None = None  # the event being handled, with its position
         self._handlers: list[Handler] = []
         self._stopping = False
 
@@ -197,6 +198,7 @@ class AsyncEventProcessor:
         while not self.stopping():
             batch = await self.storage.read(self.position, _BATCH)
             for stored in batch:
+                self.current = stored
                 for handler in self._handlers:
                     await self._call(handler, stored)
                 self.position = stored.position

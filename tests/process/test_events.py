@@ -136,3 +136,25 @@ async def _read_all(path: str):  # type: ignore[no-untyped-def]
             yield stored
     finally:
         await storage.close()
+
+
+def test_cancelling_a_running_task_records_cancelled(tmp_path: Path) -> None:
+    from omniq_mp import TaskCancelledError, TaskStatus
+
+    with OmniQ(settings(tmp_path)) as q:
+        task_id = q.enqueue(tasks.sleep_for, 30, max_retries=3)
+        wait_for(lambda: q.get_task(task_id).status is TaskStatus.RUNNING, 30, "start")  # type: ignore[union-attr]
+        wait_for(lambda: "STARTED" in types_of(q, task_id), 30, "the STARTED event")
+        assert q.cancel(task_id)
+        with pytest.raises(TaskCancelledError):
+            q.get_result(task_id, timeout=30)
+        assert types_of(q, task_id) == ["ENQUEUED", "STARTED", "CANCELLED"]
+
+
+def test_old_events_are_purged_after_event_ttl(tmp_path: Path) -> None:
+    short = Settings(base_dir=tmp_path, procs=1, event_ttl=0.3, purge_interval=0.2)
+    with OmniQ(short) as q:
+        task_id = q.enqueue(tasks.add, 1, 1)
+        q.get_result(task_id, timeout=30)
+        assert types_of(q, task_id) == ["ENQUEUED", "STARTED", "COMPLETED"]
+        wait_for(lambda: types_of(q, task_id) == [], 10, "the task's events to expire")
