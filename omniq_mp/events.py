@@ -21,6 +21,7 @@ from omniq_mp.eventstore import (
     Event,
     EventStorage,
     EventType,
+    FileEventStorage,
     MemoryEventStorage,
     SQLiteEventStorage,
     StoredEvent,
@@ -33,14 +34,20 @@ __all__ = [
     "EventRecorder",
     "EventStorage",
     "EventType",
+    "FileEventStorage",
     "MemoryEventStorage",
     "SQLiteEventStorage",
     "StoredEvent",
     "TaskEvent",
+    "WorkerEvent",
     "follow",
 ]
 
-TaskEvent = Event  # the name the reference documents use
+# The names the reference documents use. One record type serves both: a worker event has
+# no task_id, and carries hostname, pid, queues, active, processed, uptime and per-child
+# pid/task/RSS/CPU in its details.
+TaskEvent = Event
+WorkerEvent = Event
 _BATCH = 500
 Handler = Callable[[Event], Awaitable[None] | None]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from omniq_mp.config import Settings
 from omniq_mp.eventstore.base import Event, EventStorage, EventType, StoredEvent
+from omniq_mp.eventstore.file import FileEventStorage
 from omniq_mp.eventstore.memory import MemoryEventStorage
 from omniq_mp.eventstore.sqlite import SQLiteEventStorage
 
@@ -11,6 +12,7 @@ __all__ = [
     "Event",
     "EventStorage",
     "EventType",
+    "FileEventStorage",
     "MemoryEventStorage",
     "SQLiteEventStorage",
     "StoredEvent",
@@ -38,7 +40,5 @@ def open_event_storage_at(kind: str, path: str | None) -> EventStorage:
     if kind == "sqlite":
         return SQLiteEventStorage(Path(path or "./omniq_data/events.db"))
     if kind == "file":
-        from omniq_mp.eventstore.file import FileEventStorage
-
         return FileEventStorage(Path(path or "./omniq_data/events"))
     raise ConfigError(f"event_storage_type must be sqlite, file, memory or none; got {kind!r}")

@@ -158,3 +158,14 @@ def test_old_events_are_purged_after_event_ttl(tmp_path: Path) -> None:
         q.get_result(task_id, timeout=30)
         assert types_of(q, task_id) == ["ENQUEUED", "STARTED", "COMPLETED"]
         wait_for(lambda: types_of(q, task_id) == [], 10, "the task's events to expire")
+
+
+@pytest.mark.parametrize("kind", ["file", "memory"])
+def test_events_work_with_every_event_store(tmp_path: Path, kind: str) -> None:
+    chosen = Settings(base_dir=tmp_path, procs=1, event_storage_type=kind)
+    with OmniQ(chosen) as q:
+        task_id = q.enqueue(tasks.add, 2, 2)
+        assert q.get_result(task_id, timeout=30) == 4
+        assert types_of(q, task_id) == ["ENQUEUED", "STARTED", "COMPLETED"]
+    if kind == "file":
+        assert any((tmp_path / "events").glob("events-*.jsonl"))
