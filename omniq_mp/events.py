@@ -49,6 +49,7 @@ __all__ = [
 TaskEvent = Event
 WorkerEvent = Event
 _BATCH = 500
+_LINGER = 0.05  # seconds an event may wait to share a write with the next ones
 Handler = Callable[[Event], Awaitable[None] | None]
 
 
@@ -87,6 +88,10 @@ class EventRecorder:
         while not stopping:
             batch: list[Event] = []
             item = await self._queue.get()
+            if item is not None:
+                # Linger briefly so one write carries many events: a commit per event
+                # would compete with the supervisor for its one core.
+                await asyncio.sleep(_LINGER)
             while True:
                 if item is None:
                     stopping = True  # write what came before the stop mark, then end

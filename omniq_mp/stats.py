@@ -159,18 +159,13 @@ def _worker_row(info: WorkerInfo, now: float) -> WorkerStatistics:
 
 async def global_statistics(storage: Storage, now: float, alive_since: float) -> GlobalStatistics:
     """Totals across queues, and the live supervisors and their processes."""
-    counts = await storage.stats(None, now)
+    done = await storage.completed_since(None, now - THROUGHPUT_WINDOW)
+    totals = asdict(_queue_row("*", await storage.stats(None, now), done))
+    del totals["queue"]
     workers = await storage.workers(alive_since)
     return GlobalStatistics(
         queues=len(await storage.queue_names()),
-        depth=counts.due,
-        scheduled=counts.pending - counts.due,
-        running=counts.running,
-        completed=counts.completed,
-        failed=counts.failed,
-        cancelled=counts.cancelled,
-        dead=counts.dead,
-        throughput=await storage.completed_since(None, now - THROUGHPUT_WINDOW),
         supervisors=len(workers),
         worker_processes=sum(w.procs for w in workers),
+        **totals,
     )
