@@ -8,9 +8,8 @@ runs a loop that we must neither block on nor nest in.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 __all__ = ["LoopThread", "new_event_loop", "run"]
@@ -54,10 +53,6 @@ class LoopThread:
             future.cancel()
             raise
 
-    def call_soon(self, fn: Callable[[], object]) -> None:
-        """Schedule a plain callback on the loop from any thread."""
-        self.loop.call_soon_threadsafe(fn)
-
     def stop(self) -> None:
         """Stop the loop and join the thread (idempotent)."""
         if self.loop.is_closed():
@@ -72,12 +67,3 @@ class LoopThread:
     def running(self) -> bool:
         """True while the loop accepts work."""
         return not self.loop.is_closed() and self._thread.is_alive()
-
-
-def wait_future(future: concurrent.futures.Future[T], timeout: float | None) -> T:
-    """``future.result`` that cancels the future when interrupted."""
-    try:
-        return future.result(timeout)
-    except BaseException:
-        future.cancel()
-        raise

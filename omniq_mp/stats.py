@@ -25,13 +25,11 @@ __all__ = [
 THROUGHPUT_WINDOW = 60.0  # seconds: "completed in the last minute"
 
 
-@dataclass(frozen=True)
-class QueueStatistics:
-    """One queue: ``depth`` tasks due now, ``scheduled`` waiting for their eta (retries
-    included), ``running``, terminal totals, and ``throughput`` (completed in the last
-    minute)."""
+@dataclass(frozen=True, kw_only=True)
+class _Counts:
+    """``depth`` tasks due now, ``scheduled`` waiting for their eta (retries included),
+    ``running``, terminal totals, and ``throughput`` (completed in the last minute)."""
 
-    queue: str
     depth: int
     scheduled: int
     running: int
@@ -46,25 +44,20 @@ class QueueStatistics:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class GlobalStatistics:
+@dataclass(frozen=True, kw_only=True)
+class QueueStatistics(_Counts):
+    """One queue's counts."""
+
+    queue: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class GlobalStatistics(_Counts):
     """All queues together, plus the number of live supervisors and worker processes."""
 
     queues: int
-    depth: int
-    scheduled: int
-    running: int
-    completed: int
-    failed: int
-    cancelled: int
-    dead: int
-    throughput: int
     supervisors: int
     worker_processes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for JSON."""
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -98,25 +91,24 @@ class WorkerStatistics:
         return asdict(self)
 
 
-def _queue_row(queue: str, s: QueueStats, throughput: int) -> QueueStatistics:
-    return QueueStatistics(
-        queue,
-        depth=s.due,
-        scheduled=s.pending - s.due,
-        running=s.running,
-        completed=s.completed,
-        failed=s.failed,
-        cancelled=s.cancelled,
-        dead=s.dead,
-        throughput=throughput,
-    )
+def _counts(s: QueueStats, throughput: int) -> dict[str, int]:
+    return {
+        "depth": s.due,
+        "scheduled": s.pending - s.due,
+        "running": s.running,
+        "completed": s.completed,
+        "failed": s.failed,
+        "cancelled": s.cancelled,
+        "dead": s.dead,
+        "throughput": throughput,
+    }
 
 
 async def queue_statistics(storage: Storage, queue: str, now: float) -> QueueStatistics:
     """Statistics of one queue."""
     counts = await storage.stats([queue], now)
     done = await storage.completed_since([queue], now - THROUGHPUT_WINDOW)
-    return _queue_row(queue, counts, done)
+    return QueueStatistics(queue=queue, **_counts(counts, done))
 
 
 async def all_queue_statistics(storage: Storage, now: float) -> dict[str, QueueStatistics]:
@@ -160,8 +152,7 @@ def _worker_row(info: WorkerInfo, now: float) -> WorkerStatistics:
 async def global_statistics(storage: Storage, now: float, alive_since: float) -> GlobalStatistics:
     """Totals across queues, and the live supervisors and their processes."""
     done = await storage.completed_since(None, now - THROUGHPUT_WINDOW)
-    totals = asdict(_queue_row("*", await storage.stats(None, now), done))
-    del totals["queue"]
+    totals = _counts(await storage.stats(None, now), done)
     workers = await storage.workers(alive_since)
     return GlobalStatistics(
         queues=len(await storage.queue_names()),
