@@ -12,6 +12,8 @@ from loguru import logger
 
 from omniq_mp.config import OmniQConfig, Settings
 from omniq_mp.core import AsyncOmniQ
+from omniq_mp.decorator import TaskFunction
+from omniq_mp.envelope import VersionSkewError
 from omniq_mp.errors import (
     ConfigError,
     OmniqError,
@@ -22,7 +24,10 @@ from omniq_mp.errors import (
     TaskFailedError,
     TaskNotFoundError,
 )
+from omniq_mp.executor import OmniQExecutor
+from omniq_mp.futures import TaskFuture, TaskHandle
 from omniq_mp.models import Task, TaskError, TaskStatus
+from omniq_mp.payload_size import LargePayloadWarning
 from omniq_mp.queue import AsyncTaskQueue
 from omniq_mp.sync import OmniQ
 from omniq_mp.worker import AsyncWorkerPool
@@ -37,8 +42,10 @@ __all__ = [
     "AsyncTaskQueue",
     "AsyncWorkerPool",
     "ConfigError",
+    "LargePayloadWarning",
     "OmniQ",
     "OmniQConfig",
+    "OmniQExecutor",
     "OmniqError",
     "ResultTimeoutError",
     "SerializationError",
@@ -48,7 +55,11 @@ __all__ = [
     "TaskCancelledError",
     "TaskError",
     "TaskFailedError",
+    "TaskFunction",
+    "TaskFuture",
+    "TaskHandle",
     "TaskNotFoundError",
     "TaskStatus",
+    "VersionSkewError",
     "__version__",
 ]

@@ -30,7 +30,7 @@ from loguru import logger
 
 from omniq_mp import ipc
 from omniq_mp.models import ErrorKind, TaskError
-from omniq_mp.serialization import dumps_result, loads_call
+from omniq_mp.serialization import VersionSkewError, dumps_result, loads_call
 
 __all__ = ["main"]
 
@@ -128,6 +128,8 @@ def _execute(payload: bytes, attempt: int) -> tuple[dict[str, Any], bytes]:
         func, args, kwargs = loads_call(payload)
     except ImportError as exc:
         return _failure(exc, ErrorKind.IMPORT, attempt), b""
+    except VersionSkewError as exc:  # its message already names both versions
+        return _failure(exc, ErrorKind.SERIALIZATION, attempt), b""
     except Exception as exc:
         return _failure(exc, ErrorKind.SERIALIZATION, attempt, "the task payload"), b""
     try:

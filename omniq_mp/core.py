@@ -9,14 +9,16 @@ producer: it enqueues and reads results while workers run elsewhere
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from loguru import logger
 
 from omniq_mp.config import Settings
+from omniq_mp.decorator import TaskFunction
 from omniq_mp.errors import (
     ConfigError,
     ResultTimeoutError,
@@ -28,7 +30,9 @@ from omniq_mp.errors import (
 from omniq_mp.events import EventRecorder, enqueued_events
 from omniq_mp.events import follow as follow_events
 from omniq_mp.eventstore import Event, EventStorage, EventType, StoredEvent, open_event_storage
-from omniq_mp.models import Settlement, Task, TaskStatus
+from omniq_mp.futures import TaskHandle
+from omniq_mp.models import Task, TaskStatus
+from omniq_mp.progress import ProgressBar
 from omniq_mp.queue import build_task
 from omniq_mp.schedule import Schedule, check_cron, next_cron_time
 from omniq_mp.serialization import loads_result
@@ -44,6 +48,7 @@ from omniq_mp.stats import (
 from omniq_mp.storage import open_storage
 from omniq_mp.storage.base import QueueStats, Storage
 from omniq_mp.units import parse_duration
+from omniq_mp.watcher import ResultWatcher
 from omniq_mp.worker import HEARTBEAT_INTERVAL, AsyncWorkerPool
 
 __all__ = ["AsyncOmniQ"]
@@ -110,7 +115,7 @@ class AsyncOmniQ:
         self._open = False
         self._workers: AsyncWorkerPool | None = None
         self._runner: asyncio.Task[int] | None = None
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.watcher = ResultWatcher(self.storage.get_many)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -125,6 +130,7 @@ class AsyncOmniQ:
 
     async def close(self) -> None:
         """Stop the embedded supervisor, if any, and close the store."""
+        await self.watcher.close()
         if self._workers is not None:
             workers, self._workers = self._workers, None
             await workers.stop()
@@ -141,7 +147,7 @@ class AsyncOmniQ:
         await self.open()
         workers = self.worker_pool()
         await workers.start()
-        workers.on_settled.append(self._notify)
+        workers.on_settled.append(lambda task, _: self.watcher.notify(task.id))
         self._workers = workers
         self._runner = asyncio.create_task(workers.process_tasks(), name="omniq-supervisor")
         return self
@@ -266,6 +272,65 @@ class AsyncOmniQ:
         [task_id] = await self.enqueue_tasks([task])
         return task_id
 
+    def submit(self, func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> TaskHandle:
+        """:meth:`enqueue` without waiting: returns an awaitable handle at once
+        (``value = await q.submit(f, x)``). Pickling and validation happen here, so a bad
+        call raises now; storing happens in the background and its error, if any, is
+        raised by awaiting the handle. Needs a running event loop."""
+        task = self.build(func, *args, **kwargs)
+        stored = asyncio.get_running_loop().create_task(self._store_one(task))
+        return TaskHandle(self, task.id, stored)
+
+    async def _store_one(self, task: Task) -> str:
+        [task_id] = await self.enqueue_tasks([task])
+        return task_id
+
+    def future(self, task_id: str) -> TaskHandle:
+        """An awaitable handle on an existing task (awaiting it raises
+        :class:`TaskNotFoundError` if there is none)."""
+        return TaskHandle(self, task_id, None)
+
+    async def map(
+        self,
+        func: Callable[..., Any],
+        *iterables: Iterable[Any],
+        progress: bool = False,
+        **task_options: Any,
+    ) -> list[Any]:
+        """``[func(*args) for args in zip(*iterables)]`` run as tasks, stored in batches;
+        the first failure raises (and cancels the rest). ``progress=True`` shows a bar."""
+        ids: list[str] = []
+        calls = iter(zip(*iterables, strict=False))
+        try:
+            while batch := list(itertools.islice(calls, 500)):
+                tasks = [self.build(func, args=list(a), **task_options) for a in batch]
+                ids += await self.enqueue_tasks(tasks)
+        except BaseException:
+            await asyncio.gather(*(self.cancel(i) for i in ids), return_exceptions=True)
+            raise
+        with ProgressBar(len(ids), getattr(func, "__name__", "tasks"), progress) as bar:
+            try:
+                return await asyncio.gather(*(self._counted(i, bar) for i in ids))
+            except BaseException:
+                await asyncio.gather(*(self.cancel(i) for i in ids), return_exceptions=True)
+                raise
+
+    async def _counted(self, task_id: str, bar: ProgressBar) -> Any:
+        try:
+            value = await self.get_result(task_id)
+        except BaseException:
+            bar.count(ok=False)
+            raise
+        bar.count(ok=True)
+        return value
+
+    def task(self, func: Callable[..., Any] | None = None, /, **task_options: Any) -> Any:
+        """Decorator: ``@q.task(timeout=30)``; ``await f.enqueue(...)``, ``await
+        f.submit(...)``, ``await f.map(items)``; direct calls still run here."""
+        if func is None:
+            return lambda f: TaskFunction(f, self, task_options)
+        return TaskFunction(func, self, task_options)
+
     async def enqueue_tasks(self, tasks: Sequence[Task]) -> list[str]:
         """Store tasks built with :meth:`build`, all in one transaction."""
         await self.open()
@@ -345,44 +410,40 @@ class AsyncOmniQ:
 
         :raises TaskFailedError: with the remote exception's type, message and traceback.
         :raises TaskCancelledError: the task was cancelled.
+        :raises ResultTimeoutError: not finished within ``timeout`` seconds (the task is
+            left alone).
+        :raises TaskNotFoundError: no task has this id.
+        """
+        return task_value(await self.wait_finished(task_id, timeout))
+
+    async def wait_finished(self, task_id: str, timeout: float | None = None) -> Task:
+        """Wait until the task is finished, whatever the outcome; return it.
+
         :raises ResultTimeoutError: not finished within ``timeout`` seconds.
         :raises TaskNotFoundError: no task has this id.
         """
         await self.open()
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        delay = 0.002
-        while True:
-            task = await self.queue.get_task(task_id)
-            if task is None:
-                raise TaskNotFoundError(f"no task with id {task_id!r} in {self._where()}")
-            if task.status.is_terminal:
-                return _value_of(task)
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise ResultTimeoutError(await self._timeout_message(task, timeout))
-            await self._wait_settled(task_id, min(delay, remaining or delay))
-            delay = min(delay * 2, 0.1)
+        task = await self.queue.get_task(task_id)
+        if task is None:
+            raise TaskNotFoundError(f"no task with id {task_id!r} in {self._where()}")
+        if task.status.is_terminal:
+            return task
+        finished: asyncio.Future[Task | None] = asyncio.get_running_loop().create_future()
 
-    async def _wait_settled(self, task_id: str, timeout: float) -> None:
-        # Embedded supervisors notify at once; otherwise this is the poll interval.
-        future = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(task_id, []).append(future)
+        def on_finished(_: str, task: Task | None) -> None:
+            if not finished.done():
+                finished.set_result(task)
+
+        self.watcher.watch(task_id, on_finished)
         try:
-            await asyncio.wait_for(future, timeout)
+            found = await asyncio.wait_for(finished, timeout)
         except TimeoutError:
-            pass
-        finally:
-            waiters = self._waiters.get(task_id, [])
-            if future in waiters:
-                waiters.remove(future)
-            if not waiters:
-                self._waiters.pop(task_id, None)
-
-    def _notify(self, task: Task, settlement: Settlement) -> None:
-        for future in self._waiters.get(task.id, []):
-            if not future.done():
-                future.set_result(None)
+            self.watcher.unwatch(task_id, on_finished)
+            current = await self.queue.get_task(task_id) or task
+            raise ResultTimeoutError(await self._timeout_message(current, timeout)) from None
+        if found is None:
+            raise TaskNotFoundError(f"task {task_id} no longer exists in {self._where()}")
+        return found
 
     async def _timeout_message(self, task: Task, timeout: float | None) -> str:
         text = (
@@ -461,7 +522,8 @@ class AsyncOmniQ:
         return await self.queue.stats(queues)
 
 
-def _value_of(task: Task) -> Any:
+def task_value(task: Task) -> Any:
+    """A finished task's value, or the error it ended with raised."""
     if task.status is TaskStatus.COMPLETED:
         return None if task.result is None else loads_result(task.result)
     if task.status is TaskStatus.CANCELLED:

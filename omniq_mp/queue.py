@@ -26,6 +26,7 @@ from omniq_mp.models import (
     TaskError,
     TaskStatus,
 )
+from omniq_mp.payload_size import warn_if_large
 from omniq_mp.retry import RetryPolicy
 from omniq_mp.serialization import callable_name, dumps_call, dumps_result
 from omniq_mp.storage.base import QueueStats, Storage
@@ -77,6 +78,7 @@ def build_task(
     memory = None if max_memory is None else parse_bytes("max_memory", max_memory)
     ttl = None if result_ttl is None else parse_duration("result_ttl", result_ttl)
     payload = dumps_call(target, tuple(args), dict(kwargs or {}))
+    warn_if_large(target, tuple(args), dict(kwargs or {}), len(payload))
     return Task(
         func_name=callable_name(target),
         payload=payload,

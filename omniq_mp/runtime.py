@@ -46,6 +46,12 @@ class LoopThread:
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and wait for it; Ctrl-C cancels it."""
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError(
+                "a blocking omniq_mp call was made from a callback on omniq_mp's own loop "
+                "thread (e.g. a future's done-callback); call it from another thread"
+            )
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result()

@@ -17,9 +17,18 @@ from typing import Any
 import cloudpickle
 from loguru import logger
 
+from omniq_mp.envelope import VersionSkewError, code_hash, local_header, seal, split
 from omniq_mp.errors import SerializationError
 
-__all__ = ["callable_name", "dumps_call", "dumps_result", "loads_call", "loads_result", "resolve"]
+__all__ = [
+    "VersionSkewError",
+    "callable_name",
+    "dumps_call",
+    "dumps_result",
+    "loads_call",
+    "loads_result",
+    "resolve",
+]
 
 Call = tuple[Callable[..., Any] | str, tuple[Any, ...], dict[str, Any]]
 
@@ -42,9 +51,10 @@ def dumps_call(
             f"cannot enqueue a {type(target).__name__}: expected a callable or a dotted path"
         )
     try:
-        return _dumps((target, tuple(args), dict(kwargs)))
+        body = _dumps((target, tuple(args), dict(kwargs)))
     except Exception as exc:
         raise SerializationError(_blame(target, args, kwargs, exc)) from exc
+    return seal(local_header(code_hash(target)), body)
 
 
 # loguru's global logger is passed by name, not by value: a function from __main__ that
@@ -112,8 +122,31 @@ def resolve(path: str) -> Callable[..., Any]:
 
 
 def loads_call(payload: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
-    """Unpickle a call in the worker, resolving a dotted path to its function."""
-    target, args, kwargs = _Unpickler(io.BytesIO(payload)).load()
+    """Unpickle a call in the worker, resolving a dotted path to its function.
+
+    :raises VersionSkewError: the call carries code this interpreter cannot run, or it
+        fails to unpickle and was pickled by another Python or cloudpickle version (the
+        message names both).
+    :raises ImportError: a dotted path (or a by-reference function) does not import.
+    """
+    header, body = split(payload)
+    if header is not None:
+        header.check_runnable_here()
+    try:
+        target, args, kwargs = _Unpickler(io.BytesIO(body)).load()
+    except ImportError:
+        raise
+    except Exception as exc:
+        here = local_header()
+        if header is not None and (header.python, header.cloudpickle) != (
+            here.python,
+            here.cloudpickle,
+        ):
+            raise VersionSkewError(
+                f"the task was pickled under {header.describe()} and cannot be unpickled "
+                f"by this worker's {here.describe()}: {exc!r}"
+            ) from exc
+        raise
     func = resolve(target) if isinstance(target, str) else target
     return func, tuple(args), dict(kwargs)
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import atexit
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from omniq_mp.config import Settings
-from omniq_mp.core import AsyncOmniQ
+from omniq_mp.core import AsyncOmniQ, task_value
+from omniq_mp.decorator import TaskFunction
+from omniq_mp.errors import TaskNotFoundError
 from omniq_mp.eventstore import Event, EventStorage
+from omniq_mp.executor import OmniQExecutor
+from omniq_mp.futures import TaskFuture, settle_future
 from omniq_mp.models import Task, TaskStatus
 from omniq_mp.runtime import LoopThread
 from omniq_mp.schedule import Schedule
@@ -162,3 +166,60 @@ class OmniQ:
     def enqueue_tasks(self, tasks: Sequence[Task]) -> list[str]:
         """Store built tasks in one transaction."""
         return self._loop.call(self._async.enqueue_tasks(tasks))
+
+    # -- futures -----------------------------------------------------------------------------
+
+    def submit(self, func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> TaskFuture:
+        """:meth:`enqueue`, returning a ``concurrent.futures.Future`` of the task's value.
+
+        Task options (``timeout=``, ``queue=`` ...) are taken as in :meth:`enqueue`; use
+        :meth:`executor` for the strict ``Executor.submit`` signature.
+        """
+        return self.future_of(self.enqueue(func, *args, **kwargs))
+
+    def future(self, task_id: str) -> TaskFuture:
+        """A future for an existing task, e.g. one enqueued by an earlier kernel.
+
+        :raises TaskNotFoundError: no task has this id.
+        """
+        if self.get_task(task_id) is None:
+            raise TaskNotFoundError(f"no task with id {task_id!r}")
+        return self.future_of(task_id)
+
+    def future_of(self, task_id: str) -> TaskFuture:
+        """A future for ``task_id`` without checking that it exists (see :meth:`future`)."""
+        future = TaskFuture(task_id, self.cancel)
+
+        def finished(_: str, task: Task | None) -> None:
+            settle_future(future, task, task_value)
+
+        self._loop.loop.call_soon_threadsafe(self._async.watcher.watch, task_id, finished)
+        return future
+
+    def executor(self, **task_options: Any) -> OmniQExecutor:
+        """A ``concurrent.futures.Executor`` on this client; ``task_options`` (``timeout``,
+        ``max_retries``, ``queue`` ...) apply to every task it submits."""
+        return OmniQExecutor(self, **task_options)
+
+    def map(
+        self,
+        func: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        progress: bool = False,
+        **task_options: Any,
+    ) -> list[Any]:
+        """``[func(*args) for args in zip(*iterables)]``, run as tasks; see
+        :meth:`OmniQExecutor.map`. ``progress=True`` shows done, failed and rate."""
+        results = self.executor(**task_options).map(
+            func, *iterables, timeout=timeout, chunksize=chunksize, progress=progress
+        )
+        return list(results)
+
+    def task(self, func: Callable[..., Any] | None = None, /, **task_options: Any) -> Any:
+        """Decorator: ``@q.task(timeout=30)`` keeps direct calls working and adds
+        ``.enqueue(...)``, ``.submit(...)`` and ``.map(...)``; see :class:`TaskFunction`."""
+        if func is None:
+            return lambda f: TaskFunction(f, self, task_options)
+        return TaskFunction(func, self, task_options)

@@ -40,6 +40,11 @@ class QueueStats:
         """Tasks not yet in a terminal state."""
         return self.pending + self.running
 
+    @property
+    def total(self) -> int:
+        """Every task counted, whatever its status."""
+        return self.unfinished + self.completed + self.failed + self.cancelled + self.dead
+
 
 @dataclass(frozen=True)
 class WorkerInfo:
@@ -104,6 +109,10 @@ class Storage(Protocol):
 
     async def get(self, task_id: str) -> Task | None:
         """The task with this id, or None."""
+        ...
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
+        """The tasks among ``task_ids`` that exist, in no particular order."""
         ...
 
     async def cancel(self, task_id: str, now: float) -> Task | None:

@@ -152,6 +152,11 @@ class FileStorage:
         """The task in whatever state it is, or None. :param task_id: the task's id."""
         return await self._run(lambda t: t.get(task_id))
 
+    async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
+        """The tasks among ``task_ids`` that exist."""
+        ids = list(task_ids)
+        return await self._run(lambda t: [task for i in ids if (task := t.get(i)) is not None])
+
     async def cancel(self, task_id: str, now: float) -> Task | None:
         """Cancel a PENDING task (``now`` is its ``finished_at``) or flag a RUNNING one for
         its supervisor to kill; :return: the task as it now is, None if unknown."""

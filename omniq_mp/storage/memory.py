@@ -118,6 +118,10 @@ class MemoryStorage:
         task = self._tasks.get(task_id)
         return None if task is None else replace(task)
 
+    async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
+        """Copies of the tasks among ``task_ids`` that exist."""
+        return [replace(self._tasks[i]) for i in task_ids if i in self._tasks]
+
     async def cancel(self, task_id: str, now: float) -> Task | None:
         """Cancel if PENDING; flag if RUNNING; otherwise leave it as it is."""
         task = self._tasks.get(task_id)

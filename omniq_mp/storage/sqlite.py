@@ -251,6 +251,16 @@ class SQLiteStorage:
         tasks = await self._tasks("WHERE id = ?", (task_id,))
         return tasks[0] if tasks else None
 
+    async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
+        """The tasks among ``task_ids`` that exist."""
+        ids = list(task_ids)
+        found: list[Task] = []
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found += await self._tasks(f"WHERE id IN ({marks})", tuple(chunk))
+        return found
+
     async def cancel(self, task_id: str, now: float) -> Task | None:
         """Cancel a PENDING task at once; flag a RUNNING one for its supervisor to kill."""
 

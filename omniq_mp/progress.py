@@ -1,0 +1,69 @@
+"""Progress bars for long waits: a widget in Jupyter, text in a terminal (tqdm)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+__all__ = ["ProgressBar"]
+
+
+def _tqdm_class() -> Any:
+    try:  # a widget when running under Jupyter with ipywidgets
+        import tqdm.auto
+
+        return tqdm.auto.tqdm
+    except ImportError:  # a kernel without ipywidgets: plain text still works
+        import tqdm.std
+
+        return tqdm.std.tqdm
+
+
+class ProgressBar:
+    """Counts finished futures: done, failed (errors and cancellations), and the rate.
+
+    Safe to update from any thread (futures complete on the client's loop thread).
+    """
+
+    def __init__(self, total: int | None, desc: str = "tasks", enabled: bool = True) -> None:
+        self.done = 0
+        self.failed = 0
+        self._lock = threading.Lock()
+        self._bar: Any = None
+        if enabled:
+            try:
+                self._bar = _tqdm_class()(total=total, desc=desc, unit="task", smoothing=0.1)
+            except ImportError:  # tqdm.auto found a kernel but no widget support
+                from tqdm.std import tqdm
+
+                self._bar = tqdm(total=total, desc=desc, unit="task", smoothing=0.1)
+
+    def grow_to(self, seen: int) -> None:
+        """At least ``seen`` items exist (the total was unknown or too small)."""
+        if self._bar is not None:
+            with self._lock:
+                if (self._bar.total or 0) < seen:
+                    self._bar.total = seen
+                    self._bar.refresh()
+
+    def count(self, ok: bool) -> None:
+        """Record one finished item."""
+        with self._lock:
+            self.done += 1
+            self.failed += not ok
+            if self._bar is not None:
+                self._bar.update(1)
+                if not ok:
+                    self._bar.set_postfix(failed=self.failed, refresh=False)
+
+    def close(self) -> None:
+        """Draw the final state and release the bar."""
+        if self._bar is not None:
+            with self._lock:
+                self._bar.close()
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

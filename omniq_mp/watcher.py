@@ -1,0 +1,105 @@
+"""Turning stored task states into completions: one watcher per client resolves every
+future and handle waiting on a task, with one batched read per sweep instead of a poll per
+task."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+
+from loguru import logger
+
+from omniq_mp.models import Task
+
+__all__ = ["ResultWatcher"]
+
+Finished = Callable[[str, Task | None], None]  # (task id, the finished task or None: gone)
+
+_MIN_DELAY = 0.002
+_MAX_DELAY = 0.05  # a result finished elsewhere is seen within 50 ms
+_SWEEP_SHARE = 10  # wait at least 10x a sweep's duration: sweeps stay under ~10% of the loop
+
+
+class ResultWatcher:
+    """Calls back, on the event loop, when watched tasks reach a terminal status.
+
+    Each sweep reads every watched task in one ``get_many``; sweeps back off from 2 ms to
+    50 ms while nothing finishes. An embedded supervisor's settlements (``notify``) are
+    checked at once, without a full sweep, so a drain of thousands of tasks does not cost
+    thousands of full sweeps.
+    """
+
+    def __init__(self, get_many: Callable[[Sequence[str]], Awaitable[list[Task]]]) -> None:
+        self._get_many = get_many
+        self._watched: dict[str, list[Finished]] = {}
+        self._hot: set[str] = set()
+        self._wake = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+
+    def watch(self, task_id: str, callback: Finished) -> None:
+        """Call ``callback`` once ``task_id`` is finished (or found missing)."""
+        self._watched.setdefault(task_id, []).append(callback)
+        self._hot.add(task_id)  # it may be finished already: look at it in the next round
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run(), name="omniq-result-watcher")
+        self._wake.set()
+
+    def unwatch(self, task_id: str, callback: Finished) -> None:
+        """Forget a callback (its waiter gave up)."""
+        callbacks = self._watched.get(task_id, [])
+        if callback in callbacks:
+            callbacks.remove(callback)
+        if not callbacks:
+            self._watched.pop(task_id, None)
+
+    def notify(self, task_id: str) -> None:
+        """A settlement of ``task_id`` was just written: look at it now."""
+        if task_id in self._watched:
+            self._hot.add(task_id)
+            self._wake.set()
+
+    async def close(self) -> None:
+        """Stop sweeping; callbacks not yet called are dropped."""
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+        self._watched.clear()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = _MIN_DELAY
+        next_sweep = loop.time()
+        while self._watched:
+            full = loop.time() >= next_sweep
+            ids = list(self._watched) if full else [i for i in self._hot if i in self._watched]
+            self._hot.clear()
+            started = loop.time()
+            finished = await self._check(ids)
+            if full:
+                delay = _MIN_DELAY if finished else min(delay * 2, _MAX_DELAY)
+                delay = max(delay, (loop.time() - started) * _SWEEP_SHARE)
+                next_sweep = loop.time() + delay
+            if self._hot:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_sweep - loop.time()))
+            except TimeoutError:
+                pass
+
+    async def _check(self, ids: list[str]) -> int:
+        if not ids:
+            return 0
+        tasks = {task.id: task for task in await self._get_many(ids)}
+        done = 0
+        for task_id in ids:
+            task = tasks.get(task_id)
+            if task is not None and not task.status.is_terminal:
+                continue
+            for callback in self._watched.pop(task_id, []):
+                try:
+                    callback(task_id, task)
+                except Exception:  # one bad callback must not stop every other future
+                    logger.opt(exception=True).error("a completion callback of {} failed", task_id)
+            done += 1
+        return done
