@@ -9,6 +9,7 @@ either way unfinished tasks go back to the queue.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import signal
@@ -28,7 +29,8 @@ from omniq_mp.cli_events import events, stats, top
 from omniq_mp.config import START_METHODS, Settings
 from omniq_mp.core import AsyncOmniQ
 from omniq_mp.errors import ConfigError, ResultTimeoutError, TaskFailedError
-from omniq_mp.models import TaskStatus
+from omniq_mp.models import Settlement, Task, TaskStatus
+from omniq_mp.progress import ProgressBar
 from omniq_mp.runtime import run
 from omniq_mp.sync import OmniQ
 from omniq_mp.worker import HEARTBEAT_INTERVAL, AsyncWorkerPool
@@ -55,6 +57,11 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
 @click.option("--procs", type=click.IntRange(min=1), default=None, help="Worker processes.")
 @click.option("--queues", default=None, help="Comma-separated queues to serve.")
 @click.option("--burst", is_flag=True, help="Exit once no task is due, running or retrying.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show a progress bar of finished tasks [default: with --burst on a terminal].",
+)
 @click.option("--max-tasks-per-child", type=click.IntRange(min=1), default=None)
 @click.option(
     "--max-memory-per-child",
@@ -75,20 +82,27 @@ def cli(ctx: click.Context, log_level: str | None) -> None:
     help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics.",
 )
 @handles_errors
-def workers(burst: bool, metrics_port: int | None, **options: Any) -> None:
+def workers(burst: bool, progress: bool | None, metrics_port: int | None, **options: Any) -> None:
     """Run a supervisor and its worker processes against the store."""
     settings = settings_from(**options)
-    done = run(_serve(settings, burst, metrics_port))
+    if progress is None:
+        progress = burst and sys.stderr.isatty()
+    done = run(_serve(settings, burst, metrics_port, progress))
     click.echo(f"omniq-mp workers: {done} task attempt(s) settled", err=True)
 
 
-async def _serve(settings: Settings, burst: bool, metrics_port: int | None = None) -> int:
+async def _serve(
+    settings: Settings, burst: bool, metrics_port: int | None = None, progress: bool = False
+) -> int:
     omniq = AsyncOmniQ(settings)
     await omniq.open()
+    bar = None
     try:
         workers = omniq.worker_pool()
         refresher = _start_metrics(workers, metrics_port)
         _install_signal_handlers(workers)
+        if progress:
+            bar = await _progress_bar(omniq, workers)
         await workers.start()
         try:
             return await workers.process_tasks(burst=burst)
@@ -97,7 +111,22 @@ async def _serve(settings: Settings, burst: bool, metrics_port: int | None = Non
             if refresher is not None:
                 refresher.cancel()
     finally:
+        if bar is not None:
+            bar.close()
         await omniq.close()
+
+
+async def _progress_bar(omniq: AsyncOmniQ, workers: AsyncWorkerPool) -> ProgressBar:
+    """A bar over the tasks unfinished at start; tasks that arrive later extend it."""
+    backlog = await omniq.stats(workers.settings.queues)
+    bar = ProgressBar(backlog.unfinished, "tasks")
+
+    def on_settled(_: Task, settlement: Settlement) -> None:
+        if settlement.status.is_terminal:
+            bar.count(settlement.status is TaskStatus.COMPLETED)
+
+    workers.on_settled.append(on_settled)
+    return bar
 
 
 def _start_metrics(workers: AsyncWorkerPool, port: int | None) -> asyncio.Task[None] | None:
@@ -279,15 +308,10 @@ def demo(**options: Any) -> None:
 
 
 def _follow(q: OmniQ, ids: list[str]) -> None:
-    with click.progressbar(length=len(ids), label="tasks", file=sys.stderr) as bar:
-        done: set[str] = set()
-        while len(done) < len(ids):
-            for tid in ids:
-                task = q.get_task(tid)
-                if tid not in done and task is not None and task.status.is_terminal:
-                    done.add(tid)
-                    bar.update(1)
-            time.sleep(0.05)
+    futures = [q.future_of(tid) for tid in ids]
+    with ProgressBar(len(ids), "tasks") as bar:
+        for future in concurrent.futures.as_completed(futures):
+            bar.count(not future.cancelled() and future.exception() is None)
 
 
 def _summary(q: OmniQ, labelled: list[tuple[str, str]], elapsed: float) -> str:

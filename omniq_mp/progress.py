@@ -52,6 +52,8 @@ class ProgressBar:
             self.done += 1
             self.failed += not ok
             if self._bar is not None:
+                if self._bar.total is not None and self.done > self._bar.total:
+                    self._bar.total = self.done  # tasks arrived after the bar began
                 self._bar.update(1)
                 if not ok:
                     self._bar.set_postfix(failed=self.failed, refresh=False)

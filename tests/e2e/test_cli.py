@@ -108,3 +108,13 @@ def test_demo_runs_every_kind_of_task(omniq: Cli) -> None:
     assert "14 tasks in" in done.stdout and "13 completed, 1 failed" in done.stdout
     assert "succeeded on retry" in done.stdout
     assert "exceeded its 1s timeout" in done.stdout
+
+
+def test_workers_burst_progress_bar_counts_done_and_failed(omniq: Cli) -> None:
+    for n in ("1", "2", "0"):
+        assert omniq("enqueue", "operator.truediv", "1", n, "--max-retries", "0").returncode == 0
+    drained = omniq("workers", "--procs", "1", "--burst", "--progress")
+    assert drained.returncode == 0, drained.stderr
+    assert "3/3" in drained.stderr and "failed=1" in drained.stderr
+    quiet = omniq("workers", "--procs", "1", "--burst")  # not a terminal: no bar by default
+    assert "task/s" not in quiet.stderr
