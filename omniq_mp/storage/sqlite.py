@@ -10,7 +10,9 @@ retried with jitter instead of surfacing "database is locked".
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import random
 import sqlite3
 import time
@@ -73,17 +75,46 @@ class SQLiteStorage:
         if self._conn is not None:
             return
         _check_path(self.path)
+        if _is_created(self.path):
+            await self._connect()
+            return
+        # A new store: processes creating it at the same moment take turns, so none
+        # mistakes another's half-written file for a stranger's empty one.
+        lock_fd = os.open(f"{self.path}-init.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            await asyncio.to_thread(fcntl.flock, lock_fd, fcntl.LOCK_EX)
+            _refuse_empty(self.path)
+            await self._connect()
+        finally:
+            os.close(lock_fd)  # closing releases the lock
+
+    async def _connect(self) -> None:
         try:
             self._conn = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._configure(self._conn)
+            await self._configure_with_retries(self._conn)
         except sqlite3.Error as exc:
             await self.close()
             raise StorageError(f"cannot open SQLite store {self.path}: {exc}") from exc
 
+    async def _configure_with_retries(self, conn: aiosqlite.Connection) -> None:
+        # Several processes opening a new store at once contend for the switch to WAL,
+        # which SQLite refuses at once (no busy handler) while another connection holds
+        # the file: try again with backoff instead of failing the second process.
+        for attempt in range(_LOCK_RETRIES):
+            try:
+                return await self._configure(conn)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+        await self._configure(conn)
+
     async def _configure(self, conn: aiosqlite.Connection) -> None:
-        # Reading the schema first makes a corrupt file fail here, before any write.
-        await conn.execute("SELECT count(*) FROM sqlite_master")
         await conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        # Reading the schema first makes a corrupt file fail here, before any write. The
+        # cursor is closed so no read transaction is left open for the WAL switch.
+        async with conn.execute("SELECT count(*) FROM sqlite_master") as cursor:
+            await cursor.fetchone()
         mode = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
         if mode is None or str(mode[0]).lower() != "wal":
             raise StorageError(f"{self.path}: cannot switch to WAL mode (got {mode})")
@@ -498,15 +529,26 @@ def _check_path(path: Path) -> None:
         raise StorageError(f"store folder {folder} exists and is not a directory")
     if path.is_dir():
         raise StorageError(f"database path {path} is a directory, not a SQLite file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create store folder {folder}: {exc.strerror}") from exc
+
+
+def _is_created(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def _refuse_empty(path: Path) -> None:
+    """Never create over a stranger's empty file (called under the creation lock)."""
     if path.exists() and path.stat().st_size == 0:
         raise StorageError(
             f"{path} exists but is empty (0 bytes), so it is not an omniq_mp database; "
             "remove it to start a new store"
         )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"cannot create store folder {folder}: {exc.strerror}") from exc
 
 
 async def _run_script(conn: aiosqlite.Connection, script: str) -> None:
