@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from typing import Any
 
@@ -9,14 +10,15 @@ __all__ = ["ProgressBar"]
 
 
 def _tqdm_class() -> Any:
-    try:  # a widget when running under Jupyter with ipywidgets
+    # tqdm.auto picks a widget under Jupyter, but warns there when ipywidgets is missing:
+    # plain text is better than a warning in every cell that shows progress.
+    if importlib.util.find_spec("ipywidgets") is not None:
         import tqdm.auto
 
         return tqdm.auto.tqdm
-    except ImportError:  # a kernel without ipywidgets: plain text still works
-        import tqdm.std
+    import tqdm.std
 
-        return tqdm.std.tqdm
+    return tqdm.std.tqdm
 
 
 class ProgressBar:
@@ -31,12 +33,7 @@ class ProgressBar:
         self._lock = threading.Lock()
         self._bar: Any = None
         if enabled:
-            try:
-                self._bar = _tqdm_class()(total=total, desc=desc, unit="task", smoothing=0.1)
-            except ImportError:  # tqdm.auto found a kernel but no widget support
-                from tqdm.std import tqdm
-
-                self._bar = tqdm(total=total, desc=desc, unit="task", smoothing=0.1)
+            self._bar = _tqdm_class()(total=total, desc=desc, unit="task", smoothing=0.1)
 
     def grow_to(self, seen: int) -> None:
         """At least ``seen`` items exist (the total was unknown or too small)."""

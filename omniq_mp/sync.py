@@ -56,6 +56,12 @@ class OmniQ:
         self._atexit = close_at_exit
         atexit.register(close_at_exit)
 
+    def start(self) -> OmniQ:
+        """Start the embedded supervisor and worker processes, as ``with OmniQ()`` does;
+        for notebooks, where a ``with`` block cannot span cells. Stop with :meth:`close`
+        (also done at interpreter exit)."""
+        return self.__enter__()
+
     def __enter__(self) -> OmniQ:
         try:
             self._loop.call(self._async.__aenter__())
