@@ -246,3 +246,22 @@ def test_task_decorator_by_reference_and_by_value(q: OmniQ) -> None:
     assert shout("a") == "A"
     assert shout.submit("hi", times=2).result(timeout=30) == "HIHI"
     assert shout.options(max_retries=0).task_options == {"max_retries": 0}
+
+
+def test_a_task_pickled_by_another_python_fails_naming_both_versions(q: OmniQ) -> None:
+    import platform
+
+    from omniq_mp.envelope import Header, seal, split
+
+    task = q.build(lambda: "bytecode from elsewhere")
+    header, body = split(task.payload)
+    assert header is not None and header.code is not None
+    task.payload = seal(Header("3.99.0", header.cloudpickle, header.code), bytes(body))
+    [task_id] = q.enqueue_tasks([task])
+    with pytest.raises(TaskFailedError) as caught:
+        q.get_result(task_id, timeout=30)
+    assert caught.value.error_type == "VersionSkewError"
+    assert "Python 3.99.0" in caught.value.message
+    assert f"Python {platform.python_version()}" in caught.value.message
+    stored = q.get_task(task_id)
+    assert stored is not None and stored.attempts == 1  # not retried: it cannot succeed
