@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from omniq_mp.models import TaskError, TaskStatus
 
-__all__ = ["ResultStorage", "TaskResult"]
+__all__ = ["ResultStorage", "TaskResult", "check_terminal", "is_expired"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,26 @@ class TaskResult:
             finished_at=float(data.get("finished_at") or 0.0),
             expires_at=None if data.get("expires_at") is None else float(data["expires_at"]),
         )
+
+
+def check_terminal(results: Sequence[TaskResult]) -> None:
+    """Refuse a batch that holds a result with a status that is not terminal, before any
+    of it is written: backends call this first thing in ``store``.
+
+    :raises ValueError: naming the first such task id and its status.
+    """
+    for result in results:
+        status = TaskStatus(result.status)
+        if not status.is_terminal:
+            raise ValueError(
+                f"result of task {result.task_id!r} must have a terminal status, not {status.value}"
+            )
+
+
+def is_expired(result: TaskResult, now: float) -> bool:
+    """Whether ``result`` is past its ``expires_at`` at ``now``: what ``get`` hides and
+    ``purge_expired`` deletes (strictly before ``now``; None never expires)."""
+    return result.expires_at is not None and result.expires_at < now
 
 
 @runtime_checkable
