@@ -13,7 +13,7 @@ import pytest
 from omniq_mp.models import create_task
 from omniq_mp.schedule import Schedule, next_cron_time
 from omniq_mp.storage.base import Storage
-from tests.contract.backends import BACKENDS, PERSISTENT
+from tests.contract.backends import BACKENDS, PERSISTENT, backend_params
 
 T0 = 1_800_000_000.0  # a whole minute
 
@@ -73,7 +73,7 @@ def _fire_in_child(backend: str, folder: str, minutes: int, out: multiprocessing
     out.put(asyncio.run(run()))
 
 
-@pytest.mark.parametrize("backend", PERSISTENT)
+@pytest.mark.parametrize("backend", backend_params(PERSISTENT))
 async def test_two_supervisors_fire_each_due_time_exactly_once(
     backend: str, tmp_path: Path
 ) -> None:

@@ -17,7 +17,7 @@ from omniq_mp.models import ErrorKind, Settlement, Task, TaskError, TaskStatus, 
 from omniq_mp.storage.base import Storage, WorkerInfo
 from omniq_mp.storage.file import FileStorage
 from omniq_mp.storage.sqlite import SQLiteStorage
-from tests.contract.backends import BACKENDS, PERSISTENT
+from tests.contract.backends import BACKENDS, PERSISTENT, backend_params
 
 NOW = 1_700_000_000.0
 
@@ -217,7 +217,7 @@ async def test_concurrent_claims_in_one_loop_never_share_a_task(store: Storage) 
 # -- persistence and cross-process behaviour -------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", PERSISTENT)
+@pytest.mark.parametrize("backend", backend_params(PERSISTENT))
 async def test_tasks_survive_reopen(backend: str, tmp_path: Path) -> None:
     first = BACKENDS[backend](tmp_path)
     await first.open()
@@ -243,7 +243,7 @@ def _claim_in_child(backend: str, folder: str, out: multiprocessing.Queue) -> No
     out.put(asyncio.run(run()))
 
 
-@pytest.mark.parametrize("backend", PERSISTENT)
+@pytest.mark.parametrize("backend", backend_params(PERSISTENT))
 async def test_two_processes_claiming_never_get_the_same_task(backend: str, tmp_path: Path) -> None:
     store = BACKENDS[backend](tmp_path)
     await store.open()

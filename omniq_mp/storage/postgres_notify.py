@@ -1,0 +1,90 @@
+"""Wake-ups for idle supervisors: LISTEN on one dedicated connection.
+
+Every write that makes work claimable (enqueue, revive, a fired schedule, a retry) sends
+``pg_notify`` on the schema's channel in its own transaction, so the notification arrives
+exactly when the work becomes visible. The listening connection lives outside the pool:
+a pooled connection would be handed to other operations and lose its LISTEN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from omniq_mp.extras import require
+
+__all__ = ["WorkListener"]
+
+# A connection attempt may outlast a very short wait by at most this much.
+_MIN_CONNECT_TIMEOUT = 0.5
+
+
+class WorkListener:
+    """Waits for notifications on ``channel``; reconnects after the connection is lost.
+
+    A lost connection is noticed at the next wait, never by a busy loop: the wait that was
+    running when it broke returns False at its timeout, and the next one reconnects and
+    returns True at once, because notifications sent meanwhile were missed.
+    """
+
+    def __init__(self, dsn: str, channel: str) -> None:
+        self._dsn = dsn
+        self._channel = channel
+        self._conn: Any = None
+        self._had_connection = False
+        self._event = asyncio.Event()
+        self._connecting = asyncio.Lock()  # concurrent waiters must not open two connections
+
+    async def wait(self, timeout: float) -> bool:
+        """True when notified (or when work may have arrived unheard); False after
+        ``timeout`` seconds without news."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        if not self._connected():
+            async with self._connecting:
+                missed = self._had_connection
+                connected = self._connected() or await self._connect(deadline - loop.time())
+            if not connected:
+                await asyncio.sleep(max(deadline - loop.time(), 0.0))
+                return False
+            if missed:
+                self._event.clear()  # this True covers whatever had arrived before
+                return True
+        if not self._event.is_set():
+            try:
+                await asyncio.wait_for(self._event.wait(), max(deadline - loop.time(), 0.0))
+            except TimeoutError:
+                return False
+        self._event.clear()
+        return True
+
+    async def close(self) -> None:
+        """Stop listening and close the connection (idempotent)."""
+        conn, self._conn = self._conn, None
+        if conn is None or conn.is_closed():
+            return
+        try:
+            await conn.close(timeout=2.0)
+        except Exception:  # closing a broken connection: drop it without a goodbye
+            conn.terminate()
+
+    def _connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def _connect(self, remaining: float) -> bool:
+        asyncpg = require("asyncpg", "postgres", "PostgreSQL queue storage")
+        await self.close()
+        conn = None
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=max(remaining, _MIN_CONNECT_TIMEOUT))
+            await conn.add_listener(self._channel, self._notified)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            if conn is not None:
+                conn.terminate()
+            return False
+        self._conn = conn
+        self._had_connection = True
+        return True
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+        self._event.set()
