@@ -23,8 +23,15 @@ from typing import Any
 import click
 
 from omniq_mp import logging as omniq_logging
-from omniq_mp.cli_common import fail, handles_errors, settings_from, store_options
+from omniq_mp.cli_common import (
+    describe_store,
+    fail,
+    handles_errors,
+    settings_from,
+    store_options,
+)
 from omniq_mp.cli_control import cancel, dead, pause, periodic, purge, resume, retry
+from omniq_mp.cli_db import db
 from omniq_mp.cli_events import events, stats, top
 from omniq_mp.config import START_METHODS, Settings
 from omniq_mp.core import AsyncOmniQ
@@ -40,10 +47,17 @@ __all__ = ["main"]
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING ... [env OMNIQ_LOG_LEVEL].")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A YAML or TOML settings file [env OMNIQ_CONFIG]; options and OMNIQ_* win over it.",
+)
 @click.version_option(package_name="omniq_mp")
 @click.pass_context
-def cli(ctx: click.Context, log_level: str | None) -> None:
+def cli(ctx: click.Context, log_level: str | None, config: Path | None) -> None:
     """omniq-mp: a durable multiprocess task queue."""
+    ctx.obj = {"config": config}
     if log_level is None and ctx.invoked_subcommand == "demo":
         log_level = os.environ.get("OMNIQ_LOG_LEVEL", "WARNING")  # keep the demo readable
     try:
@@ -193,6 +207,7 @@ def enqueue(
     delay: float | None,
     backend: str | None,
     base_dir: Path | None,
+    dsn: str | None,
     **options: Any,
 ) -> None:
     """Enqueue FUNC_PATH (package.module.function) with ARGS (each parsed as JSON when it
@@ -205,7 +220,7 @@ def enqueue(
     chosen = {name: value for name, value in options.items() if value is not None}
     if delay is not None:
         chosen["eta"] = timedelta(seconds=delay)
-    q = OmniQ(settings_from(backend=backend, base_dir=base_dir))
+    q = OmniQ(settings_from(backend=backend, base_dir=base_dir, dsn=dsn))
     try:
         task_id = q.enqueue(
             func_path, args=[_parse_value(a) for a in args], kwargs=kwargs, **chosen
@@ -265,7 +280,7 @@ def status(as_json: bool, **options: Any) -> None:
     if as_json:
         click.echo(json.dumps({"tasks": stats.__dict__, "workers": [w.__dict__ for w in live]}))
         return
-    click.echo(f"store: {settings.backend} at {settings.base_dir}")
+    click.echo(f"store: {describe_store(settings)}")
     for name, count in stats.__dict__.items():
         click.echo(f"  {name:<10} {count}")
     click.echo(f"workers alive: {len(live)}")
@@ -331,7 +346,7 @@ def _summary(q: OmniQ, labelled: list[tuple[str, str]], elapsed: float) -> str:
     return "\n".join(lines)
 
 
-for _command in (cancel, dead, retry, purge, periodic, pause, resume, events, stats, top):
+for _command in (cancel, dead, retry, purge, periodic, pause, resume, events, stats, top, db):
     cli.add_command(_command)
 
 

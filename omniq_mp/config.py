@@ -1,8 +1,9 @@
 """One configuration object, :class:`Settings` (also importable as ``OmniQConfig``).
 
-Every field can come from an ``OMNIQ_<FIELD>`` environment variable; explicit arguments win
-over the environment, and the environment wins over the defaults. Values are checked here,
-where they enter, so a bad one fails at start with a message naming it.
+Where a value comes from, strongest first: arguments in code (or command-line options),
+then ``OMNIQ_<FIELD>`` environment variables, then a YAML or TOML config file
+(``config_file=``, ``omniq-mp --config``, or ``OMNIQ_CONFIG``), then the defaults. Values
+are checked here, where they enter, so a bad one fails at start with a message naming it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_type_hints
@@ -21,10 +23,12 @@ if TYPE_CHECKING:
     from omniq_mp.queue import AsyncTaskQueue
     from omniq_mp.storage.base import Storage
 
-__all__ = ["BACKENDS", "START_METHODS", "OmniQConfig", "Settings"]
+__all__ = ["BACKENDS", "RESULT_BACKENDS", "START_METHODS", "OmniQConfig", "Settings"]
 
-BACKENDS = ("sqlite", "file", "memory")
-EVENT_BACKENDS = ("sqlite", "file", "memory", "none")
+BACKENDS = ("sqlite", "file", "memory", "postgres")
+EVENT_BACKENDS = ("sqlite", "file", "memory", "postgres", "redis", "nats", "none")
+RESULT_BACKENDS = ("sqlite", "file", "memory", "postgres", "redis", "nats")
+_ALIASES = {"postgresql": "postgres"}
 START_METHODS = ("forkserver", "spawn")
 
 
@@ -37,7 +41,10 @@ def _default_start_method() -> str:
 class Settings:
     """Where tasks are stored and how workers run them.
 
-    :param backend: ``"sqlite"`` (default), ``"file"`` or ``"memory"`` (one process only).
+    :param backend: ``"sqlite"`` (default), ``"file"``, ``"memory"`` (one process only) or
+        ``"postgres"`` (alias ``"postgresql"``: several hosts share one queue).
+    :param dsn: the PostgreSQL queue's DSN (default: the local server, database postgres).
+    :param postgres_schema: the schema the PostgreSQL queue's tables live in.
     :param base_dir: folder of the store; SQLite keeps ``omniq.db`` in it.
     :param procs: worker processes of an embedded or CLI supervisor.
     :param queues: queue names a supervisor serves.
@@ -63,14 +70,29 @@ class Settings:
     :param retry_delay: delay before the first retry, in seconds; doubles per retry.
     :param retry_delay_max: largest retry delay before jitter, in seconds.
     :param event_storage_type: where task and worker events go: ``"sqlite"`` (``events.db``
-        beside the queue), ``"file"``, ``"memory"`` or ``"none"``; by default ``"memory"``
-        for the memory backend and ``"sqlite"`` otherwise.
+        beside the queue), ``"file"``, ``"memory"``, ``"postgres"``, ``"redis"``, ``"nats"``
+        or ``"none"``; by default ``"memory"`` for the memory backend, ``"postgres"`` (the
+        queue's database) for the postgres backend and ``"sqlite"`` otherwise.
     :param event_storage_path: the event database file or folder; default in ``base_dir``.
+    :param event_storage_url: Redis or NATS server of the event store (default: local).
+    :param event_storage_dsn: PostgreSQL DSN of the event store (default: ``dsn``).
     :param event_ttl: seconds events are kept; None keeps them.
+    :param result_storage_type: a store results are also written to, configured apart from
+        the queue: ``"sqlite"``, ``"file"`` (fsspec: a folder or URL), ``"memory"``,
+        ``"postgres"``, ``"redis"`` or ``"nats"``. None (default): results live in the
+        queue store only. Either way ``get_result`` finds them.
+    :param result_storage_path: its SQLite file or file-store folder/URL (default in
+        ``base_dir``).
+    :param result_storage_url: its Redis or NATS server (default: local, standard port).
+    :param result_storage_dsn: its PostgreSQL DSN (default: ``dsn``).
+    :param event_storage_base_dir: another name for ``event_storage_path``.
+    :param result_storage_base_dir: another name for ``result_storage_path``.
     """
 
     backend: str = "sqlite"
     base_dir: Path = Path("./omniq_data")
+    dsn: str | None = None
+    postgres_schema: str = "omniq"
     procs: int = field(default_factory=lambda: os.cpu_count() or 1)
     queues: tuple[str, ...] = ("default",)
     max_retries: int = 3
@@ -91,13 +113,22 @@ class Settings:
     retry_delay_max: float = 60.0
     event_storage_type: str | None = None
     event_storage_path: Path | None = None
+    event_storage_url: str | None = None
+    event_storage_dsn: str | None = None
     event_ttl: float | None = 7 * 24 * 3600.0
+    result_storage_type: str | None = None
+    result_storage_path: str | Path | None = None
+    result_storage_url: str | None = None
+    result_storage_dsn: str | None = None
+    event_storage_base_dir: Path | None = None
+    result_storage_base_dir: str | Path | None = None
 
     def __post_init__(self) -> None:
         self._normalise()
         for name, choices in (
             ("backend", BACKENDS),
             ("event_storage_type", EVENT_BACKENDS),
+            ("result_storage_type", (*RESULT_BACKENDS, None)),
             ("start_method", START_METHODS),
         ):
             _check_choice(name, getattr(self, name), choices)
@@ -124,11 +155,24 @@ class Settings:
         # "1GB" sizes; fill the event store kind from the backend when not chosen.
         set_ = object.__setattr__
         set_(self, "base_dir", Path(self.base_dir))
+        for name in ("backend", "event_storage_type", "result_storage_type"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                set_(self, name, _ALIASES.get(value.lower(), value.lower()))
+        for alias, name in (
+            ("event_storage_base_dir", "event_storage_path"),
+            ("result_storage_base_dir", "result_storage_path"),
+        ):
+            if getattr(self, alias) is not None and getattr(self, name) is None:
+                set_(self, name, getattr(self, alias))
         queues: Any = self.queues
         if isinstance(queues, str):
             set_(self, "queues", _split_queues(queues))
         if self.event_storage_type is None:
-            set_(self, "event_storage_type", "memory" if self.backend == "memory" else "sqlite")
+            # Events live beside the queue: in one process, on one machine, or on the
+            # database that all hosts share.
+            default = {"memory": "memory", "postgres": "postgres"}.get(self.backend, "sqlite")
+            set_(self, "event_storage_type", default)
         if self.event_storage_path is not None:
             set_(self, "event_storage_path", Path(self.event_storage_path))
         if self.max_memory_per_child is not None:
@@ -156,16 +200,36 @@ class Settings:
         """The SQLite database file inside ``base_dir``."""
         return self.base_dir / "omniq.db"
 
+    @property
+    def postgres_dsn(self) -> str:
+        """The PostgreSQL DSN of the queue (and the default of the other stores)."""
+        from omniq_mp.pg import DEFAULT_DSN
+
+        return self.dsn or DEFAULT_DSN
+
     def with_overrides(self, **changes: Any) -> Settings:
         """A copy with some fields changed (None values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **explicit: Any) -> Settings:
-        """Settings from ``OMNIQ_*`` variables, overridden by ``explicit`` arguments."""
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        config_file: str | Path | None = None,
+        **explicit: Any,
+    ) -> Settings:
+        """Settings from ``explicit`` arguments, over ``OMNIQ_*`` variables, over the
+        config file (``config_file`` or ``OMNIQ_CONFIG``), over the defaults."""
         env = os.environ if environ is None else environ
         hints = get_type_hints(cls)
         values: dict[str, Any] = {}
+        config_file = config_file or env.get("OMNIQ_CONFIG") or None
+        if config_file is not None:
+            from omniq_mp.config_file import read_config_file
+
+            known = {f.name for f in fields(cls)}
+            for name, value in read_config_file(config_file, known).items():
+                values[name] = _from_file(name, value, hints[name], config_file)
         for f in fields(cls):
             raw = env.get(f"OMNIQ_{f.name.upper()}")
             if raw is not None and raw != "":
@@ -204,13 +268,29 @@ def _check_int(name: str, value: Any, *, minimum: int) -> None:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+def _check_choice(name: str, value: Any, choices: tuple[str | None, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        names = ", ".join(str(c) for c in choices)
+        raise ConfigError(f"{name} must be one of {names}; got {value!r}")
 
 
 def _split_queues(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _from_file(name: str, value: Any, hint: Any, source: str | Path) -> Any:
+    # YAML and TOML give typed values; text goes through the environment's parsing so
+    # "1GB", "none" and "a,b" mean the same in a file as in OMNIQ_* variables.
+    if isinstance(value, list) and "tuple" in str(hint):
+        return tuple(str(v) for v in value)
+    if isinstance(value, str):
+        try:
+            return _parse_env(name, value, hint)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{source}: {exc}".replace(f"OMNIQ_{name.upper()}=", f"{name}=")
+            ) from None
+    return value
 
 
 def _parse_env(name: str, raw: str, hint: Any) -> Any:

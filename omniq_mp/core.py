@@ -19,6 +19,7 @@ from loguru import logger
 
 from omniq_mp.config import Settings
 from omniq_mp.decorator import TaskFunction
+from omniq_mp.dsn import redact
 from omniq_mp.errors import (
     ConfigError,
     ResultTimeoutError,
@@ -34,6 +35,8 @@ from omniq_mp.futures import TaskHandle
 from omniq_mp.models import Task, TaskStatus
 from omniq_mp.progress import ProgressBar
 from omniq_mp.queue import build_task
+from omniq_mp.result_writer import ResultWriter
+from omniq_mp.results.base import ResultStorage, TaskResult
 from omniq_mp.schedule import Schedule, check_cron, next_cron_time
 from omniq_mp.serialization import loads_result
 from omniq_mp.stats import (
@@ -47,6 +50,7 @@ from omniq_mp.stats import (
 )
 from omniq_mp.storage import open_storage
 from omniq_mp.storage.base import QueueStats, Storage
+from omniq_mp.stores import open_result_storage
 from omniq_mp.units import parse_duration
 from omniq_mp.watcher import ResultWatcher
 from omniq_mp.worker import HEARTBEAT_INTERVAL, AsyncWorkerPool
@@ -105,12 +109,19 @@ class AsyncOmniQ:
         config: Settings | None = None,
         storage: Storage | None = None,
         event_storage: EventStorage | None = None,
+        result_storage: ResultStorage | None = None,
         **overrides: Any,
     ) -> None:
         self.settings = _resolve_settings(settings, config, overrides)
         self.storage = storage if storage is not None else open_storage(self.settings)
         self.event_storage = event_storage or open_event_storage(self.settings)
         self.recorder = None if self.event_storage is None else EventRecorder(self.event_storage)
+        self.result_storage = result_storage or open_result_storage(self.settings)
+        self.result_writer = (
+            None
+            if self.result_storage is None
+            else ResultWriter(self.result_storage, self.storage.get_many)
+        )
         self.queue = self.settings.task_queue(self.storage)
         self._open = False
         self._workers: AsyncWorkerPool | None = None
@@ -120,13 +131,27 @@ class AsyncOmniQ:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the store (done lazily by every method)."""
-        if not self._open:
-            await self.storage.open()
-            if self.event_storage is not None and self.recorder is not None:
-                await self.event_storage.open()
-                self.recorder.start()
-            self._open = True
+        """Open the queue, event and result stores (done lazily by every method).
+
+        :raises StorageError: a store cannot be opened (those already open are closed).
+        """
+        if self._open:
+            return
+        opened: list[Any] = []
+        try:
+            for store in (self.storage, self.event_storage, self.result_storage):
+                if store is not None:
+                    await store.open()
+                    opened.append(store)
+        except BaseException:
+            for store in reversed(opened):
+                await store.close()
+            raise
+        if self.recorder is not None:
+            self.recorder.start()
+        if self.result_writer is not None:
+            self.result_writer.start()
+        self._open = True
 
     async def close(self) -> None:
         """Stop the embedded supervisor, if any, and close the store."""
@@ -140,6 +165,9 @@ class AsyncOmniQ:
             if self.event_storage is not None and self.recorder is not None:
                 await self.recorder.stop()
                 await self.event_storage.close()
+            if self.result_storage is not None and self.result_writer is not None:
+                await self.result_writer.stop()
+                await self.result_storage.close()
             await self.storage.close()
             self._open = False
 
@@ -160,13 +188,19 @@ class AsyncOmniQ:
     ) -> AsyncWorkerPool:
         """A supervisor over this store: ``async with q.worker_pool() as w:
         await w.process_tasks(limit=10)``."""
-        return AsyncWorkerPool(
+        workers = AsyncWorkerPool(
             self.queue,
             self.settings,
             concurrency=concurrency,
             queues=queues,
             recorder=self.recorder,
         )
+        if self.result_writer is not None:
+            # Every settlement, not only terminal ones: a requested cancel turns a retry
+            # into CANCELLED in the store, and the writer copies what the store holds.
+            writer = self.result_writer
+            workers.on_settled.append(lambda task, _: writer.finished(task.id))
+        return workers
 
     # -- producing ---------------------------------------------------------------------------
 
@@ -414,7 +448,23 @@ class AsyncOmniQ:
             left alone).
         :raises TaskNotFoundError: no task has this id.
         """
-        return task_value(await self.wait_finished(task_id, timeout))
+        try:
+            task = await self.wait_finished(task_id, timeout)
+        except TaskNotFoundError:
+            # Purged from the queue store (result_ttl), but perhaps kept in the result store.
+            stored = await self.get_stored_result(task_id)
+            if stored is None:
+                raise
+            return result_value(stored)
+        return task_value(task)
+
+    async def get_stored_result(self, task_id: str) -> TaskResult | None:
+        """The task's record in the result store (None if there is none, or no such store
+        is configured)."""
+        await self.open()
+        if self.result_storage is None:
+            return None
+        return await self.result_storage.get(task_id)
 
     async def wait_finished(self, task_id: str, timeout: float | None = None) -> Task:
         """Wait until the task is finished, whatever the outcome; return it.
@@ -460,6 +510,8 @@ class AsyncOmniQ:
         return text
 
     def _where(self) -> str:
+        if self.settings.backend == "postgres":
+            return f"the postgres queue {redact(self.settings.postgres_dsn)}"
         return f"the {self.settings.backend} store at {self.settings.base_dir}"
 
     async def _log_duplicate(self, task: Task, existing_id: str) -> None:
@@ -520,6 +572,19 @@ class AsyncOmniQ:
         """Task counts by status."""
         await self.open()
         return await self.queue.stats(queues)
+
+
+def result_value(stored: TaskResult) -> Any:
+    """A result-store record's value, or the error it ended with raised."""
+    task = Task(
+        id=stored.task_id,
+        func_name="?",
+        payload=b"",
+        status=stored.status,
+        result=stored.result,
+        error=stored.error,
+    )
+    return task_value(task)
 
 
 def task_value(task: Task) -> Any:

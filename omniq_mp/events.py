@@ -27,6 +27,7 @@ from omniq_mp.eventstore import (
     StoredEvent,
 )
 from omniq_mp.models import ErrorKind, Settlement, Task, TaskStatus
+from omniq_mp.retrying import OutageWriter
 
 __all__ = [
     "AsyncEventProcessor",
@@ -53,6 +54,9 @@ _LINGER = 0.05  # seconds an event may wait to share a write with the next ones
 Handler = Callable[[Event], Awaitable[None] | None]
 
 
+_STOP_PATIENCE = 5.0  # seconds stop() keeps retrying an unreachable store
+
+
 class EventRecorder:
     """Writes emitted events to storage from a background task, in batches.
 
@@ -66,10 +70,17 @@ class EventRecorder:
 
     def __init__(self, storage: EventStorage, capacity: int = 100_000) -> None:
         self.storage = storage
+        self.capacity = capacity
         self.dropped = 0
-        self.failures = 0
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue(capacity)  # None: stop
         self._writer: asyncio.Task[None] | None = None
+        self._outages = OutageWriter("event store")
+        self._give_up_at: float | None = None  # set by stop(): an outage must not hang it
+
+    @property
+    def failures(self) -> int:
+        """Failed write attempts so far (each retried)."""
+        return self._outages.failures
 
     def start(self) -> None:
         """Start the background writer (idempotent)."""
@@ -81,6 +92,12 @@ class EventRecorder:
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
+            if self.dropped == 0 or self.dropped % 10_000 == 0:
+                logger.bind(action="events_dropped").error(
+                    "event store unreachable and {} events buffered: dropping new events "
+                    "(tasks and results are unaffected)",
+                    self.capacity,
+                )
             self.dropped += 1
 
     async def _write_loop(self) -> None:
@@ -104,13 +121,18 @@ class EventRecorder:
                 await self._write(batch)
 
     async def _write(self, batch: list[Event]) -> None:
-        try:
-            await self.storage.append(batch)
-        except Exception as exc:
-            self.failures += 1
-            logger.bind(action="event_store_failed").warning(
-                "{} events not stored: {}", len(batch), exc
+        # While the store is down the batch waits here and later events fill the bounded
+        # queue behind it; a write that partly landed before failing may repeat some events.
+        stored = await self._outages.write(lambda: self.storage.append(batch), self._giving_up)
+        if not stored:
+            self.dropped += len(batch)
+            logger.bind(action="events_dropped").error(
+                "{} events not stored: the event store stayed unreachable", len(batch)
             )
+
+    def _giving_up(self) -> bool:
+        loop = asyncio.get_running_loop()
+        return self._give_up_at is not None and loop.time() >= self._give_up_at
 
     async def flush(self) -> None:
         """Write everything emitted so far (stops and restarts the writer)."""
@@ -123,8 +145,12 @@ class EventRecorder:
         writer, self._writer = self._writer, None
         if writer is None:
             return
-        await self._queue.put(None)
-        await writer
+        self._give_up_at = asyncio.get_running_loop().time() + _STOP_PATIENCE
+        try:
+            await self._queue.put(None)
+            await writer
+        finally:
+            self._give_up_at = None
 
 
 async def follow(

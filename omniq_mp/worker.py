@@ -43,6 +43,9 @@ __all__ = ["AsyncWorkerPool"]
 HEARTBEAT_INTERVAL = 2.0
 SCHEDULE_INTERVAL = 1.0  # cron has minute resolution; a second late is on time
 _RECOVERY_BATCH = 100
+# Stop a task once its lease has gone this share of lease_ttl without a confirmed renewal:
+# renewals run every quarter ttl, so this leaves time to kill it before the lease ends.
+_LEASE_SAFETY = 0.7
 _PURGE_BATCH = 500
 
 SettledCallback = Callable[[Task, Settlement], None]
@@ -83,6 +86,7 @@ class AsyncWorkerPool:
         self.on_settled: list[SettledCallback] = []
         self.processed = 0  # attempts settled by this supervisor
         self._held: dict[str, Task] = {}
+        self._confirmed: dict[str, float] = {}  # task id -> monotonic time its lease held
         self._ready: collections.deque[Task] = collections.deque()
         self._outcomes: asyncio.Queue[tuple[Task, Outcome]] = asyncio.Queue()
         self._wake = asyncio.Event()  # set when claiming may find or start work
@@ -110,6 +114,7 @@ class AsyncWorkerPool:
         for name, loop in (
             ("recorder", self._record_loop),
             ("leases", self._lease_loop),
+            ("notifications", self._notification_loop),
             ("recovery", self._recovery_loop),
             ("heartbeat", self._heartbeat_loop),
             ("watch", self._watch_loop),
@@ -211,6 +216,7 @@ class AsyncWorkerPool:
         self._pacer.claimed(time.monotonic() - began)
         for task in tasks:
             self._held[task.id] = task
+            self._confirmed[task.id] = began
             self._ready.append(task)
         if tasks:
             self._idle.clear()
@@ -290,6 +296,7 @@ class AsyncWorkerPool:
                 delay = min(delay * 2, 5.0)
         for (task, settlement), ok in zip(pairs, applied, strict=True):
             self._held.pop(task.id, None)
+            self._confirmed.pop(task.id, None)
             if not ok:
                 logger.bind(task_id=task.id, action="settle_fenced").warning(
                     "task {}: lease lost before its outcome was stored; outcome dropped", task.id
@@ -309,20 +316,64 @@ class AsyncWorkerPool:
         period = self.settings.lease_ttl / 4
         while True:
             await asyncio.sleep(period)
-            await _guard("lease renewal", self._renew_leases)
+            try:
+                await self._renew_leases()
+            except Exception as exc:
+                logger.bind(action="service_error").warning("lease renewal failed: {}", exc)
+                self._abandon_unconfirmed()
 
     async def _renew_leases(self) -> None:
         leases = {tid: t.lease_token or "" for tid, t in self._held.items()}
         if not leases:
             return
+        began = time.monotonic()
         until = self.queue.clock() + self.settings.lease_ttl
         lost = await self.queue.storage.extend_leases(leases, until)
+        for task_id in leases:
+            if task_id in self._confirmed:
+                self._confirmed[task_id] = began
         for task_id in lost & set(self._held):
             # Another supervisor took it over: stop working on it (its write would be fenced).
             logger.bind(task_id=task_id, action="lease_lost").warning("lease lost: {}", task_id)
             if not self.pool.abort(task_id, "lease lost to another supervisor"):
                 self._ready = collections.deque(t for t in self._ready if t.id != task_id)
                 self._held.pop(task_id, None)
+                self._confirmed.pop(task_id, None)
+        if not self._held:
+            self._idle.set()
+
+    async def _notification_loop(self) -> None:
+        # Stores that can push (PostgreSQL LISTEN/NOTIFY) wake the claim loop the moment
+        # work arrives from any host; the others are polled every poll_interval.
+        wait_for_work = getattr(self.queue.storage, "wait_for_work", None)
+        if wait_for_work is None:
+            return
+        while True:
+            try:
+                if await wait_for_work(5.0):
+                    self._wake.set()
+            except Exception as exc:  # never spin on a failing store
+                logger.bind(action="service_error").warning("work notifications: {}", exc)
+                await asyncio.sleep(1.0)
+
+    def _abandon_unconfirmed(self) -> None:
+        # While the store is unreachable our leases run out, and then another supervisor
+        # may start the same tasks: stop them here first, so no task ever runs twice at
+        # once. (Their settlements will be fenced or will requeue them, uncharged.)
+        margin = self.settings.lease_ttl * _LEASE_SAFETY
+        now = time.monotonic()
+        for task_id, confirmed in list(self._confirmed.items()):
+            if now - confirmed < margin:
+                continue
+            logger.bind(task_id=task_id, action="lease_expiring").warning(
+                "task {}: lease not renewed for {:.0f}s (store unreachable); stopping it",
+                task_id,
+                now - confirmed,
+            )
+            if not self.pool.abort(task_id, "its lease could not be renewed"):
+                self._ready = collections.deque(t for t in self._ready if t.id != task_id)
+                self._held.pop(task_id, None)
+            self._confirmed.pop(task_id, None)
         if not self._held:
             self._idle.set()
 

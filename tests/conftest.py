@@ -23,3 +23,7 @@ def redis_url() -> str:
 def nats_url() -> str:
     """URL of the loopback NATS with JetStream; skips or fails if it is down."""
     return require("nats").url
+
+
+# Servers a test starts for itself (restart tests); imported here so any test can ask.
+from tests.own_servers import own_redis  # noqa: E402, F401

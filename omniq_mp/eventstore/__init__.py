@@ -21,24 +21,13 @@ __all__ = [
 
 def open_event_storage(settings: Settings) -> EventStorage | None:
     """The event store ``settings`` name (unopened), or None when events are off."""
-    if settings.event_storage_type == "none":
-        return None
-    kind = settings.event_storage_type or "sqlite"
-    if kind == "memory":
-        return MemoryEventStorage()
-    return open_event_storage_at(kind, str(settings.events_path))
+    from omniq_mp.stores import open_event_storage as build
+
+    return build(settings)
 
 
 def open_event_storage_at(kind: str, path: str | None) -> EventStorage:
-    """An (unopened) event store of ``kind`` at ``path``."""
-    from pathlib import Path
+    """An (unopened) event store of ``kind`` at ``path`` (servers: their defaults)."""
+    from omniq_mp.stores import event_storage_at
 
-    from omniq_mp.errors import ConfigError
-
-    if kind == "memory":
-        return MemoryEventStorage()
-    if kind == "sqlite":
-        return SQLiteEventStorage(Path(path or "./omniq_data/events.db"))
-    if kind == "file":
-        return FileEventStorage(Path(path or "./omniq_data/events"))
-    raise ConfigError(f"event_storage_type must be sqlite, file, memory or none; got {kind!r}")
+    return event_storage_at(kind, path=path)

@@ -19,6 +19,7 @@ in ``skipped``.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -265,8 +266,9 @@ class RedisEventStorage:
         streams: dict[Any, Any] = {self._stream: f"{max(after, 0)}-0"}
         while True:
             remaining = deadline - time.monotonic()
-            # BLOCK 0 would wait forever: with no time left, just look once.
-            block = int(min(remaining, longest) * 1000) if remaining > 0.001 else None
+            # BLOCK 0 would wait forever: with no time left, just look once. Round up, so
+            # a wait never ends before its timeout.
+            block = math.ceil(min(remaining, longest) * 1000) if remaining > 0 else None
             with self._redis.errors():
                 reply = await self._redis.client.xread(streams, count=1, block=block)
             if reply or block is None:

@@ -13,6 +13,10 @@ def open_storage(settings: Settings) -> Storage:
     """The backend named by ``settings.backend``, not yet opened."""
     if settings.backend == "memory":
         return MemoryStorage()
+    if settings.backend == "postgres":
+        from omniq_mp.storage.postgres import PostgresStorage
+
+        return PostgresStorage(settings.postgres_dsn, schema=settings.postgres_schema)
     if settings.backend == "file":
         from omniq_mp.storage.file import FileStorage
 

@@ -9,14 +9,9 @@ import asyncio
 import itertools
 import math
 import re
-import shutil
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -27,19 +22,11 @@ from omniq_mp.eventstore.redis import RedisEventStorage
 from omniq_mp.models import TaskError, TaskStatus
 from omniq_mp.results.base import TaskResult
 from omniq_mp.results.redis import RedisResultStorage
+from tests.own_servers import PASSWORD, OwnRedis
+from tests.waiting import until
 
 Store = RedisResultStorage | RedisEventStorage
 STORES = [RedisResultStorage, RedisEventStorage]
-PASSWORD = "s3cret"
-
-
-async def until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll ``condition`` every 20 ms; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def result(task_id: str, value: bytes = b"v", expires_at: float | None = None) -> TaskResult:
@@ -365,83 +352,13 @@ async def test_a_damaged_entry_is_skipped_and_counted(
 # -- a server restart --------------------------------------------------------------------------
 
 
-@dataclass
-class OwnServer:
-    """A redis-server of this test's own (never the shared one), persisting every write."""
-
-    binary: str
-    port: int
-    folder: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://:{PASSWORD}@127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
-        args += ["--requirepass", PASSWORD, "--dir", str(self.folder), "--save", ""]
-        args += ["--appendonly", "yes", "--appendfsync", "always"]
-        args += ["--logfile", str(self.folder / "redis.log")]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        if process.stderr is not None:
-            process.stderr.close()
-
-    async def ready(self) -> None:
-        client = aioredis.Redis(host="127.0.0.1", port=self.port, password=PASSWORD)
-
-        async def answers() -> bool:
-            if self.process is not None and self.process.poll() is not None:
-                log = (self.folder / "redis.log").read_text(errors="replace")
-                raise AssertionError(f"redis-server exited: {log[-2000:]}")
-            try:
-                return bool(await client.ping())
-            except (aioredis.ConnectionError, aioredis.BusyLoadingError):
-                return False
-
-        try:
-            await until(answers, 10, f"redis-server on port {self.port}")
-        finally:
-            await client.aclose()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[OwnServer]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed: cannot test a restart")
-    server = OwnServer(binary, free_port(), tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 async def test_a_server_restart_loses_no_stored_result_and_the_stores_reconnect(
-    own_server: OwnServer,
+    own_redis: OwnRedis,
 ) -> None:
-    own_server.start()
-    await own_server.ready()
-    results = RedisResultStorage(url=own_server.url)
-    events = RedisEventStorage(url=own_server.url)
+    own_redis.start()
+    await own_redis.ready()
+    results = RedisResultStorage(url=own_redis.url)
+    events = RedisEventStorage(url=own_redis.url)
     try:
         await results.open()
         await events.open()
@@ -450,16 +367,16 @@ async def test_a_server_restart_loses_no_stored_result_and_the_stores_reconnect(
             await results.store(sent[start : start + 50])
         await events.append([event("w", i) for i in range(5)])
 
-        own_server.stop()
+        own_redis.stop()
         with pytest.raises(StorageError) as caught:
             await results.store([result("while-down")])
-        assert_one_line_naming(caught.value, f"127.0.0.1:{own_server.port}")
+        assert_one_line_naming(caught.value, f"127.0.0.1:{own_redis.port}")
         with pytest.raises(StorageError) as caught:
             await events.append([event("while-down", 0)])
-        assert_one_line_naming(caught.value, f"127.0.0.1:{own_server.port}")
+        assert_one_line_naming(caught.value, f"127.0.0.1:{own_redis.port}")
 
-        own_server.start()
-        await own_server.ready()
+        own_redis.start()
+        await own_redis.ready()
         # The same objects, never re-opened.
         assert await results.get_many([r.task_id for r in sent]) == {r.task_id: r for r in sent}
         assert await results.get("while-down") is None
