@@ -17,6 +17,7 @@ from omniq_mp.eventstore import Event, EventStorage
 from omniq_mp.executor import OmniQExecutor
 from omniq_mp.futures import TaskFuture, settle_future
 from omniq_mp.models import Task, TaskStatus
+from omniq_mp.results.base import TaskResult
 from omniq_mp.runtime import LoopThread
 from omniq_mp.schedule import Schedule
 from omniq_mp.stats import GlobalStatistics, QueueStatistics, WorkerStatistics
@@ -92,6 +93,10 @@ class OmniQ:
     def get_result(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait for and return the task's value; see :meth:`AsyncOmniQ.get_result`."""
         return self._loop.call(self._async.get_result(task_id, timeout))
+
+    def get_stored_result(self, task_id: str) -> TaskResult | None:
+        """The task's record in the configured result store (None if absent or none)."""
+        return self._loop.call(self._async.get_stored_result(task_id))
 
     def get_events(self, task_id: str) -> list[Event]:
         """Every stored event of one task, oldest first."""
