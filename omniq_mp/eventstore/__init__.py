@@ -6,6 +6,9 @@ from omniq_mp.config import Settings
 from omniq_mp.eventstore.base import Event, EventStorage, EventType, StoredEvent
 from omniq_mp.eventstore.file import FileEventStorage
 from omniq_mp.eventstore.memory import MemoryEventStorage
+from omniq_mp.eventstore.nats import NATSEventStorage
+from omniq_mp.eventstore.postgres import PostgreSQLEventStorage
+from omniq_mp.eventstore.redis import RedisEventStorage
 from omniq_mp.eventstore.sqlite import SQLiteEventStorage
 
 __all__ = [
@@ -14,6 +17,9 @@ __all__ = [
     "EventType",
     "FileEventStorage",
     "MemoryEventStorage",
+    "NATSEventStorage",
+    "PostgreSQLEventStorage",
+    "RedisEventStorage",
     "SQLiteEventStorage",
     "StoredEvent",
 ]
