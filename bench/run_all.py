@@ -23,7 +23,7 @@ from _common import (
     scratch_dir,
 )
 
-BENCHMARKS = ("throughput", "cpu_bound", "timeout_kill")
+BENCHMARKS = ("throughput", "cpu_bound", "timeout_kill", "scale_out")
 HERE = Path(__file__).resolve().parent
 
 
