@@ -9,6 +9,10 @@ what happened as plain data. Anything a task does wrong (raises, returns somethi
 cannot be pickled, calls sys.exit) becomes a DONE frame with an error and the child lives
 on; only a real death (segfault, os._exit, a kill) ends it, and the supervisor sees that
 through the process handle, not through a frame.
+
+With signing on, the supervisor passes the keys as a start argument (see signing.py): the
+child checks each payload's signature for its task id before anything in it is parsed or
+unpickled, and signs each result for the same task id.
 """
 
 from __future__ import annotations
@@ -29,16 +33,22 @@ from typing import Any
 from loguru import logger
 
 from omniq_mp import ipc
+from omniq_mp.errors import SignatureError
 from omniq_mp.models import ErrorKind, TaskError
 from omniq_mp.serialization import VersionSkewError, dumps_result, loads_call
+from omniq_mp.signing import PAYLOAD, RESULT, Signer, open_blob
 
 __all__ = ["main"]
 
 _PR_SET_PDEATHSIG = 1
 
 
-def main(sock: socket.socket, max_tasks: int | None) -> None:
-    """Entry point of a worker process (the target given to multiprocessing)."""
+def main(sock: socket.socket, max_tasks: int | None, signer: Signer | None = None) -> None:
+    """Entry point of a worker process (the target given to multiprocessing).
+
+    :param signer: the keys payloads must be signed with, and results are signed with
+        (None: signing off).
+    """
     _die_with_parent()
     # Own process group: a kill of the group also reaches grandchildren the task started.
     os.setpgid(0, 0)
@@ -57,7 +67,7 @@ def main(sock: socket.socket, max_tasks: int | None) -> None:
         task_id = frame.meta["task_id"]
         send(ipc.STARTED, {"task_id": task_id, "pid": os.getpid()}, b"")
         with logger.contextualize(task_id=task_id, correlation_id=task_id):
-            meta, body = _execute(frame.body, frame.meta.get("attempt", 1))
+            meta, body = _execute(task_id, frame.body, frame.meta.get("attempt", 1), signer)
         served += 1
         meta["retire"] = max_tasks is not None and served >= max_tasks
         send(ipc.DONE, meta, body)
@@ -122,16 +132,14 @@ def _watch_supervisor() -> None:
     threading.Thread(target=watch, name="omniq-supervisor-watch", daemon=True).start()
 
 
-def _execute(payload: bytes, attempt: int) -> tuple[dict[str, Any], bytes]:
-    """Run one call; return DONE meta and the pickled result (empty on failure)."""
-    try:
-        func, args, kwargs = loads_call(payload)
-    except ImportError as exc:
-        return _failure(exc, ErrorKind.IMPORT, attempt), b""
-    except VersionSkewError as exc:  # its message already names both versions
-        return _failure(exc, ErrorKind.SERIALIZATION, attempt), b""
-    except Exception as exc:
-        return _failure(exc, ErrorKind.SERIALIZATION, attempt, "the task payload"), b""
+def _execute(
+    task_id: str, payload: bytes, attempt: int, signer: Signer | None
+) -> tuple[dict[str, Any], bytes]:
+    """Run one call; return DONE meta and the pickled (and signed) result, empty on failure."""
+    call = _load(task_id, payload, attempt, signer)
+    if isinstance(call, dict):
+        return call, b""
+    func, args, kwargs = call
     try:
         value = func(*args, **kwargs)
         if inspect.isawaitable(value):
@@ -142,7 +150,25 @@ def _execute(payload: bytes, attempt: int) -> tuple[dict[str, Any], bytes]:
         body = dumps_result(value)
     except BaseException as exc:
         return _failure(exc, ErrorKind.SERIALIZATION, attempt, f"the result ({_type(value)})"), b""
-    return {"ok": True}, body
+    return {"ok": True}, body if signer is None else signer.seal(task_id, RESULT, body)
+
+
+Call = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+
+
+def _load(
+    task_id: str, payload: bytes, attempt: int, signer: Signer | None
+) -> Call | dict[str, Any]:
+    """The call, or the DONE meta of a payload that cannot run. The signature is checked
+    first: a forged payload must fail before the unpickler (or the header parser) sees it."""
+    try:
+        return loads_call(open_blob(signer, task_id, PAYLOAD, payload))
+    except ImportError as exc:
+        return _failure(exc, ErrorKind.IMPORT, attempt)
+    except (VersionSkewError, SignatureError) as exc:  # their messages say it all
+        return _failure(exc, ErrorKind.SERIALIZATION, attempt)
+    except Exception as exc:
+        return _failure(exc, ErrorKind.SERIALIZATION, attempt, "the task payload")
 
 
 async def _await(awaitable: Any) -> Any:

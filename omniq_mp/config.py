@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_type_hints
 
 from omniq_mp.errors import ConfigError
+from omniq_mp.signing import Signer, settings_problem
 from omniq_mp.units import parse_bytes
 
 if TYPE_CHECKING:
@@ -87,6 +88,14 @@ class Settings:
     :param result_storage_dsn: its PostgreSQL DSN (default: ``dsn``).
     :param event_storage_base_dir: another name for ``event_storage_path``.
     :param result_storage_base_dir: another name for ``result_storage_path``.
+    :param signing_key: a secret of at least 32 bytes (``OMNIQ_SIGNING_KEY``) that turns
+        on HMAC-SHA256 signing: producers sign payloads, workers sign results, and nothing
+        is unpickled before its signature checks out, so writing the store no longer means
+        running code. Unsigned payloads are then refused (drain the queue before turning it
+        on). Never stored, logged or shown by ``repr``. None (default): signing off.
+    :param signing_key_id: the name new signatures carry, so keys can be rotated.
+    :param signing_keys_old: ``"k0:secret0,kz:secretz"``: retired keys, still accepted
+        when verifying (never used to sign); secrets cannot contain commas.
     """
 
     backend: str = "sqlite"
@@ -122,6 +131,9 @@ class Settings:
     result_storage_dsn: str | None = None
     event_storage_base_dir: Path | None = None
     result_storage_base_dir: str | Path | None = None
+    signing_key: str | None = field(default=None, repr=False)
+    signing_key_id: str = "k1"
+    signing_keys_old: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -149,6 +161,7 @@ class Settings:
                 check_seconds(name, getattr(self, name))
         if not self.queues or not all(isinstance(q, str) and q for q in self.queues):
             raise ConfigError(f"queues must be non-empty names, got {self.queues!r}")
+        _check_signing(self)
 
     def _normalise(self) -> None:
         # Accept the forms users and the environment give: str paths, "a,b" queues,
@@ -180,12 +193,18 @@ class Settings:
             set_(self, "max_memory_per_child", limit)
 
     def task_queue(self, storage: Storage) -> AsyncTaskQueue:
-        """An :class:`AsyncTaskQueue` over ``storage`` with this retry and crash policy."""
+        """An :class:`AsyncTaskQueue` over ``storage`` with this retry and crash policy, and
+        this signing key (if any)."""
         from omniq_mp.queue import AsyncTaskQueue
         from omniq_mp.retry import RetryPolicy
 
         policy = RetryPolicy(base=self.retry_delay, cap=self.retry_delay_max)
-        return AsyncTaskQueue(storage, retry_policy=policy, max_crashes=self.max_crashes)
+        return AsyncTaskQueue(
+            storage,
+            retry_policy=policy,
+            max_crashes=self.max_crashes,
+            signer=Signer.from_settings(self),
+        )
 
     @property
     def events_path(self) -> Path:
@@ -194,6 +213,12 @@ class Settings:
             return Path(self.event_storage_path)
         name = "events.db" if self.event_storage_type == "sqlite" else "events"
         return Path(self.base_dir) / name
+
+    @property
+    def wake_dir(self) -> Path | None:
+        """Where processes sharing this store announce their wake-up sockets (None when
+        the store has its own way: one process for memory, NOTIFY for PostgreSQL)."""
+        return None if self.backend in ("memory", "postgres") else self.base_dir / "wake"
 
     @property
     def sqlite_path(self) -> Path:
@@ -272,6 +297,15 @@ def _check_choice(name: str, value: Any, choices: tuple[str | None, ...]) -> Non
     if value not in choices:
         names = ", ".join(str(c) for c in choices)
         raise ConfigError(f"{name} must be one of {names}; got {value!r}")
+
+
+def _check_signing(settings: Settings) -> None:
+    # The check hands back a message: no line this error passes through holds a secret.
+    problem = settings_problem(
+        settings.signing_key, settings.signing_key_id, settings.signing_keys_old
+    )
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 def _split_queues(text: str) -> tuple[str, ...]:

@@ -34,11 +34,12 @@ from omniq_mp.eventstore import Event, EventStorage, EventType, StoredEvent, ope
 from omniq_mp.futures import TaskHandle
 from omniq_mp.models import Task, TaskStatus
 from omniq_mp.progress import ProgressBar
-from omniq_mp.queue import build_task
+from omniq_mp.queue import build_task, sign_payload
 from omniq_mp.result_writer import ResultWriter
 from omniq_mp.results.base import ResultStorage, TaskResult
 from omniq_mp.schedule import Schedule, check_cron, next_cron_time
 from omniq_mp.serialization import loads_result
+from omniq_mp.signing import Signer, same_call
 from omniq_mp.stats import (
     GlobalStatistics,
     QueueStatistics,
@@ -52,6 +53,7 @@ from omniq_mp.storage import open_storage
 from omniq_mp.storage.base import QueueStats, Storage
 from omniq_mp.stores import open_result_storage
 from omniq_mp.units import parse_duration
+from omniq_mp.wakeup import CLIENTS, SUPERVISORS, Poker, WakeListener
 from omniq_mp.watcher import ResultWatcher
 from omniq_mp.worker import HEARTBEAT_INTERVAL, AsyncWorkerPool
 
@@ -127,6 +129,11 @@ class AsyncOmniQ:
         self._workers: AsyncWorkerPool | None = None
         self._runner: asyncio.Task[int] | None = None
         self.watcher = ResultWatcher(self.storage.get_many)
+        wake_dir = self.settings.wake_dir
+        self._supervisors = None if wake_dir is None else Poker(wake_dir, SUPERVISORS)
+        self._wakes = (
+            None if wake_dir is None else WakeListener(wake_dir, CLIENTS, self.watcher.poke)
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -151,6 +158,8 @@ class AsyncOmniQ:
             self.recorder.start()
         if self.result_writer is not None:
             self.result_writer.start()
+        if self._wakes is not None:
+            self._wakes.start()
         self._open = True
 
     async def close(self) -> None:
@@ -162,6 +171,10 @@ class AsyncOmniQ:
             if self._runner is not None:
                 await self._runner
         if self._open:
+            if self._wakes is not None:
+                self._wakes.stop()
+            if self._supervisors is not None:
+                self._supervisors.close()
             if self.event_storage is not None and self.recorder is not None:
                 await self.recorder.stop()
                 await self.event_storage.close()
@@ -235,6 +248,7 @@ class AsyncOmniQ:
             key=key,
             max_memory=max_memory,
             result_ttl=self.settings.result_ttl if result_ttl is None else result_ttl,
+            signer=self.queue.signer,
         )
 
     async def schedule(
@@ -256,7 +270,10 @@ class AsyncOmniQ:
         check_cron(cron, tz)
         if kwargs.get("key") is not None:
             raise ConfigError("key= cannot be combined with cron=: each due time is its own task")
-        template = self.build(func, *args, **kwargs)
+        # Each firing is a new task with a new id: the payload is signed for any task.
+        template = sign_payload(
+            self.build(func, *args, **kwargs), self.queue.signer, recurring=True
+        )
         schedule = Schedule(template, cron, tz, next_run=next_cron_time(cron, tz, time.time()))
         await self.open()
         await self.storage.add_schedule(schedule)
@@ -381,6 +398,8 @@ class AsyncOmniQ:
                 await self._log_duplicate(task, task_id)
         if self._workers is not None:
             self._workers.wake()
+        if self._supervisors is not None:
+            self._supervisors.poke()
         return ids
 
     # -- reading -----------------------------------------------------------------------------
@@ -455,8 +474,8 @@ class AsyncOmniQ:
             stored = await self.get_stored_result(task_id)
             if stored is None:
                 raise
-            return result_value(stored)
-        return task_value(task)
+            return result_value(stored, self.queue.signer)
+        return task_value(task, self.queue.signer)
 
     async def get_stored_result(self, task_id: str) -> TaskResult | None:
         """The task's record in the result store (None if there is none, or no such store
@@ -516,7 +535,8 @@ class AsyncOmniQ:
 
     async def _log_duplicate(self, task: Task, existing_id: str) -> None:
         existing = await self.queue.get_task(existing_id)
-        differs = existing is not None and existing.payload != task.payload
+        # Signatures differ per task id: compare the calls themselves.
+        differs = existing is not None and not same_call(existing.payload, task.payload)
         logger.bind(task_id=existing_id, action="task_deduplicated").info(
             "key {!r} is held by unfinished task {}: not enqueued again{}",
             task.key,
@@ -574,8 +594,9 @@ class AsyncOmniQ:
         return await self.queue.stats(queues)
 
 
-def result_value(stored: TaskResult) -> Any:
-    """A result-store record's value, or the error it ended with raised."""
+def result_value(stored: TaskResult, signer: Signer | None = None) -> Any:
+    """A result-store record's value, or the error it ended with raised (see
+    :func:`task_value`)."""
     task = Task(
         id=stored.task_id,
         func_name="?",
@@ -584,13 +605,20 @@ def result_value(stored: TaskResult) -> Any:
         result=stored.result,
         error=stored.error,
     )
-    return task_value(task)
+    return task_value(task, signer)
 
 
-def task_value(task: Task) -> Any:
-    """A finished task's value, or the error it ended with raised."""
+def task_value(task: Task, signer: Signer | None = None) -> Any:
+    """A finished task's value, or the error it ended with raised.
+
+    :raises SignatureError: with a ``signer``, the result's signature does not check out
+        (it is not unpickled).
+    """
     if task.status is TaskStatus.COMPLETED:
-        return None if task.result is None else loads_result(task.result)
+        if task.result is None and signer is None:
+            return None
+        # With signing on, even a None value is signed bytes: a missing result was removed.
+        return loads_result(task.result or b"", signer=signer, task_id=task.id)
     if task.status is TaskStatus.CANCELLED:
         raise TaskCancelledError(f"task {task.id} was cancelled")
     error = task.error

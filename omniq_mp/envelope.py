@@ -12,6 +12,7 @@ header existed) are plain pickles and are still accepted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import marshal
@@ -19,6 +20,7 @@ import platform
 import struct
 import sys
 import types
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,14 +66,34 @@ class Header:
             )
 
 
+@functools.lru_cache(maxsize=1024)
 def local_header(code: str | None = None) -> Header:
-    """The header this interpreter writes."""
+    """The header this interpreter writes (cached: versions do not change while we run)."""
     return Header(platform.python_version(), str(cloudpickle.__version__), code)
 
 
 def code_hash(target: Any) -> str | None:
     """A short hash of ``target``'s code if cloudpickle will carry it by value, else None."""
-    if isinstance(target, str) or not _by_value(target):
+    if isinstance(target, str):
+        return None
+    try:
+        return _HASHES[target]
+    except (KeyError, TypeError):  # not seen yet, or not weak-referenceable
+        pass
+    found = _code_hash(target)
+    try:
+        _HASHES[target] = found
+    except TypeError:
+        pass
+    return found
+
+
+# Per function object: map() and enqueue loops build many tasks of one function.
+_HASHES: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+
+
+def _code_hash(target: Any) -> str | None:
+    if not _by_value(target):
         return None
     code = getattr(target, "__code__", None)
     if not isinstance(code, types.CodeType):
@@ -94,11 +116,17 @@ def _by_value(target: Any) -> bool:
 
 def seal(header: Header, body: bytes) -> bytes:
     """Prefix ``body`` with the header."""
+    return _prefix(header) + body
+
+
+@functools.lru_cache(maxsize=1024)
+def _prefix(header: Header) -> bytes:
+    # The same few headers are written for every task of a run: encode each once.
     raw = json.dumps(
         {"py": header.python, "cp": header.cloudpickle, "code": header.code},
         separators=(",", ":"),
     ).encode()
-    return MAGIC + _LENGTH.pack(len(raw)) + raw + body
+    return MAGIC + _LENGTH.pack(len(raw)) + raw
 
 
 def split(payload: bytes) -> tuple[Header | None, memoryview]:

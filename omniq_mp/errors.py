@@ -11,6 +11,7 @@ __all__ = [
     "OmniqError",
     "ResultTimeoutError",
     "SerializationError",
+    "SignatureError",
     "StorageError",
     "TaskCancelledError",
     "TaskDeadError",
@@ -29,6 +30,11 @@ class ConfigError(OmniqError, ValueError):
 
 class SerializationError(OmniqError, ValueError):
     """A callable, argument or result cannot be carried between processes."""
+
+
+class SignatureError(OmniqError):
+    """A signed payload or result failed verification (or, with signing on, carries no
+    signature), so it was not unpickled; the message gives the reason, never the key."""
 
 
 class StorageError(OmniqError):

@@ -78,10 +78,12 @@ def configure(
         raise ConfigError(f"log mode must be DEV or PROD; got {mode!r}")
     logger.remove()
     logger.configure(patcher=_context_suffix)
+    # diagnose=False: loguru would otherwise print the local variables of every frame in
+    # a traceback, and those can hold secrets (a signing key, a DSN's password).
     if mode == "DEV":
-        logger.add(sys.stderr, level=level, format=_DEV_FORMAT, colorize=None)
+        logger.add(sys.stderr, level=level, format=_DEV_FORMAT, colorize=None, diagnose=False)
     else:
-        logger.add(sys.stderr, level=level, serialize=True)
+        logger.add(sys.stderr, level=level, serialize=True, diagnose=False)
         logger.add(
             log_file or os.environ.get("OMNIQ_LOG_FILE") or "logs/omniq.log",
             level=level,
@@ -89,6 +91,7 @@ def configure(
             rotation=rotation or os.environ.get("OMNIQ_LOG_ROTATION") or "100 MB",
             retention=retention or os.environ.get("OMNIQ_LOG_RETENTION") or "30 days",
             enqueue=True,
+            diagnose=False,
         )
     logger.enable("omniq_mp")
 

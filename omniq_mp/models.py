@@ -8,9 +8,9 @@ them without ever unpickling user code.
 from __future__ import annotations
 
 import enum
+import os
 import time
 import traceback as _traceback
-import uuid
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -141,7 +141,8 @@ def _safe_str(exception: BaseException) -> str:
 
 
 def _new_id() -> str:
-    return uuid.uuid4().hex
+    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID object.
+    return os.urandom(16).hex()
 
 
 @dataclass

@@ -34,8 +34,10 @@ import psutil
 from loguru import logger
 
 from omniq_mp import child, ipc
+from omniq_mp.crashpoints import crash_point
 from omniq_mp.models import ErrorKind, Outcome, OutcomeKind, Task, TaskError
 from omniq_mp.proctree import descendants, describe_exit, signal_tree
+from omniq_mp.signing import Signer
 
 __all__ = ["ProcessPool", "WorkerProcess"]
 
@@ -134,9 +136,11 @@ class WorkerProcess:
             await self._writer.drain()
         except (ConnectionError, OSError):
             return await self._died(begin)
+        crash_point("after_send_to_child")
         frame = await self._next_frame()
         if frame is None or frame.kind != ipc.STARTED:
             return await self._died(begin)
+        crash_point("after_started")
         if on_started is not None:
             on_started()
         # The timeout clock starts at the child's acknowledgement, on the monotonic clock.
@@ -282,6 +286,8 @@ class ProcessPool:
     :param ready_timeout: seconds a new worker may take to import and report READY.
     :param max_memory_per_child: bytes of resident memory past which a worker is replaced
         after its current task.
+    :param signer: signing keys for the workers, which verify payloads and sign results
+        with them (None: signing off). The pool only hands them over; it never signs.
     """
 
     def __init__(
@@ -293,8 +299,10 @@ class ProcessPool:
         max_tasks_per_child: int | None = None,
         ready_timeout: float = 60.0,
         max_memory_per_child: int | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.size = size
+        self._signer = signer
         self.max_memory_per_child = max_memory_per_child
         self.kill_grace = kill_grace
         self.max_tasks_per_child = max_tasks_per_child
@@ -441,7 +449,9 @@ class ProcessPool:
         parent_end, child_end = socket.socketpair()
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=child.main,
-            args=(child_end, self.max_tasks_per_child),
+            # The keys travel in the start arguments: through the pipe multiprocessing
+            # starts the process with, never its environment or command line.
+            args=(child_end, self.max_tasks_per_child, self._signer),
             name=f"{_NAME_PREFIX}-{slot}",
             daemon=True,
         )

@@ -29,10 +29,11 @@ from omniq_mp.models import (
 from omniq_mp.payload_size import warn_if_large
 from omniq_mp.retry import RetryPolicy
 from omniq_mp.serialization import callable_name, dumps_call, dumps_result
+from omniq_mp.signing import ANY, PAYLOAD, RESULT, Signer, strip
 from omniq_mp.storage.base import QueueStats, Storage
 from omniq_mp.units import parse_bytes, parse_duration
 
-__all__ = ["AsyncTaskQueue", "build_task"]
+__all__ = ["AsyncTaskQueue", "build_task", "sign_payload"]
 
 Clock = Callable[[], float]
 
@@ -52,8 +53,10 @@ def build_task(
     max_memory: str | int | None = None,
     result_ttl: timedelta | float | None = None,
     now: float | None = None,
+    signer: Signer | None = None,
 ) -> Task:
-    """Validate options and pickle the call into a new :class:`Task`.
+    """Validate options and pickle the call into a new :class:`Task`, signed with
+    ``signer`` when given (see :func:`sign_payload`).
 
     Raises :class:`ConfigError` (a ValueError) for a bad option and
     :class:`SerializationError` for a call that cannot be pickled; nothing is stored.
@@ -79,7 +82,7 @@ def build_task(
     ttl = None if result_ttl is None else parse_duration("result_ttl", result_ttl)
     payload = dumps_call(target, tuple(args), dict(kwargs or {}))
     warn_if_large(target, tuple(args), dict(kwargs or {}), len(payload))
-    return Task(
+    task = Task(
         func_name=callable_name(target),
         payload=payload,
         queue=queue,
@@ -93,6 +96,17 @@ def build_task(
         max_memory=memory,
         result_ttl=ttl,
     )
+    return sign_payload(task, signer, recurring=task.interval is not None)
+
+
+def sign_payload(task: Task, signer: Signer | None, *, recurring: bool = False) -> Task:
+    """``task`` with its payload signed for its id, or, when ``recurring`` (interval runs
+    and cron firings get new ids), for any task. Any earlier signature is replaced; without
+    a signer the task is returned unchanged."""
+    if signer is None:
+        return task
+    body = strip(task.payload)
+    return replace(task, payload=signer.seal(ANY if recurring else task.id, PAYLOAD, body))
 
 
 def _eta_seconds(eta: datetime | timedelta | None, now: float) -> float:
@@ -126,6 +140,8 @@ class AsyncTaskQueue:
     :param retry_policy: backoff used for retries.
     :param clock: wall-clock source (epoch seconds); tests pass a fake one.
     :param max_crashes: starts whose process dies before a task is quarantined as DEAD.
+    :param signer: signs the payloads :meth:`enqueue` builds and the results
+        :meth:`complete_task` pickles (None: signing off).
     """
 
     def __init__(
@@ -135,8 +151,10 @@ class AsyncTaskQueue:
         retry_policy: RetryPolicy | None = None,
         clock: Clock = time.time,
         max_crashes: int = 3,
+        signer: Signer | None = None,
     ) -> None:
         self.storage = storage
+        self.signer = signer
         self.retry_policy = retry_policy or RetryPolicy()
         self.clock = clock
         self.max_crashes = max_crashes
@@ -151,7 +169,7 @@ class AsyncTaskQueue:
         **options: Any,
     ) -> str:
         """Store a new task and return its id. Options are those of :func:`build_task`."""
-        task = build_task(func_path, args, kwargs, now=self.clock(), **options)
+        task = build_task(func_path, args, kwargs, now=self.clock(), signer=self.signer, **options)
         [task_id] = await self.storage.enqueue([task])
         return task_id
 
@@ -177,8 +195,11 @@ class AsyncTaskQueue:
         return tasks[0] if tasks else None
 
     async def complete_task(self, task_id: str, result: Any = None, *, task: Task) -> bool:
-        """Record success for a claimed task; reschedules an interval task."""
+        """Record success for a claimed task; reschedules an interval task. ``result`` is a
+        value to pickle (and sign), or bytes already pickled (and signed) by a worker."""
         body = result if isinstance(result, bytes) else dumps_result(result)
+        if self.signer is not None and not isinstance(result, bytes):
+            body = self.signer.seal(task.id, RESULT, body)
         [ok] = await self.storage.settle(
             [self.settlement(task, Outcome(OutcomeKind.SUCCEEDED, body))]
         )

@@ -19,6 +19,7 @@ from loguru import logger
 
 from omniq_mp.envelope import VersionSkewError, code_hash, local_header, seal, split
 from omniq_mp.errors import SerializationError
+from omniq_mp.signing import RESULT, Signer, open_blob
 
 __all__ = [
     "VersionSkewError",
@@ -156,9 +157,15 @@ def dumps_result(value: Any) -> bytes:
     return bytes(cloudpickle.dumps(value))
 
 
-def loads_result(data: bytes) -> Any:
-    """Unpickle a stored result in the client."""
+def loads_result(data: bytes, *, signer: Signer | None = None, task_id: str = "") -> Any:
+    """Unpickle a stored result in the client; with a ``signer``, only once its signature
+    for ``task_id`` checks out.
+
+    :raises SignatureError: the result is unsigned, altered, or signed for another task.
+    :raises SerializationError: it does not unpickle here.
+    """
+    body = open_blob(signer, task_id, RESULT, data)
     try:
-        return pickle.loads(data)
+        return pickle.loads(body)
     except Exception as exc:
         raise SerializationError(f"the stored result cannot be unpickled here: {exc!r}") from exc

@@ -200,9 +200,10 @@ class OmniQ:
     def future_of(self, task_id: str) -> TaskFuture:
         """A future for ``task_id`` without checking that it exists (see :meth:`future`)."""
         future = TaskFuture(task_id, self.cancel)
+        signer = self._async.queue.signer  # results are verified before they are unpickled
 
         def finished(_: str, task: Task | None) -> None:
-            settle_future(future, task, task_value)
+            settle_future(future, task, lambda t: task_value(t, signer))
 
         self._loop.loop.call_soon_threadsafe(self._async.watcher.watch, task_id, finished)
         return future

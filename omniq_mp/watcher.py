@@ -35,6 +35,8 @@ class ResultWatcher:
         self._hot: set[str] = set()
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+        self._poked = False
+        self._earliest_sweep = 0.0  # loop time before which a poke may not force a sweep
 
     def watch(self, task_id: str, callback: Finished) -> None:
         """Call ``callback`` once ``task_id`` is finished (or found missing)."""
@@ -58,6 +60,13 @@ class ResultWatcher:
             self._hot.add(task_id)
             self._wake.set()
 
+    def poke(self) -> None:
+        """Another process stored outcomes: sweep soon (as soon as the sweep budget
+        allows), instead of at the end of the back-off."""
+        if self._watched:
+            self._poked = True
+            self._wake.set()
+
     async def close(self) -> None:
         """Stop sweeping; callbacks not yet called are dropped."""
         if self._runner is not None:
@@ -70,16 +79,21 @@ class ResultWatcher:
         delay = _MIN_DELAY
         next_sweep = loop.time()
         while self._watched:
+            if self._poked:
+                self._poked = False
+                next_sweep = min(next_sweep, max(loop.time(), self._earliest_sweep))
             full = loop.time() >= next_sweep
             ids = list(self._watched) if full else [i for i in self._hot if i in self._watched]
             self._hot.clear()
             started = loop.time()
             finished = await self._check(ids)
             if full:
+                spent = loop.time() - started
                 delay = _MIN_DELAY if finished else min(delay * 2, _MAX_DELAY)
-                delay = max(delay, (loop.time() - started) * _SWEEP_SHARE)
+                delay = max(delay, spent * _SWEEP_SHARE)
                 next_sweep = loop.time() + delay
-            if self._hot:
+                self._earliest_sweep = loop.time() + spent * _SWEEP_SHARE
+            if self._hot or self._poked:
                 continue
             self._wake.clear()
             try:

@@ -30,12 +30,16 @@ from typing import Any
 from loguru import logger
 
 from omniq_mp.config import Settings
+from omniq_mp.crashpoints import crash_point
 from omniq_mp.events import EventRecorder, EventType, SupervisorEvents
-from omniq_mp.models import Outcome, OutcomeKind, Settlement, Task
+from omniq_mp.file_modes import warn_if_exposed
+from omniq_mp.models import Outcome, OutcomeKind, Settlement, Task, TaskStatus
 from omniq_mp.pool import ProcessPool, WorkerProcess
 from omniq_mp.queue import AsyncTaskQueue
 from omniq_mp.schedule import next_cron_time
-from omniq_mp.storage.base import Storage, WorkerInfo
+from omniq_mp.signing import Signer
+from omniq_mp.storage.base import Lease, Storage, WorkerInfo
+from omniq_mp.wakeup import CLIENTS, SUPERVISORS, Poker, WakeListener
 from omniq_mp.watch import WATCH_INTERVAL, TaskWatch, cpu_seconds, tree_rss
 
 __all__ = ["AsyncWorkerPool"]
@@ -82,11 +86,15 @@ class AsyncWorkerPool:
             kill_grace=self.settings.kill_grace,
             max_tasks_per_child=self.settings.max_tasks_per_child,
             max_memory_per_child=_as_bytes(self.settings.max_memory_per_child),
+            signer=Signer.from_settings(self.settings),  # only handed to the workers
         )
         self.on_settled: list[SettledCallback] = []
         self.processed = 0  # attempts settled by this supervisor
         self._held: dict[str, Task] = {}
         self._confirmed: dict[str, float] = {}  # task id -> monotonic time its lease held
+        # Other holders' leases as last read, and the monotonic time each was first seen
+        # so: the observer's clock that judges them (see _dead_leases).
+        self._sightings: dict[str, tuple[tuple[str, float | None], float]] = {}
         self._ready: collections.deque[Task] = collections.deque()
         self._outcomes: asyncio.Queue[tuple[Task, Outcome]] = asyncio.Queue()
         self._wake = asyncio.Event()  # set when claiming may find or start work
@@ -98,6 +106,13 @@ class AsyncWorkerPool:
         self._pacer = Pacer(self.settings.procs, self.settings.prefetch)
         self.watch = TaskWatch(self.pool, self.queue.storage, lambda: self._held, self._drop)
         self._services: list[asyncio.Task[None]] = []
+        wake_dir = self.settings.wake_dir
+        # Producers in other processes poke us when they enqueue; we poke their clients
+        # when we store outcomes (see wakeup.py): millisecond reactions without polling.
+        self._listener = (
+            None if wake_dir is None else WakeListener(wake_dir, SUPERVISORS, self.wake)
+        )
+        self._clients = None if wake_dir is None else Poker(wake_dir, CLIENTS)
 
     async def __aenter__(self) -> AsyncWorkerPool:
         await self.start()
@@ -110,6 +125,7 @@ class AsyncWorkerPool:
 
     async def start(self) -> None:
         """Start the worker processes and the background services."""
+        warn_if_exposed(self.queue.storage, signing=self.settings.signing_key is not None)
         await self.pool.start()
         for name, loop in (
             ("recorder", self._record_loop),
@@ -122,6 +138,8 @@ class AsyncWorkerPool:
             ("schedules", self._schedule_loop),
         ):
             self._services.append(asyncio.create_task(loop(), name=f"omniq-{name}"))
+        if self._listener is not None:
+            self._listener.start()
         self.events.worker(EventType.WORKER_ONLINE, **self._counters())
         logger.bind(action="worker_online", worker=self.worker_id).info(
             "supervisor {} online: {} processes, queues {}",
@@ -155,6 +173,10 @@ class AsyncWorkerPool:
             service.cancel()
         await asyncio.gather(*self._services, return_exceptions=True)
         await self.pool.close()
+        if self._listener is not None:
+            self._listener.stop()
+        if self._clients is not None:
+            self._clients.close()
         with contextlib.suppress(Exception):
             await self.queue.storage.remove_worker(self.worker_id)
         self.events.worker(EventType.WORKER_OFFLINE, **self._counters())
@@ -204,7 +226,10 @@ class AsyncWorkerPool:
         procs = self.settings.procs
         if len(self._ready) >= procs and self.pool.idle() == 0:
             return 0
-        want = procs + self._pacer.prefetch() - len(self._ready) - self.pool.busy()
+        # Every held task counts, outcomes still being stored included: otherwise a slow
+        # store lets the supervisor run far ahead of what it has recorded, and a crash
+        # would re-run all of it.
+        want = procs + self._pacer.prefetch() - len(self._held)
         if budget is not None:
             want = min(want, budget)
         if want <= 0:
@@ -214,6 +239,8 @@ class AsyncWorkerPool:
             self.settings.queues, want, self.worker_id, self.settings.lease_ttl
         )
         self._pacer.claimed(time.monotonic() - began)
+        if tasks:
+            crash_point("after_claim_commit")
         for task in tasks:
             self._held[task.id] = task
             self._confirmed[task.id] = began
@@ -223,7 +250,9 @@ class AsyncWorkerPool:
         return len(tasks)
 
     def _dispatch(self) -> None:
-        # Hand claimed tasks to idle workers, never waiting for one.
+        # Hand claimed tasks to idle workers, never waiting for one; never one whose lease
+        # we can no longer vouch for (a claim that waited long, a stall): it goes back.
+        self._abandon_unconfirmed()
         while (
             not self._stopping and self._ready and (worker := self.pool.try_acquire()) is not None
         ):
@@ -237,6 +266,7 @@ class AsyncWorkerPool:
             "task {} ({}) attempt {} started", task.id, task.func_name, task.attempts
         )
         outcome = await self.pool.run(worker, task, lambda: self.events.started(task, worker.pid))
+        crash_point("after_result_received")
         self._pacer.ran(outcome.duration)
         self._outcomes.put_nowait((task, outcome))
         self._dispatch()  # the freed worker takes the next claimed task at once
@@ -274,6 +304,8 @@ class AsyncWorkerPool:
                 batch.append(self._outcomes.get_nowait())
             pairs = [(task, self.queue.settlement(task, outcome)) for task, outcome in batch]
             durations = {task.id: outcome.duration for task, outcome in batch}
+            if any(s.status is TaskStatus.PENDING and not s.uncharge for _, s in pairs):
+                crash_point("in_retry_scheduling")
             # Shielded: cancelling the recorder must not drop outcomes half-written.
             await asyncio.shield(self._settle(pairs, durations))
             for task, outcome in batch:
@@ -294,6 +326,7 @@ class AsyncWorkerPool:
                         self.events.storing_failed(task, str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        crash_point("after_settle_commit")
         for (task, settlement), ok in zip(pairs, applied, strict=True):
             self._held.pop(task.id, None)
             self._confirmed.pop(task.id, None)
@@ -306,6 +339,8 @@ class AsyncWorkerPool:
                 self.events.settled(task, settlement, (durations or {}).get(task.id))
             for callback in self.on_settled:
                 callback(task, settlement)
+        if self._clients is not None:
+            self._clients.poke()
         if not self._held:
             self._idle.set()
         self._wake.set()  # a limit may be reached, or more may be claimed
@@ -316,9 +351,22 @@ class AsyncWorkerPool:
         period = self.settings.lease_ttl / 4
         while True:
             await asyncio.sleep(period)
+            # First our own clock: after a freeze (SIGSTOP, a VM stall) a lease may have
+            # lapsed and been taken over; a renewal now could still succeed in the moment
+            # before the new holder's write, so stop those tasks rather than renew them.
+            self._abandon_unconfirmed()
+            renewal = asyncio.create_task(self._renew_leases(), name="omniq-renewal")
             try:
-                await self._renew_leases()
-            except Exception as exc:
+                # A renewal may wait long behind another process's lock while our leases
+                # keep ageing: keep judging them meanwhile, so tasks stop before expiry.
+                while not renewal.done():
+                    await asyncio.wait({renewal}, timeout=period / 5)
+                    self._abandon_unconfirmed()
+            finally:
+                if not renewal.done():  # we are being cancelled: so is the renewal
+                    renewal.cancel()
+                    await asyncio.wait({renewal})
+            if (exc := renewal.exception()) is not None:
                 logger.bind(action="service_error").warning("lease renewal failed: {}", exc)
                 self._abandon_unconfirmed()
 
@@ -366,13 +414,18 @@ class AsyncWorkerPool:
             if now - confirmed < margin:
                 continue
             logger.bind(task_id=task_id, action="lease_expiring").warning(
-                "task {}: lease not renewed for {:.0f}s (store unreachable); stopping it",
+                "task {}: lease not renewed for {:.1f}s (store unreachable or this process "
+                "stalled); stopping it",
                 task_id,
                 now - confirmed,
             )
             if not self.pool.abort(task_id, "its lease could not be renewed"):
-                self._ready = collections.deque(t for t in self._ready if t.id != task_id)
-                self._held.pop(task_id, None)
+                if any(t.id == task_id for t in self._ready):
+                    # Never started: give it back now (fenced by its token, uncharged)
+                    # instead of leaving it to lease expiry and a crash charge.
+                    self._drop(task_id)
+                else:
+                    self._held.pop(task_id, None)
             self._confirmed.pop(task_id, None)
         if not self._held:
             self._idle.set()
@@ -381,12 +434,30 @@ class AsyncWorkerPool:
         period = min(self.settings.lease_ttl / 4, 5.0)
         while True:
             await _guard("lease recovery", self.recover_expired)
-            await asyncio.sleep(period)
+            await asyncio.sleep(self._next_scan(period))
+
+    def _next_scan(self, period: float) -> float:
+        # Scan again when the oldest unchanged lease comes of age if that is sooner than the
+        # period: a dead holder's tasks then wait lease_ttl after we saw its last renewal,
+        # not lease_ttl plus up to a period. (Floored: never a hot loop on a failing store.)
+        if not self._sightings:
+            return period
+        due = min(since for _, since in self._sightings.values()) + self.settings.lease_ttl
+        return min(period, max(period / 10, due - time.monotonic() + 0.001))
 
     async def recover_expired(self) -> int:
         """Return tasks whose holder stopped renewing to the queue (or fail them when their
-        retry budget is spent). Returns how many were recovered."""
-        expired = await self.queue.storage.expired(self.queue.clock(), _RECOVERY_BATCH)
+        retry budget is spent). Returns how many were recovered.
+
+        Who judges a lease dead: a store with one clock for everyone (PostgreSQL's
+        ``now()``) says so through ``expired``; for the others (SQLite, file, memory) this
+        supervisor does, by observation on its own monotonic clock (:meth:`_dead_leases`).
+        """
+        storage = self.queue.storage
+        if getattr(storage, "judges_lease_expiry", False):
+            expired = await storage.expired(self.queue.clock(), _RECOVERY_BATCH)
+        else:
+            expired = await self._dead_leases()
         mine = [t for t in expired if t.id not in self._held]
         if not mine:
             return 0
@@ -400,6 +471,49 @@ class AsyncWorkerPool:
                 "task {} recovered from {} (lease expired)", task.id, task.worker_id
             )
         return sum(applied)
+
+    async def _dead_leases(self) -> list[Task]:
+        """RUNNING tasks of other holders whose lease (token and lease end) has not changed
+        for ``lease_ttl`` of this process's monotonic clock, called once per recovery scan.
+
+        The stored lease end is the holder's wall-clock time and is never compared with
+        ours. That comparison was the old rule, and no use of it is safe as a fast path:
+        whatever margin is chosen, a wall-clock jump larger than it (forward here, or
+        backward at the holder) makes a live lease look expired, and the takeover runs the
+        task twice at once. What it would save is one ``lease_ttl`` after a restart
+        following a long outage; the holder's children need that long to be gone anyway.
+        Every renewal changes the lease end (the stores make it strictly increase), so an
+        unchanged lease means no renewal reached the store for that long; the holder itself
+        stops its tasks at ``_LEASE_SAFETY`` of the ttl by its own clock (_lease_loop).
+        All supervisors of a store are assumed to use the same ``lease_ttl``.
+        """
+        before = time.monotonic()
+        leases: list[Lease] = await self.queue.storage.running_leases()
+        after = time.monotonic()
+        sightings: dict[str, tuple[tuple[str, float | None], float]] = {}
+        dead: dict[str, Lease] = {}
+        for lease in leases:
+            if lease.task_id in self._held:
+                continue
+            state = (lease.token, lease.until)
+            previous = self._sightings.get(lease.task_id)
+            # First seen, or changed: its clock starts now (after the read, the late end).
+            since = previous[1] if previous is not None and previous[0] == state else after
+            sightings[lease.task_id] = (state, since)
+            # Judged with the time before the read (the early end): never too soon.
+            if before - since >= self.settings.lease_ttl:
+                dead[lease.task_id] = lease
+        self._sightings = sightings  # forgets tasks that are no longer RUNNING
+        if not dead:
+            return []
+        tasks = await self.queue.storage.get_many(list(dead)[:_RECOVERY_BATCH])
+        # Read again: a renewal or a settlement since the scan means the holder is alive.
+        return [
+            t
+            for t in tasks
+            if t.status is TaskStatus.RUNNING
+            and (t.lease_token or "", t.lease_until) == (dead[t.id].token, dead[t.id].until)
+        ]
 
     def _drop(self, task_id: str) -> None:
         # A claimed task cancelled before it started: out of the buffer, and settled (the

@@ -41,6 +41,7 @@ from loguru import logger
 
 from omniq_mp.errors import StorageError
 from omniq_mp.eventstore.base import Event, EventType, StoredEvent
+from omniq_mp.file_modes import FILE_MODE, make_private_dirs
 
 __all__ = ["FileEventStorage"]
 
@@ -168,7 +169,7 @@ class FileEventStorage:
             lines = (f'{{"position": {last + i}, "event": {b}}}\n' for i, b in enumerate(bodies, 1))
             data = "".join(lines).encode()
             self._tail = None  # a failed write leaves the size unknown
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
             try:
                 view = memoryview(data)
                 while view:  # one write in practice; the loop only covers a short write
@@ -334,7 +335,7 @@ def _read_from(fd: int, offset: int) -> bytes:
 def _flock(base: Path, how: int) -> Iterator[None]:
     # A fresh descriptor each time: flock excludes other descriptors, including other
     # threads of this process, while threads sharing one descriptor would all pass.
-    fd = os.open(base / ".lock", os.O_RDONLY | os.O_CREAT, 0o644)
+    fd = os.open(base / ".lock", os.O_RDONLY | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, how)
         yield
@@ -352,7 +353,7 @@ def _fsync_dir(folder: Path) -> None:
 
 def _make_folder(base: Path) -> None:
     try:
-        base.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(base)  # 0700, as the queue store it describes
     except (FileExistsError, NotADirectoryError) as exc:  # a file where a folder must be
         raise StorageError(f"event log {base}: a file in the way is not a directory") from exc
     except OSError as exc:

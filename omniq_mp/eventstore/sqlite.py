@@ -17,6 +17,7 @@ import aiosqlite
 
 from omniq_mp.errors import StorageError
 from omniq_mp.eventstore.base import Event, EventType, StoredEvent
+from omniq_mp.file_modes import create_private_file, make_private_dirs
 
 __all__ = ["SQLiteEventStorage"]
 
@@ -47,7 +48,10 @@ class SQLiteEventStorage:
         if self._conn is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # 0700 folder, 0600 file made before SQLite opens it (its -wal and -shm
+            # files take the database's mode): events name tasks and their errors.
+            make_private_dirs(self.path.parent)
+            create_private_file(self.path)
             self._conn = await aiosqlite.connect(self.path, isolation_level=None)
             await self._conn.execute("PRAGMA busy_timeout = 5000")
             await self._conn.execute("PRAGMA journal_mode = WAL")

@@ -47,6 +47,7 @@ from loguru import logger
 
 from omniq_mp.errors import ConfigError, StorageError
 from omniq_mp.extras import require
+from omniq_mp.file_modes import make_private_dirs
 from omniq_mp.models import TaskStatus
 from omniq_mp.results.base import TaskResult, check_terminal, is_expired
 
@@ -329,8 +330,7 @@ class _LocalObjects:
         if os.path.isdir(self.root):
             return
         try:
-            os.makedirs(self.root, mode=0o700)
-            self._made_root = True
+            self._made_root = make_private_dirs(self.root)  # parents 0700 too
         except FileExistsError as exc:
             if not os.path.isdir(self.root):
                 raise StorageError(f"result store {self.root}: a file is in the way") from exc

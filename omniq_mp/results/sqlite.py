@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import aiosqlite
 
 from omniq_mp.errors import StorageError
+from omniq_mp.file_modes import create_private_file, make_private_dirs
 from omniq_mp.models import TaskStatus
 from omniq_mp.results.base import TaskResult, check_terminal
 
@@ -68,7 +69,10 @@ class SQLiteResultStorage:
         if self._conn is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # 0700 folder, 0600 file made before SQLite opens it (its -wal and -shm
+            # files take the database's mode): clients unpickle what this store holds.
+            make_private_dirs(self.path.parent)
+            create_private_file(self.path)
             self._conn = await aiosqlite.connect(self.path, isolation_level=None)
             # Reading the schema first makes a corrupt file fail here, before any write.
             await self._conn.execute("SELECT count(*) FROM sqlite_master")

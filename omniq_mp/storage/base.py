@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
 
-__all__ = ["QueueStats", "Storage", "WorkerInfo"]
+__all__ = ["RENEWAL_STEP", "Lease", "QueueStats", "Storage", "WorkerInfo"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,26 @@ class WorkerInfo:
     details: Mapping[str, Any] = field(default_factory=dict)  # counters and children, as JSON
 
 
+# Seconds a renewal adds at least to the stored lease end, so that every renewal changes it.
+RENEWAL_STEP = 0.001
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What another supervisor sees of a RUNNING task's lease.
+
+    ``until`` is the lease end its holder last wrote, on the holder's wall clock. Observers
+    never compare it with their own clock; they only watch whether ``(token, until)``
+    changes, which every renewal guarantees (SQLite, file and memory stores make ``until``
+    strictly increase). A lease unchanged for ``lease_ttl`` of the observer's monotonic
+    time belongs to a holder that stopped renewing.
+    """
+
+    task_id: str
+    token: str
+    until: float | None
+
+
 @runtime_checkable
 class Storage(Protocol):
     """Durable task storage. All times are wall-clock epoch seconds."""
@@ -100,11 +120,21 @@ class Storage(Protocol):
         ...
 
     async def extend_leases(self, leases: Mapping[str, str], lease_until: float) -> set[str]:
-        """Renew leases given as ``{task_id: token}``; return the ids whose lease was lost."""
+        """Renew leases given as ``{task_id: token}``; return the ids whose lease was lost.
+
+        In a store whose supervisors judge leases by observation (all but those setting
+        ``judges_lease_expiry``), every renewal must change what :meth:`running_leases`
+        reports for the task, even when the holder's clock stands still or steps back.
+        """
         ...
 
     async def expired(self, now: float, limit: int) -> list[Task]:
         """RUNNING tasks whose lease ended before ``now`` (their holder is presumed dead)."""
+        ...
+
+    async def running_leases(self) -> list[Lease]:
+        """The lease of every RUNNING task: a light read (no payloads, no write lock) that
+        supervisors repeat to judge leases on their own monotonic clock."""
         ...
 
     async def get(self, task_id: str) -> Task | None:

@@ -46,9 +46,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from omniq_mp.errors import StorageError
+from omniq_mp.file_modes import FILE_MODE, make_private_dirs
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
-from omniq_mp.storage.base import QueueStats, WorkerInfo
+from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo
 from omniq_mp.storage.file_codec import (
     Corrupt,
     decode_schedule,
@@ -89,7 +90,9 @@ _REVIVABLE = (TaskStatus.DEAD, TaskStatus.FAILED)
 class FileStorage:
     """Tasks as JSON files in one folder tree, shared safely by several processes.
 
-    :param base_dir: the store's folder; created with its parents by :meth:`open`.
+    :param base_dir: the store's folder; created with its parents by :meth:`open`. What
+        the store creates is private to its user (folders 0700, files 0600): whoever can
+        write it can run code in the workers.
     """
 
     def __init__(self, base_dir: str | Path) -> None:
@@ -147,6 +150,10 @@ class FileStorage:
     async def expired(self, now: float, limit: int) -> list[Task]:
         """RUNNING tasks whose lease ended before ``now``, earliest lease end first."""
         return await self._run(lambda t: t.expired(now, limit))
+
+    async def running_leases(self) -> list[Lease]:
+        """The lease of every RUNNING task (entries of ``running/``)."""
+        return await self._run(lambda t: t.leases())
 
     async def get(self, task_id: str) -> Task | None:
         """The task in whatever state it is, or None. :param task_id: the task's id."""
@@ -270,7 +277,7 @@ def _make_tree(base: Path) -> None:
             break
     try:
         for name in _FOLDERS:  # also adds folders a newer version introduced to older stores
-            (base / name).mkdir(parents=True, exist_ok=True)
+            make_private_dirs(base / name)
     except FileExistsError as exc:  # mkdir's way of saying "a file has this name"
         raise StorageError(f"{exc.filename} exists and is not a directory") from exc
     except OSError as exc:
@@ -281,7 +288,7 @@ def _locked(base: Path, op: Callable[[_Tree], T]) -> T:
     # A fresh descriptor per operation: flock excludes other descriptors, including other
     # threads of this process, while two threads sharing one descriptor would both pass.
     try:
-        fd = os.open(base / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(base / ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             tree = _Tree(base)
@@ -324,7 +331,7 @@ class _Tree:
         """Write ``data`` durably beside ``path``; return the temp file."""
         self.mkdir(path.parent)
         tmp = path.with_name(path.name + _TMP)
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -335,7 +342,7 @@ class _Tree:
 
     def mkdir(self, folder: Path) -> None:
         if not folder.is_dir():  # a queue's first task creates its folder
-            folder.mkdir(parents=True)
+            make_private_dirs(folder)
             self.dirty.add(folder.parent)
 
     def move(self, src: Path, dst: Path) -> None:
@@ -501,7 +508,7 @@ class _Tree:
         if task.key:
             folder = self.key_folder(task.key)
             self.mkdir(folder)
-            (folder / entry_name(task.id)).touch()
+            (folder / entry_name(task.id)).touch(FILE_MODE)
             self.dirty.add(folder)
 
     def drop_key(self, task: Task) -> None:
@@ -645,9 +652,16 @@ class _Tree:
             if entry is None or not _holds(entry[0], token):
                 lost.add(task_id)
             else:
-                task = dataclasses.replace(entry[0], lease_until=lease_until)
+                # Strictly later than before, whatever the holder's clock says: observers
+                # recognise a renewal by the change (see running_leases).
+                until = max(lease_until, (entry[0].lease_until or 0) + RENEWAL_STEP)
+                task = dataclasses.replace(entry[0], lease_until=until)
                 self.write(path, encode_task(task, entry[1]))
         return lost
+
+    def leases(self) -> list[Lease]:
+        entries = self.running_entries()
+        return [Lease(t.id, t.lease_token or "", t.lease_until) for _, t, _ in entries]
 
     def expired(self, now: float, limit: int) -> list[Task]:
         found = [t for _, t, _ in self.running_entries() if (t.lease_until or 0) < now]

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
-from omniq_mp.storage.base import QueueStats, WorkerInfo
+from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo
 
 __all__ = ["MemoryStorage"]
 
@@ -98,7 +98,9 @@ class MemoryStorage:
         for task_id, token in leases.items():
             task = self._tasks.get(task_id)
             if task is not None and _holds(task, token):
-                task.lease_until = lease_until
+                # Strictly later than before, whatever the holder's clock says: observers
+                # recognise a renewal by the change (see running_leases).
+                task.lease_until = max(lease_until, (task.lease_until or 0) + RENEWAL_STEP)
             else:
                 lost.add(task_id)
         return lost
@@ -112,6 +114,14 @@ class MemoryStorage:
         ]
         found.sort(key=lambda t: t.lease_until or 0)
         return found[:limit]
+
+    async def running_leases(self) -> list[Lease]:
+        """The lease of every RUNNING task."""
+        return [
+            Lease(t.id, t.lease_token or "", t.lease_until)
+            for t in self._tasks.values()
+            if t.status is TaskStatus.RUNNING
+        ]
 
     async def get(self, task_id: str) -> Task | None:
         """A copy of the task, or None."""

@@ -24,10 +24,12 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
+from omniq_mp.crashpoints import crash_point
 from omniq_mp.errors import StorageError
+from omniq_mp.file_modes import FILE_MODE, create_private_file, make_private_dirs
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
-from omniq_mp.storage.base import QueueStats, WorkerInfo
+from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo
 from omniq_mp.storage.sqlite_codec import (
     COLUMNS,
     FINISH,
@@ -80,10 +82,13 @@ class SQLiteStorage:
             return
         # A new store: processes creating it at the same moment take turns, so none
         # mistakes another's half-written file for a stranger's empty one.
-        lock_fd = os.open(f"{self.path}-init.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        lock_fd = os.open(f"{self.path}-init.lock", os.O_CREAT | os.O_RDWR, FILE_MODE)
         try:
             await asyncio.to_thread(fcntl.flock, lock_fd, fcntl.LOCK_EX)
             _refuse_empty(self.path)
+            # Created 0600 before SQLite opens it, so others never get a moment to open
+            # it; its -wal, -shm and -journal files then take the same mode.
+            create_private_file(self.path)
             await self._connect()
         finally:
             os.close(lock_fd)  # closing releases the lock
@@ -192,6 +197,7 @@ class SQLiteStorage:
                 ids.append(task.id)
                 fresh.append(task_row(task))
             await conn.executemany(INSERT, fresh)
+            crash_point("enqueue_before_commit")  # tests: a crash here must leave no row
             return ids
 
         try:
@@ -262,9 +268,11 @@ class SQLiteStorage:
         async def body(conn: aiosqlite.Connection) -> set[str]:
             tokens = await _current_tokens(conn, list(leases))
             held = [tid for tid, token in leases.items() if tokens.get(tid) == token]
+            # Never the value already stored (a holder's clock may stand still or step
+            # back): observers see a renewal only as a change (see running_leases).
             await conn.executemany(
-                "UPDATE tasks SET lease_until = ? WHERE id = ?",
-                [(lease_until, tid) for tid in held],
+                "UPDATE tasks SET lease_until = max(?, coalesce(lease_until, 0) + ?) WHERE id = ?",
+                [(lease_until, RENEWAL_STEP, tid) for tid in held],
             )
             return set(leases) - set(held)
 
@@ -276,6 +284,14 @@ class SQLiteStorage:
             "WHERE status = 'RUNNING' AND lease_until < ? ORDER BY lease_until LIMIT ?",
             (now, limit),
         )
+
+    async def running_leases(self) -> list[Lease]:
+        """(id, token, lease end) of every RUNNING task: a read of the partial index
+        tasks_leased and three columns, never the payloads."""
+        rows = await self._read(
+            "SELECT id, lease_token, lease_until FROM tasks WHERE status = 'RUNNING'"
+        )
+        return [Lease(str(r[0]), str(r[1] or ""), r[2]) for r in rows]
 
     async def get(self, task_id: str) -> Task | None:
         """One task by id."""
@@ -530,7 +546,7 @@ def _check_path(path: Path) -> None:
     if path.is_dir():
         raise StorageError(f"database path {path} is a directory, not a SQLite file")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(folder)  # 0700: whoever can write the store can run code
     except OSError as exc:
         raise StorageError(f"cannot create store folder {folder}: {exc.strerror}") from exc
 

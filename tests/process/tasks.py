@@ -138,3 +138,9 @@ def allocate_mib(mib: int, hold: float = 2.0) -> int:
 def blob_kib(kib: int) -> bytes:
     """A result of ``kib`` KiB."""
     return b"r" * (kib * 1024)
+
+
+def write_pid_then_sleep(pid_file: str, seconds: float = 60.0) -> None:
+    """Say which process runs the task, then run long."""
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(seconds)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-from omniq_mp import AsyncOmniQ, Settings
+from omniq_mp import AsyncOmniQ, Settings, TaskStatus
 from omniq_mp.errors import StorageError
 from omniq_mp.models import Task
 from omniq_mp.storage.memory import MemoryStorage
+from tests.process.support import is_alive, wait_until
+from tests.process.tasks import write_pid_then_sleep
 
 pytestmark = pytest.mark.process
 
@@ -39,4 +43,38 @@ async def test_claim_failures_are_retried_not_fatal(tmp_path: Path) -> None:
         assert await workers.process_tasks(limit=1) == 1
     assert storage.failures == 0
     assert await q.get_result(task_id, timeout=5) == 81
+    await q.close()
+
+
+class UnreachableForRenewals(MemoryStorage):
+    """A store that stops answering lease renewals (a database gone away)."""
+
+    async def extend_leases(self, leases: Mapping[str, str], lease_until: float) -> set[str]:
+        raise StorageError("connection lost (127.0.0.1:5432)")
+
+
+async def test_a_task_whose_lease_cannot_be_renewed_is_stopped_before_it_lapses(
+    tmp_path: Path,
+) -> None:
+    # No other supervisor may ever start a task that still runs here: when renewals keep
+    # failing, the task's process is killed at 70% of lease_ttl, before its lease ends.
+    lease_ttl = 1.2
+    storage = UnreachableForRenewals()
+    q = AsyncOmniQ(
+        Settings(base_dir=tmp_path, procs=1, lease_ttl=lease_ttl, kill_grace=0.1),
+        storage=storage,
+    )
+    pid_file = tmp_path / "pid"
+    task_id = await q.enqueue(write_pid_then_sleep, str(pid_file))
+    async with q.worker_pool() as workers:
+        claimed = time.monotonic()
+        runner = asyncio.create_task(workers.process_tasks())
+        await wait_until(pid_file.exists, 10, "the task to start")
+        pid = int(pid_file.read_text())
+        await wait_until(lambda: not is_alive(pid), 10, f"task process {pid} to be stopped")
+        assert time.monotonic() - claimed < lease_ttl  # before its lease could lapse
+        workers.request_stop()
+        await runner
+    task = await q.get_task(task_id)
+    assert task is not None and task.status is TaskStatus.PENDING  # back in the queue
     await q.close()

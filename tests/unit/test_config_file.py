@@ -67,7 +67,7 @@ def test_a_bad_file_names_the_file_and_the_field(
 
 
 def test_a_missing_file_is_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read config file .*nope.yaml"):
+    with pytest.raises(ConfigError, match=r"cannot read config file .*nope\.yaml"):
         Settings.from_env({}, config_file=tmp_path / "nope.yaml")
 
 

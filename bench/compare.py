@@ -1,0 +1,647 @@
+"""omniq_mp side by side with the stdlib ProcessPoolExecutor, pebble and Huey, in one run.
+
+Every system runs the same workloads on this machine, 2 worker processes each, and every
+run is checked by counting correct results. Each workload is repeated (3 times, once
+with ``--quick``); the table shows the median (with min-max in the detailed output) and
+omniq_mp's ratio to each anchor.
+
+* Huey uses ``SqliteHuey`` (WAL, ``fsync=True``: synchronous=FULL, as omniq_mp's default)
+  and a consumer with 2 process workers, started as a subprocess.
+* The pools keep everything in memory: they are the ceiling a durable queue is measured
+  against, not a like-for-like alternative.
+* omniq_mp uses its SQLite default (synchronous=FULL): every acknowledged enqueue and
+  every stored result survives power loss.
+
+Workloads: durable no-op (enqueue, drain, end to end), single and batched enqueue, idle
+enqueue-to-result latency from another process, CPU-bound efficiency (200 x 20 ms),
+timeout settling, and memory (supervisor RSS idle and with a backlog, child USS).
+
+``--plot PATH`` draws omniq_mp's ratios as a bar chart (matplotlib): the README's plot is
+``python bench/compare.py --plot bench/compare.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from _common import format_number, machine_line, markdown_table, percentile, scratch_dir
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PROCS = 2
+SYSTEMS = ("omniq_mp", "ProcessPoolExecutor", "pebble", "huey")
+ANCHORS = SYSTEMS[1:]
+
+
+@dataclass
+class Row:
+    """One workload's samples per system."""
+
+    workload: str
+    unit: str
+    higher_is_better: bool
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, system: str, value: float | None) -> None:
+        if value is not None:
+            self.samples.setdefault(system, []).append(value)
+
+    def median(self, system: str) -> float | None:
+        values = self.samples.get(system)
+        return statistics.median(values) if values else None
+
+    def ratio(self, anchor: str) -> float | None:
+        """omniq_mp's advantage over ``anchor``: > 1 means omniq_mp is better."""
+        ours, theirs = self.median("omniq_mp"), self.median(anchor)
+        if ours is None or theirs is None or ours == 0 or theirs == 0:
+            return None
+        return ours / theirs if self.higher_is_better else theirs / ours
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def env_for(base_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_")}
+    env.update(
+        OMNIQ_BASE_DIR=str(base_dir),
+        OMNIQ_LOG_LEVEL="ERROR",
+        PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]),
+        **extra,
+    )
+    return env
+
+
+@contextmanager
+def background(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A subprocess stopped with SIGTERM (then SIGKILL) afterwards."""
+    process = subprocess.Popen(command, env=env, cwd=HERE, stdout=subprocess.DEVNULL)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.005)
+
+
+def check(got: int, want: int, what: str) -> None:
+    if got != want:
+        raise RuntimeError(f"{what}: {got} correct results out of {want}")
+
+
+# -- omniq_mp --------------------------------------------------------------------------------
+
+
+def omniq_durable(n: int) -> tuple[float, float, float, float]:
+    """(batched enqueue/s, single enqueue/s, drain results/s, end-to-end tasks/s)."""
+    from anchor_tasks import noop
+
+    from omniq_mp import AsyncOmniQ, Settings
+    from omniq_mp.runtime import run
+
+    async def main(base_dir: Path) -> tuple[float, float, float, float]:
+        q = AsyncOmniQ(Settings(base_dir=base_dir / "a", procs=PROCS, event_storage_type="sqlite"))
+        await q.open()
+        try:
+            async with q.worker_pool(concurrency=PROCS) as workers:
+                began = time.perf_counter()
+                for start in range(0, n, 1000):
+                    await q.enqueue_tasks([q.build(noop) for _ in range(min(1000, n - start))])
+                enqueued = time.perf_counter()
+                done = await workers.process_tasks(limit=n)
+                finished = time.perf_counter()
+            check(done, n, "omniq_mp drain")
+            stats = await q.stats()
+            check(stats.completed, n, "omniq_mp completed")
+        finally:
+            await q.close()
+        single = AsyncOmniQ(Settings(base_dir=base_dir / "b", event_storage_type="sqlite"))
+        await single.open()
+        try:
+            m = max(n // 5, 50)
+            with_timer = time.perf_counter()
+            for _ in range(m):
+                await single.enqueue(noop)
+            single_rate = m / (time.perf_counter() - with_timer)
+        finally:
+            await single.close()
+        return (
+            n / (enqueued - began),
+            single_rate,
+            n / (finished - enqueued),
+            n / (finished - began),
+        )
+
+    with scratch_dir() as base_dir:
+        return run(main(base_dir))
+
+
+def omniq_enqueue_many(n: int) -> float:
+    """Tasks/s stored by one ``enqueue_tasks`` call per 10,000, pickling included."""
+    from anchor_tasks import noop
+
+    from omniq_mp import AsyncOmniQ, Settings
+    from omniq_mp.runtime import run
+
+    async def main(base_dir: Path) -> float:
+        q = AsyncOmniQ(Settings(base_dir=base_dir, event_storage_type="none"))
+        await q.open()
+        try:
+            began = time.perf_counter()
+            for start in range(0, n, 10_000):
+                await q.enqueue_tasks([q.build(noop) for _ in range(min(10_000, n - start))])
+            return n / (time.perf_counter() - began)
+        finally:
+            await q.close()
+
+    with scratch_dir() as base_dir:
+        return run(main(base_dir))
+
+
+def omniq_cpu(count: int, seconds: float) -> float:
+    """Wall time of ``count`` CPU-bound tasks on a running supervisor, over the ideal."""
+    from anchor_tasks import burn
+
+    from omniq_mp import AsyncOmniQ, Settings
+    from omniq_mp.runtime import run
+
+    async def main(base_dir: Path) -> float:
+        q = AsyncOmniQ(Settings(base_dir=base_dir, procs=PROCS))
+        await q.open()
+        try:
+            await q.enqueue_tasks([q.build(burn, seconds) for _ in range(count)])
+            async with q.worker_pool(concurrency=PROCS) as workers:
+                began = time.perf_counter()
+                done = await workers.process_tasks(limit=count)
+                wall = time.perf_counter() - began
+            check(done, count, "omniq_mp cpu-bound")
+        finally:
+            await q.close()
+        return wall / (count * seconds / PROCS)
+
+    with scratch_dir() as base_dir:
+        return run(main(base_dir))
+
+
+def omniq_latency(samples: int) -> list[float]:
+    """Enqueue-to-result milliseconds from this process to ``omniq-mp workers`` (idle)."""
+    from anchor_tasks import noop
+
+    from omniq_mp import OmniQ
+
+    with scratch_dir() as base_dir:
+        command = [sys.executable, "-m", "omniq_mp", "workers", "--procs", str(PROCS)]
+        with background(command, env_for(base_dir)):
+            q = OmniQ(base_dir=base_dir)
+            try:
+                wait_until(lambda: bool(q.get_worker_stats()), 30, "omniq-mp workers to start")
+                q.get_result(q.enqueue(noop), timeout=30)  # warm
+                times = []
+                for _ in range(samples):
+                    time.sleep(0.02)  # idle between requests
+                    began = time.perf_counter()
+                    value = q.get_result(q.enqueue(noop), timeout=30)
+                    times.append((time.perf_counter() - began) * 1000)
+                    check(value, 1, "omniq_mp latency")
+            finally:
+                q.close()
+    return times
+
+
+def omniq_timeout(samples: int) -> list[float]:
+    """Milliseconds from a task's deadline until its failure is stored (full stack)."""
+    from anchor_tasks import sleep
+
+    from omniq_mp import AsyncOmniQ, Settings, TaskStatus
+    from omniq_mp.runtime import run
+
+    timeout = 0.2
+
+    async def main(base_dir: Path) -> list[float]:
+        q = AsyncOmniQ(Settings(base_dir=base_dir, procs=PROCS, kill_grace=0.5))
+        await q.open()
+        late = []
+        try:
+            async with q.worker_pool(concurrency=PROCS) as workers:
+                for _ in range(samples):
+                    task_id = await q.enqueue(sleep, 10, timeout=timeout, max_retries=0)
+                    began = time.perf_counter()
+                    await workers.process_tasks(limit=1)
+                    late.append((time.perf_counter() - began - timeout) * 1000)
+                    task = await q.get_task(task_id)
+                    assert task is not None and task.status is TaskStatus.FAILED
+        finally:
+            await q.close()
+        return late
+
+    with scratch_dir() as base_dir:
+        return run(main(base_dir))
+
+
+def omniq_memory(backlog: int) -> tuple[float, float, float]:
+    """(supervisor RSS MiB idle, child USS MiB idle, supervisor RSS MiB with ``backlog``)."""
+    from anchor_tasks import sleep
+
+    from omniq_mp import OmniQ
+
+    def measure(base_dir: Path) -> tuple[float, float]:
+        command = [sys.executable, "-m", "omniq_mp", "workers", "--procs", str(PROCS)]
+        env = env_for(base_dir, OMNIQ_SHUTDOWN_GRACE="0")
+        with background(command, env) as process:
+            supervisor = psutil.Process(process.pid)
+            wait_until(lambda: len(supervisor.children()) >= PROCS, 30, "workers to start")
+            time.sleep(2.0)  # let claims, leases and heartbeats settle
+            children = [c for c in supervisor.children() if "forkserver" not in c.cmdline()[-1]]
+            uss = max(c.memory_full_info().uss for c in children[:PROCS]) / 2**20
+            return supervisor.memory_info().rss / 2**20, uss
+
+    with scratch_dir() as base_dir:
+        idle_rss, child_uss = measure(base_dir / "idle")
+        q = OmniQ(base_dir=base_dir / "busy", event_storage_type="none")
+        try:
+            for start in range(0, backlog, 10_000):
+                q.enqueue_tasks([q.build(sleep, 30) for _ in range(min(10_000, backlog - start))])
+        finally:
+            q.close()
+        busy_rss, _ = measure(base_dir / "busy")
+    return idle_rss, child_uss, busy_rss
+
+
+# -- the in-memory pools ---------------------------------------------------------------------
+
+
+def pool_factories() -> dict[str, Callable[[], concurrent.futures.Executor]]:
+    import pebble
+
+    def pebble_pool() -> concurrent.futures.Executor:
+        return _PebbleExecutor(pebble.ProcessPool(max_workers=PROCS))
+
+    return {
+        "ProcessPoolExecutor": lambda: concurrent.futures.ProcessPoolExecutor(PROCS),
+        "pebble": pebble_pool,
+    }
+
+
+class _PebbleExecutor(concurrent.futures.Executor):
+    """pebble's ProcessPool behind the Executor interface (its ``schedule`` takes a
+    ``timeout``, which the timeout workload uses)."""
+
+    def __init__(self, pool: object) -> None:
+        self.pool = pool
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self.pool.schedule(fn, args=args, kwargs=kwargs)  # type: ignore[attr-defined]
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.pool.close()  # type: ignore[attr-defined]
+        self.pool.join()  # type: ignore[attr-defined]
+
+
+def pool_noop(make: Callable[[], concurrent.futures.Executor], n: int) -> float:
+    from anchor_tasks import noop
+
+    with make() as pool:
+        concurrent.futures.wait([pool.submit(noop) for _ in range(PROCS * 4)])  # warm
+        began = time.perf_counter()
+        futures = [pool.submit(noop) for _ in range(n)]
+        check(sum(f.result() for f in futures), n, "pool no-op")
+        return n / (time.perf_counter() - began)
+
+
+def pool_cpu(make: Callable[[], concurrent.futures.Executor], count: int, seconds: float) -> float:
+    from anchor_tasks import burn
+
+    with make() as pool:
+        concurrent.futures.wait([pool.submit(burn, 0.001) for _ in range(PROCS)])  # warm
+        began = time.perf_counter()
+        futures = [pool.submit(burn, seconds) for _ in range(count)]
+        check(sum(f.result() for f in futures), count, "pool cpu-bound")
+        return (time.perf_counter() - began) / (count * seconds / PROCS)
+
+
+def pool_latency(make: Callable[[], concurrent.futures.Executor], samples: int) -> list[float]:
+    from anchor_tasks import noop
+
+    with make() as pool:
+        pool.submit(noop).result()
+        times = []
+        for _ in range(samples):
+            time.sleep(0.02)
+            began = time.perf_counter()
+            check(pool.submit(noop).result(), 1, "pool latency")
+            times.append((time.perf_counter() - began) * 1000)
+    return times
+
+
+def pebble_timeout(samples: int) -> list[float]:
+    import pebble
+    from anchor_tasks import sleep
+
+    timeout = 0.2
+    late = []
+    pool = pebble.ProcessPool(max_workers=PROCS)
+    try:
+        pool.schedule(sleep, args=(0,)).result()
+        for _ in range(samples):
+            began = time.perf_counter()
+            future = pool.schedule(sleep, args=(10,), timeout=timeout)
+            try:
+                future.result()
+            except concurrent.futures.TimeoutError:
+                late.append((time.perf_counter() - began - timeout) * 1000)
+    finally:
+        pool.stop()
+        pool.join()
+    return late
+
+
+def pool_memory(
+    make: Callable[[], concurrent.futures.Executor], backlog: int
+) -> tuple[float, float, float]:
+    from anchor_tasks import noop, sleep
+
+    me = psutil.Process()
+    with make() as pool:
+        pool.submit(noop).result()
+        time.sleep(1.0)
+        children = me.children()
+        uss = max(c.memory_full_info().uss for c in children) / 2**20 if children else 0.0
+        idle = me.memory_info().rss / 2**20
+        futures = [pool.submit(sleep, 30) for _ in range(backlog)]
+        time.sleep(1.0)
+        busy = me.memory_info().rss / 2**20
+        for future in futures:
+            future.cancel()
+        for child in me.children(recursive=True):
+            child.kill()  # the two running 30 s sleeps: do not wait for them
+    return idle, uss, busy
+
+
+# -- Huey ------------------------------------------------------------------------------------
+
+
+def huey_consumer(**options: str) -> list[str]:
+    """The command that runs Huey's consumer: 2 process workers, ``options`` as given."""
+    chosen = {"workers": str(PROCS), "worker_type": "'process'", **options}
+    args = ", ".join(f"{k}={v}" for k, v in chosen.items())
+    return [
+        sys.executable,
+        "-c",
+        f"from anchor_tasks import huey; huey.create_consumer({args}).run()",
+    ]
+
+
+def huey_durable(n: int) -> tuple[float, float, float]:
+    """(single enqueue/s, stored results/s, end to end tasks/s)."""
+    with scratch_dir() as base_dir:
+        db = base_dir / "huey.db"
+        os.environ["BENCH_HUEY_DB"] = str(db)
+        import importlib
+
+        import anchor_tasks
+
+        importlib.reload(anchor_tasks)
+        huey = anchor_tasks.huey
+        began = time.perf_counter()
+        for _ in range(n):
+            anchor_tasks.huey_noop()
+        enqueued = time.perf_counter()
+        env = env_for(base_dir, BENCH_HUEY_DB=str(db))
+        command = huey_consumer(initial_delay="0.001", max_delay="0.01")
+        with background(command, env):
+            wait_until(lambda: huey.result_count() >= 1, 60, "Huey's first result")
+            first = time.perf_counter()
+            first_count = huey.result_count()
+            wait_until(lambda: huey.result_count() >= n, 300, "Huey to store every result")
+            finished = time.perf_counter()
+        check(huey.result_count(), n, "huey results")
+        drain = (n - first_count) / (finished - first)
+        # End to end: enqueue time plus the drain at its measured rate (the consumer's
+        # start-up is left out, as the pools' and omniq_mp's are).
+        return n / (enqueued - began), drain, n / ((enqueued - began) + n / drain)
+
+
+def huey_latency(samples: int, fast_poll: bool) -> list[float]:
+    with scratch_dir() as base_dir:
+        db = base_dir / "huey.db"
+        os.environ["BENCH_HUEY_DB"] = str(db)
+        import importlib
+
+        import anchor_tasks
+
+        importlib.reload(anchor_tasks)
+        options = (
+            {"initial_delay": "0.001", "backoff": "1.0", "max_delay": "0.001"} if fast_poll else {}
+        )
+        with background(huey_consumer(**options), env_for(base_dir, BENCH_HUEY_DB=str(db))):
+            anchor_tasks.huey_noop().get(blocking=True, timeout=30)
+            times = []
+            for _ in range(samples):
+                time.sleep(0.02)
+                began = time.perf_counter()
+                check(
+                    anchor_tasks.huey_noop().get(
+                        blocking=True, timeout=30, backoff=1.0, max_delay=0.0005
+                    ),
+                    1,
+                    "huey latency",
+                )
+                times.append((time.perf_counter() - began) * 1000)
+    return times
+
+
+def huey_cpu(count: int, seconds: float) -> float:
+    with scratch_dir() as base_dir:
+        db = base_dir / "huey.db"
+        os.environ["BENCH_HUEY_DB"] = str(db)
+        import importlib
+
+        import anchor_tasks
+
+        importlib.reload(anchor_tasks)
+        huey = anchor_tasks.huey
+        for _ in range(count):
+            anchor_tasks.huey_burn(seconds)
+        command = huey_consumer(initial_delay="0.001", max_delay="0.01")
+        with background(command, env_for(base_dir, BENCH_HUEY_DB=str(db))):
+            wait_until(lambda: huey.result_count() >= 1, 60, "Huey's first result")
+            # The first result ends one task's run: the clock starts one task earlier.
+            first = time.perf_counter() - seconds
+            wait_until(lambda: huey.result_count() >= count, 300, "Huey cpu-bound")
+            wall = time.perf_counter() - first
+        return wall / (count * seconds / PROCS)
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def measure(quick: bool) -> list[Row]:
+    repeats = 1 if quick else 3
+    n = 500 if quick else 5_000
+    many = 20_000 if quick else 200_000
+    latency_samples = 20 if quick else 200
+    cpu_count, cpu_seconds = (40, 0.02) if quick else (200, 0.02)
+    timeout_samples = 5 if quick else 30
+    backlog = 10_000 if quick else 100_000
+
+    rows = {
+        "drain": Row(f"durable no-op drain, {n:,} tasks (stored results/s)", "tasks/s", True),
+        "e2e": Row(f"durable no-op end to end, {n:,} tasks", "tasks/s", True),
+        "enqueue": Row("enqueue, one call and one commit each", "tasks/s", True),
+        "batched": Row("enqueue in batches of 1,000", "tasks/s", True),
+        "many": Row(f"enqueue_many, {many:,} tasks", "tasks/s", True),
+        "lat50": Row("idle enqueue-to-result, p50", "ms", False),
+        "lat99": Row("idle enqueue-to-result, p99", "ms", False),
+        "cpu": Row(
+            f"CPU-bound {cpu_count} x {cpu_seconds * 1000:.0f} ms, wall / ideal", "x", False
+        ),
+        "tmo50": Row("timeout: deadline to outcome recorded, p50", "ms", False),
+        "tmo99": Row("timeout: deadline to outcome recorded, p99", "ms", False),
+        "rss": Row("supervisor/parent RSS, idle", "MiB", False),
+        "uss": Row("worker process USS, idle", "MiB", False),
+        "rss_backlog": Row(f"supervisor/parent RSS, {backlog:,} tasks queued", "MiB", False),
+    }
+    pools = pool_factories()
+    for repeat in range(repeats):
+        print(f"repeat {repeat + 1}/{repeats}", flush=True)
+        batched, single, drain, e2e = omniq_durable(n)
+        for key, value in (
+            ("batched", batched),
+            ("enqueue", single),
+            ("drain", drain),
+            ("e2e", e2e),
+        ):
+            rows[key].add("omniq_mp", value)
+        rows["many"].add("omniq_mp", omniq_enqueue_many(many))
+        times = omniq_latency(latency_samples)
+        rows["lat50"].add("omniq_mp", percentile(times, 50))
+        rows["lat99"].add("omniq_mp", percentile(times, 99))
+        rows["cpu"].add("omniq_mp", omniq_cpu(cpu_count, cpu_seconds))
+        late = omniq_timeout(timeout_samples)
+        rows["tmo50"].add("omniq_mp", percentile(late, 50))
+        rows["tmo99"].add("omniq_mp", percentile(late, 99))
+        for name, make in pools.items():
+            rate = pool_noop(make, n)
+            rows["drain"].add(name, rate)
+            rows["e2e"].add(name, rate)
+            rows["cpu"].add(name, pool_cpu(make, cpu_count, cpu_seconds))
+            times = pool_latency(make, latency_samples)
+            rows["lat50"].add(name, percentile(times, 50))
+            rows["lat99"].add(name, percentile(times, 99))
+        late = pebble_timeout(timeout_samples)
+        rows["tmo50"].add("pebble", percentile(late, 50))
+        rows["tmo99"].add("pebble", percentile(late, 99))
+        h_single, h_drain, h_e2e = huey_durable(n)
+        rows["enqueue"].add("huey", h_single)
+        rows["drain"].add("huey", h_drain)
+        rows["e2e"].add("huey", h_e2e)
+        times = huey_latency(latency_samples, fast_poll=False)
+        rows["lat50"].add("huey", percentile(times, 50))
+        rows["lat99"].add("huey", percentile(times, 99))
+        rows["cpu"].add("huey", huey_cpu(cpu_count, cpu_seconds))
+        if repeat == 0:  # memory does not vary between repeats
+            for key, value in zip(
+                ("rss", "uss", "rss_backlog"), omniq_memory(backlog), strict=True
+            ):
+                rows[key].add("omniq_mp", value)
+            for name, make in pools.items():
+                for key, value in zip(
+                    ("rss", "uss", "rss_backlog"), pool_memory(make, backlog), strict=True
+                ):
+                    rows[key].add(name, value)
+    return list(rows.values())
+
+
+def table(rows: list[Row]) -> str:
+    headers = ["workload", *SYSTEMS, *(f"vs {a}" for a in ANCHORS)]
+    lines = []
+    for row in rows:
+        cells = [f"{row.workload} ({row.unit})"]
+        for system in SYSTEMS:
+            value = row.median(system)
+            cells.append("n/a" if value is None else format_number(value))
+        for anchor in ANCHORS:
+            ratio = row.ratio(anchor)
+            cells.append("" if ratio is None else f"{ratio:.2f}x")
+        lines.append(cells)
+    return markdown_table(headers, lines)
+
+
+def details(rows: list[Row]) -> None:
+    for row in rows:
+        spreads = []
+        for system in SYSTEMS:
+            values = row.samples.get(system)
+            if values:
+                low, high = format_number(min(values)), format_number(max(values))
+                spreads.append(
+                    f"{system} {format_number(statistics.median(values))} ({low}-{high})"
+                )
+        print(f"  {row.workload}: {'; '.join(spreads)}")
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if any(r.ratio(a) is not None for a in ANCHORS)]
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(shown) + 1.5))
+    height = 0.8 / len(ANCHORS)
+    for i, anchor in enumerate(ANCHORS):
+        ys = [j + i * height for j in range(len(shown))]
+        ax.barh(ys, [r.ratio(anchor) or 0 for r in shown], height=height, label=f"vs {anchor}")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(shown))])
+    ax.set_yticklabels([r.workload for r in shown], fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("omniq_mp advantage (x, log scale; > 1 is better)")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot written to {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repeat (CI)")
+    parser.add_argument("--plot", type=Path, help="write a PNG of the ratios here")
+    args = parser.parse_args()
+    sys.path.insert(0, str(HERE))
+    rows = measure(args.quick)
+    print("\nmedian (min-max) per system:")
+    details(rows)
+    print()
+    print(table(rows))
+    print(f"\nMachine: {machine_line()}")
+    if args.plot is not None:
+        plot(rows, args.plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""The seeded chaos runner (reliability.md 4.2 row 38, shortened):
+
+    python -m tests.chaos --minutes 10 --seed 7
+    python -m tests.chaos --minutes 0.5 --seed 1      # a smoke run
+
+Two supervisors (``python -m omniq_mp workers``, test profile of 4.1) share one SQLite
+store; a producer keeps them at about half their capacity with a mixed workload (sleeps,
+CPU spins, tasks failing once, timeouts, a rare poison task); and every 3-8 s a fault
+drawn with the seed hits them: a worker SIGKILLed mid-task (row 1), a segfaulting task
+(row 3), a task leaking memory past its limit (row 8), a supervisor SIGKILLed and
+restarted (row 12), a supervisor SIGSTOPped for longer than its lease (row 13), or
+another process holding the store's write lock longer than the lease (row 20).
+
+At the end the producer stops, the faults stop, the queue drains, the supervisors are
+stopped, and the invariant checker (tests/reliability/invariants.py) joins the ledger
+with the store. Printed: the seed, the faults injected by kind, the figures, and the
+violations; the exit status is 1 if there is any. Everything (store, ledger, logs, a
+``chaos.json`` summary) stays in ``--workdir`` (default: a new temporary folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.reliability import ledger
+from tests.reliability.harness import (
+    LEASE_TTL,
+    MAX_CRASHES,
+    RENEWAL,
+    Fault,
+    Rig,
+    Row,
+    Supervisor,
+    WriteLock,
+    subreaper,
+    write_json,
+)
+from tests.reliability.invariants import Report
+
+TICK = 0.02
+LOAD = 4.0  # tasks per second: about half of 2 supervisors x 2 children at ~0.45 s a task
+TIMEOUT = 0.5
+FAULTS = {  # kind -> weight
+    "child SIGKILL": 4,
+    "segfault task": 2,
+    "memory limit": 2,
+    "supervisor SIGKILL": 3,
+    "supervisor SIGSTOP": 2,
+    "store write-locked": 2,
+}
+
+
+@dataclass
+class Watch:
+    """A task the runner times: from ``since`` until its row shows ``done``."""
+
+    task_id: str
+    figure: str
+    since: float
+    token: str | None = None
+    crashes: int = 0
+    deadline: float = 0.0
+
+
+@dataclass
+class Chaos:
+    """The running experiment: the rig, the seeded random source, what is under way."""
+
+    rig: Rig
+    rng: random.Random
+    until: float
+    names: dict[str, Supervisor] = field(default_factory=dict)  # slot -> its supervisor
+    restarts: int = 0
+    stopped: dict[str, tuple[float, Fault]] = field(default_factory=dict)  # slot -> thaw at
+    lock: WriteLock | None = None
+    watches: list[Watch] = field(default_factory=list)
+    running: dict[tuple[str, int], int] = field(default_factory=dict)  # (key, attempt) -> pid
+    starts: dict[str, float] = field(default_factory=dict)  # key -> first start (s)
+    next_fault: float = 0.0
+    produced: float = 0.0
+    serial: int = 0
+    poison: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tail = ledger.LedgerTail(self.rig.ledger)
+        self.began = time.monotonic()
+        self.next_fault = self.began + self.rng.uniform(3, 8)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        for slot in ("A", "B"):
+            self.start(slot)
+        for sup in self.names.values():
+            sup.wait_workers()
+        while time.monotonic() < self.until:
+            self.step()
+            time.sleep(TICK)
+        self.calm()
+
+    def step(self) -> None:
+        now = time.monotonic()
+        self.read_ledger()
+        self.produce(now)
+        self.thaw(now)
+        if self.lock is not None and self.lock.released_ns:
+            self.lock.join()
+            self.lock = None
+        if now >= self.next_fault:
+            self.inject(self.rng.choices(list(FAULTS), list(FAULTS.values()))[0])
+            self.next_fault = now + self.rng.uniform(3, 8)
+        self.check_watches()
+        self.check_supervisors()
+
+    def calm(self) -> None:
+        """Stop the faults: thaw, unlock."""
+        for slot in list(self.stopped):
+            self.thaw(float("inf"), slot)
+        if self.lock is not None:
+            self.lock.join()
+            self.lock = None
+
+    # -- supervisors ------------------------------------------------------------------------
+
+    def start(self, slot: str) -> None:
+        name = f"{slot}{self.restarts}"
+        self.restarts += 1
+        self.names[slot] = self.rig.supervisor(name=name, wait=False)
+
+    def check_supervisors(self) -> None:
+        for slot, sup in self.names.items():
+            if not sup.running():
+                self.rig.findings.append(f"{sup.name} died on its own:\n{sup.stderr()}")
+                self.start(slot)
+
+    def live(self) -> list[str]:
+        return [s for s, sup in self.names.items() if sup.running() and s not in self.stopped]
+
+    # -- the workload ------------------------------------------------------------------------
+
+    def produce(self, now: float) -> None:
+        due = int((now - self.began) * LOAD) - int(self.produced)
+        for _ in range(due):
+            self.add_task()
+        self.produced += due
+
+    def key(self, kind: str) -> str:
+        self.serial += 1
+        return f"{kind}{self.serial:05d}"
+
+    def add_task(self) -> None:
+        p, rng = self.rig.producer, self.rng
+        roll = rng.random()
+        if roll < 0.70:
+            p.add(ledger.sleep, self.key("sleep"), rng.uniform(0.1, 0.9), rng.uniform(0.05, 0.3))
+        elif roll < 0.80:
+            p.add(ledger.spin, self.key("spin"), rng.uniform(0.05, 0.3))
+        elif roll < 0.88:
+            p.add(ledger.fail_once, self.key("fail"), 0.05, expect={"retries": 1})
+        elif roll < 0.995:
+            key = self.key("hang")
+            how = rng.choice(["busy", "sleep", "regex", "ignore_term"])
+            task_id = p.add(ledger.hang, key, how, True, timeout=TIMEOUT, max_retries=1)
+            self.watches.append(Watch(task_id, "timeout -> task settled, minus the timeout", 0.0))
+        else:
+            key = self.key("poison")
+            self.poison.append(key)
+            p.add(ledger.crash, key, "segv", True, max_retries=5)
+
+    def read_ledger(self) -> None:
+        for rec in self.tail.read():
+            ident = (rec.key, rec.attempt)
+            if rec.event == "start":
+                self.running[ident] = rec.pid
+                self.starts.setdefault(rec.key, rec.ns / 1e9)
+            else:
+                self.running.pop(ident, None)
+
+    # -- faults -----------------------------------------------------------------------------
+
+    def inject(self, kind: str) -> None:
+        getattr(self, "fault_" + kind.replace(" ", "_").replace("-", "_"))(kind)
+
+    def fault_child_SIGKILL(self, kind: str) -> None:
+        workers = {pid for s in self.live() for pid in self.names[s].workers()}
+        victims = [(ident, pid) for ident, pid in self.running.items() if pid in workers]
+        if not victims:
+            return
+        (key, _), pid = self.rng.choice(sorted(victims))
+        task_id = self.id_of(key)
+        row = self.rig.store.row(task_id)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            self.rig.faults.add(kind, key)
+            if row is not None:
+                figure = "child death -> task settled"
+                self.watches.append(
+                    Watch(task_id, figure, time.monotonic(), row.lease_token, row.crashes)
+                )
+
+    def fault_segfault_task(self, kind: str) -> None:
+        key = self.key("segv")
+        self.rig.producer.add(ledger.crash, key, "segv", False, self.rng.uniform(0, 0.3))
+        self.rig.faults.add(kind, key)
+
+    def fault_memory_limit(self, kind: str) -> None:
+        key = self.key("hog")
+        self.rig.producer.add(ledger.hog, key, 32, 40, True, max_memory="96MB")
+        self.rig.faults.add(kind, key)
+
+    def fault_supervisor_SIGKILL(self, kind: str) -> None:
+        live = self.live()
+        if not live:
+            return
+        slot = self.rng.choice(live)
+        sup = self.names[slot]
+        held = {
+            r.id: r.lease_token
+            for r in self.rig.store.rows().values()
+            if r.status == "RUNNING" and (r.worker_id or "").startswith(sup.worker_prefix)
+        }
+        fault = self.rig.kill(sup, kind)
+        for task_id, token in held.items():
+            self.watches.append(
+                Watch(
+                    task_id, "SIGKILLed supervisor's tasks claimable again", fault.at / 1e9, token
+                )
+            )
+        self.start(slot)
+
+    def fault_supervisor_SIGSTOP(self, kind: str) -> None:
+        live = self.live()
+        if not live or self.stopped:
+            return
+        slot = self.rng.choice(live)
+        sup = self.names[slot]
+        fault = self.rig.faults.add(kind, sup.name, excuse_pids=frozenset(sup.tree()))
+        sup.signal(signal.SIGSTOP)
+        self.stopped[slot] = (
+            time.monotonic() + self.rng.uniform(LEASE_TTL + 0.5, LEASE_TTL + 2),
+            fault,
+        )
+
+    def thaw(self, now: float, only: str | None = None) -> None:
+        for slot, (at, fault) in list(self.stopped.items()):
+            if (only is None and now >= at) or slot == only:
+                self.names[slot].signal(signal.SIGCONT)
+                ended = time.monotonic_ns()
+                fault.until = ended
+                fault.excuse_until = ended + int(RENEWAL * 1e9)
+                del self.stopped[slot]
+
+    def fault_store_write_locked(self, kind: str) -> None:
+        if self.lock is not None:
+            return
+        seconds = self.rng.uniform(LEASE_TTL + 0.5, LEASE_TTL + 2)
+        self.lock = WriteLock(self.rig.base_dir / "omniq.db", seconds).start()
+        self.rig.faults.add(kind, until=self.lock.acquired_ns + int(seconds * 1e9))
+
+    # -- timing ------------------------------------------------------------------------------
+
+    def id_of(self, key: str) -> str:
+        return next(i for i, k in self.rig.producer.committed.items() if k == key)
+
+    def check_watches(self) -> None:
+        if not self.watches:
+            return
+        rows = self.rig.store.rows([w.task_id for w in self.watches])
+        now = time.monotonic()
+        for watch in list(self.watches):
+            row = rows.get(watch.task_id)
+            if row is None or not self.settled(watch, row, now):
+                continue
+            self.watches.remove(watch)
+
+    def settled(self, watch: Watch, row: Row, now: float) -> bool:
+        if watch.figure.startswith("timeout"):
+            return self.timed_out(watch, row, now)
+        moved = row.lease_token != watch.token or row.crashes > watch.crashes
+        if moved:
+            self.rig.figures.sample(watch.figure, now - watch.since)
+        return moved or now - watch.since > 60
+
+    def timed_out(self, watch: Watch, row: Row, now: float) -> bool:
+        if row.error is None:
+            return row.status in ("COMPLETED", "FAILED", "DEAD", "CANCELLED")
+        key = self.rig.producer.committed[watch.task_id]
+        if '"timeout"' in row.error and key in self.starts:
+            self.rig.figures.sample(watch.figure, now - self.starts[key] - TIMEOUT)
+        return True
+
+
+def report_text(chaos: Chaos, report: Report, seed: int, minutes: float) -> str:
+    rig = chaos.rig
+    counts = rig.faults.counts()
+    attempts = ledger.parse(rig.ledger).attempts
+    poison_starts = max((len(attempts.get(k, [])) for k in chaos.poison), default=0)
+    rig.figures.count("poison tasks", len(chaos.poison))
+    lines = [
+        f"chaos: seed {seed}, {minutes:g} min, 2 supervisors on {rig.base_dir / 'omniq.db'}",
+        f"faults injected: {sum(counts.values())} "
+        + "("
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + ")",
+        f"poison task: at most {poison_starts} starts (budget {MAX_CRASHES})",
+        *(f"  {line}" for line in rig.figures.summary()),
+        *(f"  {k}: {v}" for k, v in sorted(report.counts.items())),
+        f"violations: {len(report.violations)}",
+        *(f"  {v}" for v in report.violations[:50]),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.chaos", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=None, help="default: random, printed")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="omniq-chaos-"))
+    print(f"chaos: seed {seed} (replay: python -m tests.chaos --minutes {args.minutes:g} "
+          f"--seed {seed}); work in {workdir}", flush=True)  # fmt: skip
+    with subreaper():
+        rig = Rig(workdir)
+        chaos = Chaos(rig, random.Random(seed), time.monotonic() + args.minutes * 60)
+        try:
+            chaos.run()
+            rig.drain(180)
+            report = rig.finish()
+        finally:
+            chaos.calm()
+            chaos.tail.close()
+            rig.close()
+    text = report_text(chaos, report, seed, args.minutes)
+    print(text, flush=True)
+    write_json(workdir / "chaos.json", {
+        "seed": seed, "minutes": args.minutes, "faults": rig.faults.counts(),
+        "violations": report.violations, "counts": report.counts, **rig.figures.to_json(),
+    })  # fmt: skip
+    return 1 if report.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
