@@ -8,6 +8,7 @@ runs a loop that we must neither block on nor nest in.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -52,12 +53,17 @@ class LoopThread:
                 "a blocking omniq_mp call was made from a callback on omniq_mp's own loop "
                 "thread (e.g. a future's done-callback); call it from another thread"
             )
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        future = self.submit(coro)
         try:
             return future.result()
         except BaseException:
             future.cancel()
             raise
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start ``coro`` on the loop without waiting (for pipelining: the caller prepares
+        the next piece of work while this one runs)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def stop(self) -> None:
         """Stop the loop and join the thread (idempotent)."""

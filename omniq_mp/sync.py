@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
+import itertools
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
@@ -24,6 +26,8 @@ from omniq_mp.stats import GlobalStatistics, QueueStatistics, WorkerStatistics
 from omniq_mp.storage.base import QueueStats, Storage
 
 __all__ = ["OmniQ"]
+
+_MANY_BATCH = 1000  # tasks per transaction in enqueue_many
 
 
 class OmniQ:
@@ -177,6 +181,29 @@ class OmniQ:
     def enqueue_tasks(self, tasks: Sequence[Task]) -> list[str]:
         """Store built tasks in one transaction."""
         return self._loop.call(self._async.enqueue_tasks(tasks))
+
+    def enqueue_many(
+        self, func: Callable[..., Any] | str, calls: Iterable[Sequence[Any]], /, **options: Any
+    ) -> list[str]:
+        """Store ``func(*args)`` for every ``args`` tuple in ``calls`` (like
+        ``itertools.starmap``), with the same task options for all; returns the ids.
+
+        Tasks are stored 1,000 per transaction, and the next batch is pickled while the
+        previous one commits. A batch is all-or-nothing; if ``calls`` raises, the batches
+        already stored stay stored (their ids are lost with the exception, so cancel by
+        other means if that matters: ``map`` does it for you).
+        """
+        ids: list[str] = []
+        pending: concurrent.futures.Future[list[str]] | None = None
+        calls = iter(calls)
+        while batch := list(itertools.islice(calls, _MANY_BATCH)):
+            tasks = [self._async.build(func, args=list(args), **options) for args in batch]
+            if pending is not None:
+                ids += pending.result()
+            pending = self._loop.submit(self._async.enqueue_tasks(tasks))
+        if pending is not None:
+            ids += pending.result()
+        return ids
 
     # -- futures -----------------------------------------------------------------------------
 

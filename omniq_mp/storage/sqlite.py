@@ -67,6 +67,7 @@ class SQLiteStorage:
         self.path = Path(database_path)
         self._synchronous = synchronous.upper()
         self._busy_ms = int(busy_timeout * 1000)
+        self._synchronous_now = self._synchronous  # the connection's current mode
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()  # one transaction at a time on self._conn
 
@@ -124,6 +125,7 @@ class SQLiteStorage:
         if mode is None or str(mode[0]).lower() != "wal":
             raise StorageError(f"{self.path}: cannot switch to WAL mode (got {mode})")
         await conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        self._synchronous_now = self._synchronous
         # After each checkpoint the WAL file is cut back to this size, so a burst of writes
         # does not leave a huge WAL on disk for ever.
         await conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
@@ -138,18 +140,34 @@ class SQLiteStorage:
 
     # -- transactions ------------------------------------------------------------------------
 
-    async def _transaction(self, body: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async def _transaction(
+        self, body: Callable[[aiosqlite.Connection], Awaitable[T]], *, durable: bool = True
+    ) -> T:
         """Run ``body`` in BEGIN IMMEDIATE ... COMMIT, retrying when another process holds
-        the write lock past busy_timeout."""
+        the write lock past busy_timeout.
+
+        :param durable: False for writes that may be lost in a power cut without losing
+            work (claims, lease renewals, heartbeats): their commit skips the fsync. A lost
+            claim only means the task runs again, which a power cut mid-run causes anyway;
+            and the next durable commit syncs the whole WAL, these frames included.
+        """
         for attempt in range(_LOCK_RETRIES):
             try:
                 async with self._lock:
+                    await self._set_synchronous(durable)
                     return await self._once(body)
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise StorageError(f"{self.path}: {exc}") from exc
                 await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
         raise StorageError(f"{self.path}: database stayed locked through {_LOCK_RETRIES} tries")
+
+    async def _set_synchronous(self, durable: bool) -> None:
+        # Only FULL stores have anything to relax; switch only when the mode changes.
+        wanted = self._synchronous if durable else "NORMAL"
+        if wanted != self._synchronous_now:
+            await self._connection().execute(f"PRAGMA synchronous = {wanted}")
+            self._synchronous_now = wanted
 
     async def _once(self, body: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         conn = self._connection()
@@ -224,7 +242,7 @@ class SQLiteStorage:
         async def body(conn: aiosqlite.Connection) -> list[Any]:
             return list(await conn.execute_fetchall(sql, params))
 
-        rows = await self._transaction(body)
+        rows = await self._transaction(body, durable=False)
         # RETURNING gives no order guarantee; restore the claim order.
         rank = {q: i for i, q in enumerate(queues)}
         tasks = [row_task(r) for r in rows]
@@ -276,7 +294,7 @@ class SQLiteStorage:
             )
             return set(leases) - set(held)
 
-        return await self._transaction(body) if leases else set()
+        return await self._transaction(body, durable=False) if leases else set()
 
     async def expired(self, now: float, limit: int) -> list[Task]:
         """RUNNING tasks past their lease (uses the partial index tasks_leased)."""
@@ -501,7 +519,7 @@ class SQLiteStorage:
                 "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row
             )
 
-        await self._transaction(body)
+        await self._transaction(body, durable=False)
 
     async def remove_worker(self, worker_id: str) -> None:
         """Delete the supervisor's row."""

@@ -265,3 +265,18 @@ def test_a_task_pickled_by_another_python_fails_naming_both_versions(q: OmniQ) -
     assert f"Python {platform.python_version()}" in caught.value.message
     stored = q.get_task(task_id)
     assert stored is not None and stored.attempts == 1  # not retried: it cannot succeed
+
+
+def test_enqueue_many_stores_every_call_with_shared_options(settings: Settings) -> None:
+    q = OmniQ(settings)  # a producer: nothing runs
+    try:
+        ids = q.enqueue_many(pow, [(2, n) for n in range(2500)], queue="bulk", max_retries=1)
+        assert len(set(ids)) == 2500
+        tasks = [q.get_task(i) for i in (ids[0], ids[1234], ids[-1])]
+        assert all(t is not None and t.queue == "bulk" and t.max_retries == 1 for t in tasks)
+        assert q.stats(["bulk"]).pending == 2500
+        with pytest.raises(SerializationError):
+            q.enqueue_many(pow, [(threading.Lock(), 1)])
+        assert q.stats(["bulk"]).pending == 2500  # the failed batch stored nothing
+    finally:
+        q.close()
