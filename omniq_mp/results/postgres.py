@@ -6,29 +6,23 @@ and a result written twice (a retried settlement) simply replaces the first.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-import zlib
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-from omniq_mp.dsn import endpoint, redact
-from omniq_mp.errors import ConfigError, StorageError
-from omniq_mp.extras import require
+from omniq_mp.errors import StorageError
 from omniq_mp.models import TaskStatus
-from omniq_mp.pg import DEFAULT_DSN, create_pool, identifier
+from omniq_mp.pg import DEFAULT_DSN
+from omniq_mp.pg_table import PostgresTable, row_count
 from omniq_mp.results.base import TaskResult, check_terminal
 
 __all__ = ["PostgreSQLResultStorage"]
 
 _WHAT = "PostgreSQL result storage"
-_DDL_LOCK = 0x6F6D6E69  # advisory-lock namespace shared by every omniq_mp schema change
-
-_T = TypeVar("_T")
 
 
-class PostgreSQLResultStorage:
+class PostgreSQLResultStorage(PostgresTable):
     """Results in one PostgreSQL table, keyed by task id.
 
     :param dsn: ``postgresql://user:password@host:port/database``; the password never
@@ -40,6 +34,8 @@ class PostgreSQLResultStorage:
     :raises ConfigError: the pool sizes are impossible.
     """
 
+    what = _WHAT
+
     def __init__(
         self,
         dsn: str = DEFAULT_DSN,
@@ -48,24 +44,8 @@ class PostgreSQLResultStorage:
         min_size: int = 1,
         max_size: int = 4,
     ) -> None:
-        if not 0 <= min_size <= max_size or max_size < 1:
-            raise ConfigError(
-                f"pool sizes must satisfy 0 <= min_size <= max_size and max_size >= 1, "
-                f"got min_size={min_size}, max_size={max_size}"
-            )
-        self.dsn = dsn
-        self.table = identifier(table)
-        self.min_size = min_size
-        self.max_size = max_size
-        self._pool: Any = None
-        self._opening = asyncio.Lock()  # two concurrent open() calls make one pool
+        super().__init__(dsn, table, min_size=min_size, max_size=max_size)
         t = self.table
-        self._schema = (
-            f"CREATE TABLE IF NOT EXISTS {t} ("
-            " task_id text PRIMARY KEY, status text NOT NULL, result bytea, error jsonb,"
-            " finished_at double precision NOT NULL, expires_at double precision)",
-            f"CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)",
-        )
         self._upsert = (
             f"INSERT INTO {t} (task_id, status, result, error, finished_at, expires_at) "
             "SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::jsonb[],"
@@ -80,50 +60,15 @@ class PostgreSQLResultStorage:
             "WHERE task_id = ANY($1::text[]) AND (expires_at IS NULL OR expires_at >= $2)"
         )
 
-    async def open(self) -> None:
-        """Connect and create the table and its index if missing (idempotent).
-
-        :raises StorageError: the server cannot be reached, or the table cannot be created.
-        """
-        async with self._opening:
-            if self._pool is None:
-                self._pool = await self._create()
-
-    async def _create(self) -> Any:
-        pool = await create_pool(
-            self.dsn, what=_WHAT, min_size=self.min_size, max_size=self.max_size
+    def schema(self) -> tuple[str, ...]:
+        """The results table, keyed by task id, and an index for purging."""
+        t = self.table
+        return (
+            f"CREATE TABLE IF NOT EXISTS {t} ("
+            " task_id text PRIMARY KEY, status text NOT NULL, result bytea, error jsonb,"
+            " finished_at double precision NOT NULL, expires_at double precision)",
+            f"CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)",
         )
-        try:
-            async with pool.acquire() as conn, conn.transaction():
-                # CREATE ... IF NOT EXISTS is not atomic: two sessions creating the same
-                # table at once can collide on pg_type's unique index. Serialise them.
-                await conn.execute(
-                    "SELECT pg_advisory_xact_lock($1, $2)", _DDL_LOCK, _key(self.table)
-                )
-                for statement in self._schema:
-                    await conn.execute(statement)
-        except BaseException as exc:
-            await pool.close()
-            if isinstance(exc, Exception):
-                raise self._error("open", exc) from exc
-            raise
-        return pool
-
-    async def close(self) -> None:
-        """Close the pool (idempotent)."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
-
-    async def drop(self) -> None:
-        """Drop the table (tests and teardown); an open store stays open."""
-        was_open = self._pool is not None
-        await self.open()
-        try:
-            await self._run("drop", lambda c: c.execute(f"DROP TABLE IF EXISTS {self.table}"))
-        finally:
-            if not was_open:
-                await self.close()
 
     async def store(self, results: Sequence[TaskResult]) -> None:
         """Upsert ``results`` in one statement; a later result for the same id wins.
@@ -170,12 +115,12 @@ class PostgreSQLResultStorage:
         if not task_ids:
             return 0
         sql = f"DELETE FROM {self.table} WHERE task_id = ANY($1::text[])"
-        return _count(await self._run("delete", lambda c: c.execute(sql, list(task_ids))))
+        return row_count(await self._run("delete", lambda c: c.execute(sql, list(task_ids))))
 
     async def purge_expired(self, now: float) -> int:
         """Delete results whose ``expires_at`` is before ``now``; return how many."""
         sql = f"DELETE FROM {self.table} WHERE expires_at < $1"
-        return _count(await self._run("purge", lambda c: c.execute(sql, float(now))))
+        return row_count(await self._run("purge", lambda c: c.execute(sql, float(now))))
 
     def _decode(self, row: Any) -> TaskResult:
         try:
@@ -188,51 +133,3 @@ class PostgreSQLResultStorage:
                 f"{_WHAT} {self.table}: the stored result of task {row['task_id']!r} "
                 f"is damaged: {exc}"
             ) from exc
-
-    async def _run(self, op: str, call: Callable[[Any], Awaitable[_T]]) -> _T:
-        # Every statement here is idempotent, so one found a dead pooled connection (the
-        # server restarted, or killed it) is tried once more on a fresh one.
-        pool = self._pool
-        if pool is None:
-            raise StorageError(f"{_WHAT} {self.table} is not open")
-        asyncpg = require("asyncpg", "postgres", _WHAT)
-        failures = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-        for attempt in (1, 2):
-            try:
-                async with pool.acquire() as conn:
-                    return await call(conn)
-            except failures as exc:
-                if attempt == 1 and _connection_lost(asyncpg, exc):
-                    continue
-                raise self._error(op, exc) from exc
-        raise AssertionError("unreachable")
-
-    def _error(self, op: str, exc: BaseException) -> StorageError:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        reason = reason.replace(self.dsn, redact(self.dsn))
-        return StorageError(
-            f"{_WHAT} {self.table} at {endpoint(self.dsn, 5432)}: {op} failed: "
-            f"{type(exc).__name__}: {reason}"
-        )
-
-
-def _connection_lost(asyncpg: Any, exc: BaseException) -> bool:
-    """True when ``exc`` says the connection died, not that the statement was refused or
-    ran out of time (retrying a timeout would only double the wait)."""
-    lost = (
-        OSError,
-        asyncpg.PostgresConnectionError,
-        asyncpg.exceptions.AdminShutdownError,
-        asyncpg.exceptions.CrashShutdownError,
-    )
-    return isinstance(exc, lost) and not isinstance(exc, TimeoutError)
-
-
-def _key(name: str) -> int:
-    """A signed 32-bit advisory-lock key for ``name``."""
-    return zlib.crc32(name.encode()) - (1 << 31)
-
-
-def _count(status: str) -> int:
-    """The row count of a command tag such as ``DELETE 3``."""
-    return int(status.rsplit(" ", 1)[-1])
