@@ -21,7 +21,7 @@ from omniq_mp.extras import require
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["RedisConnection"]
+__all__ = ["RedisBacked", "RedisConnection"]
 
 _DEFAULT_PORT = 6379
 _SCAN_COUNT = 1000
@@ -178,3 +178,25 @@ def _url_password(url: str | None) -> str | None:
     except ValueError:
         return None
     return None if password is None else unquote(password)
+
+
+class RedisBacked:
+    """What every Redis-backed store does with its :class:`RedisConnection`."""
+
+    _redis: RedisConnection
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` (or socket path) of the server, safe to log."""
+        return self._redis.endpoint
+
+    async def open(self) -> None:
+        """Connect and check the server answers (idempotent).
+
+        :raises StorageError: the server cannot be reached.
+        """
+        await self._redis.open()
+
+    async def close(self) -> None:
+        """Release the connections (idempotent)."""
+        await self._redis.close()

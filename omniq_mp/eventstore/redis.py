@@ -26,7 +26,7 @@ from typing import Any
 
 from omniq_mp.errors import ConfigError
 from omniq_mp.eventstore.base import Event, EventType, StoredEvent
-from omniq_mp.redis_client import RedisConnection
+from omniq_mp.redis_client import RedisBacked, RedisConnection
 
 __all__ = ["RedisEventStorage"]
 
@@ -86,7 +86,7 @@ return last + count
 _Entry = tuple[bytes, dict[bytes, bytes]]
 
 
-class RedisEventStorage:
+class RedisEventStorage(RedisBacked):
     """An event log in a Redis (7.0 or later) stream, shared by every process using it.
 
     :param host: server host (ignored when ``url`` is given).
@@ -122,22 +122,6 @@ class RedisEventStorage:
         self._redis = RedisConnection(
             "Redis event storage", host, port, db, url=url, password=password, retries=0
         )
-
-    @property
-    def endpoint(self) -> str:
-        """``host:port`` (or socket path) of the server, safe to log."""
-        return self._redis.endpoint
-
-    async def open(self) -> None:
-        """Connect and check the server answers (idempotent).
-
-        :raises StorageError: the server cannot be reached.
-        """
-        await self._redis.open()
-
-    async def close(self) -> None:
-        """Release the connections (idempotent)."""
-        await self._redis.close()
 
     async def append(self, events: Sequence[Event]) -> None:
         """Store the events in order, atomically, under the next positions."""

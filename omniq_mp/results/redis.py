@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from omniq_mp.redis_client import RedisConnection
+from omniq_mp.redis_client import RedisBacked, RedisConnection
 from omniq_mp.results.base import TaskResult
 
 __all__ = ["RedisResultStorage"]
@@ -40,7 +40,7 @@ return removed
 """
 
 
-class RedisResultStorage:
+class RedisResultStorage(RedisBacked):
     """Results of finished tasks in Redis (7.0 or later), expiring by themselves.
 
     :param host: server host (ignored when ``url`` is given).
@@ -68,22 +68,6 @@ class RedisResultStorage:
         self._redis = RedisConnection(
             "Redis result storage", host, port, db, url=url, password=password, retries=1
         )
-
-    @property
-    def endpoint(self) -> str:
-        """``host:port`` (or socket path) of the server, safe to log."""
-        return self._redis.endpoint
-
-    async def open(self) -> None:
-        """Connect and check the server answers (idempotent).
-
-        :raises StorageError: the server cannot be reached.
-        """
-        await self._redis.open()
-
-    async def close(self) -> None:
-        """Release the connections (idempotent)."""
-        await self._redis.close()
 
     def _key(self, task_id: str) -> str:
         return f"{self.prefix}:result:{task_id}"
