@@ -1,23 +1,9 @@
-"""Task functions every system in ``compare.py`` runs, and the Huey instance whose
-consumer imports them (Huey finds tasks by module name, so they live in a module).
-
-The Huey database path comes from ``BENCH_HUEY_DB`` so the consumer subprocess and the
-benchmark open the same file.
-"""
+"""Task functions every system in ``compare.py`` runs (importable by worker processes of
+every kind, so they live in a module; Huey's wrappers are in huey_tasks.py)."""
 
 from __future__ import annotations
 
-import os
 import time
-
-from huey import SqliteHuey
-
-huey = SqliteHuey(
-    "bench",
-    filename=os.environ.get("BENCH_HUEY_DB", "/tmp/omniq-bench-huey.db"),
-    fsync=True,  # synchronous=FULL, the same durability as omniq_mp's default
-    journal_mode="wal",
-)
 
 
 def noop() -> int:
@@ -37,7 +23,3 @@ def sleep(seconds: float) -> int:
     """Sleep (for timeout measurements)."""
     time.sleep(seconds)
     return 1
-
-
-huey_noop = huey.task()(noop)
-huey_burn = huey.task()(burn)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import os
 import signal
 import statistics
@@ -381,19 +382,23 @@ def pool_memory(
     from anchor_tasks import noop, sleep
 
     me = psutil.Process()
-    with make() as pool:
-        pool.submit(noop).result()
-        time.sleep(1.0)
-        children = me.children()
-        uss = max(c.memory_full_info().uss for c in children) / 2**20 if children else 0.0
-        idle = me.memory_info().rss / 2**20
-        futures = [pool.submit(sleep, 30) for _ in range(backlog)]
-        time.sleep(1.0)
-        busy = me.memory_info().rss / 2**20
-        for future in futures:
-            future.cancel()
-        for child in me.children(recursive=True):
-            child.kill()  # the two running 30 s sleeps: do not wait for them
+    before = {p.pid for p in me.children(recursive=True)}  # e.g. omniq_mp's forkserver
+    pool = make()
+    pool.submit(noop).result()
+    time.sleep(1.0)
+    workers = [p for p in me.children(recursive=True) if p.pid not in before]
+    uss = max(w.memory_full_info().uss for w in workers) / 2**20 if workers else 0.0
+    idle = me.memory_info().rss / 2**20
+    futures = [pool.submit(sleep, 30) for _ in range(backlog)]
+    time.sleep(1.0)
+    busy = me.memory_info().rss / 2**20
+    for future in futures:
+        future.cancel()
+    for worker in workers:  # the two running 30 s sleeps: do not wait for them
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.kill()
+    with contextlib.suppress(Exception):  # a pool whose workers were killed may complain
+        pool.shutdown(wait=True)
     return idle, uss, busy
 
 
@@ -407,7 +412,7 @@ def huey_consumer(**options: str) -> list[str]:
     return [
         sys.executable,
         "-c",
-        f"from anchor_tasks import huey; huey.create_consumer({args}).run()",
+        f"from huey_tasks import huey; huey.create_consumer({args}).run()",
     ]
 
 
@@ -418,13 +423,13 @@ def huey_durable(n: int) -> tuple[float, float, float]:
         os.environ["BENCH_HUEY_DB"] = str(db)
         import importlib
 
-        import anchor_tasks
+        import huey_tasks
 
-        importlib.reload(anchor_tasks)
-        huey = anchor_tasks.huey
+        importlib.reload(huey_tasks)
+        huey = huey_tasks.huey
         began = time.perf_counter()
         for _ in range(n):
-            anchor_tasks.huey_noop()
+            huey_tasks.huey_noop()
         enqueued = time.perf_counter()
         env = env_for(base_dir, BENCH_HUEY_DB=str(db))
         command = huey_consumer(initial_delay="0.001", max_delay="0.01")
@@ -447,20 +452,20 @@ def huey_latency(samples: int, fast_poll: bool) -> list[float]:
         os.environ["BENCH_HUEY_DB"] = str(db)
         import importlib
 
-        import anchor_tasks
+        import huey_tasks
 
-        importlib.reload(anchor_tasks)
+        importlib.reload(huey_tasks)
         options = (
             {"initial_delay": "0.001", "backoff": "1.0", "max_delay": "0.001"} if fast_poll else {}
         )
         with background(huey_consumer(**options), env_for(base_dir, BENCH_HUEY_DB=str(db))):
-            anchor_tasks.huey_noop().get(blocking=True, timeout=30)
+            huey_tasks.huey_noop().get(blocking=True, timeout=30)
             times = []
             for _ in range(samples):
                 time.sleep(0.02)
                 began = time.perf_counter()
                 check(
-                    anchor_tasks.huey_noop().get(
+                    huey_tasks.huey_noop().get(
                         blocking=True, timeout=30, backoff=1.0, max_delay=0.0005
                     ),
                     1,
@@ -476,12 +481,12 @@ def huey_cpu(count: int, seconds: float) -> float:
         os.environ["BENCH_HUEY_DB"] = str(db)
         import importlib
 
-        import anchor_tasks
+        import huey_tasks
 
-        importlib.reload(anchor_tasks)
-        huey = anchor_tasks.huey
+        importlib.reload(huey_tasks)
+        huey = huey_tasks.huey
         for _ in range(count):
-            anchor_tasks.huey_burn(seconds)
+            huey_tasks.huey_burn(seconds)
         command = huey_consumer(initial_delay="0.001", max_delay="0.01")
         with background(command, env_for(base_dir, BENCH_HUEY_DB=str(db))):
             wait_until(lambda: huey.result_count() >= 1, 60, "Huey's first result")
