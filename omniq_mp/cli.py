@@ -24,6 +24,9 @@ import click
 
 from omniq_mp import logging as omniq_logging
 from omniq_mp.cli_common import (
+    INT64_MAX,
+    INT64_MIN,
+    Seconds,
     describe_store,
     fail,
     handles_errors,
@@ -173,6 +176,10 @@ def _install_signal_handlers(workers: AsyncWorkerPool) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
 
 
+# The longest delay a timedelta holds (in whole days: its exact maximum rounds past it).
+_MAX_DELAY = float(timedelta.max.days * 86400)
+
+
 def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -186,12 +193,12 @@ def _parse_value(text: str) -> Any:
 @click.argument("args", nargs=-1)
 @click.option("--kwargs", "kwargs_json", default=None, help="JSON object, e.g. '{\"x\": 1}'.")
 @click.option("--queue", default=None)
-@click.option("--priority", type=int, default=0)
+@click.option("--priority", type=click.IntRange(INT64_MIN, INT64_MAX), default=0)
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option("--max-retries", type=click.IntRange(min=0), default=None)
+@click.option("--max-retries", type=click.IntRange(min=0, max=INT64_MAX), default=None)
 @click.option(
     "--delay",
-    type=click.FloatRange(min=0),
+    type=Seconds(limit=_MAX_DELAY),
     default=None,
     help="Seconds to wait before the task is due.",
 )
@@ -249,18 +256,27 @@ def _parse_kwargs(text: str | None) -> dict[str, Any]:
 @click.argument("task_id")
 @click.option(
     "--wait",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     default=0.0,
     help="Seconds to wait for the task to finish.",
 )
+@click.option(
+    "--traceback",
+    "show_traceback",
+    is_flag=True,
+    help="For a failed task, print the worker's traceback before the error line.",
+)
 @handles_errors
-def result(task_id: str, wait: float, **options: Any) -> None:
+def result(task_id: str, wait: float, show_traceback: bool, **options: Any) -> None:
     """Print the result of TASK_ID (exit 1 if it failed or is not finished)."""
     q = OmniQ(settings_from(**options))
     try:
         value = q.get_result(task_id, timeout=wait)
     except TaskFailedError as exc:
-        click.echo(exc.traceback, err=True) if exc.traceback else None
+        # One line by default, like every runtime error (scripts read stderr); the worker's
+        # traceback is there for whoever debugs the task.
+        if show_traceback and exc.traceback:
+            click.echo(exc.traceback.rstrip("\n"), err=True)
         fail(str(exc))
     except ResultTimeoutError as exc:
         fail(str(exc))

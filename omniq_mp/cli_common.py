@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,10 +13,44 @@ import click
 
 from omniq_mp.config import BACKENDS, Settings
 from omniq_mp.errors import ConfigError, OmniqError
+from omniq_mp.queue import INT64_MAX, INT64_MIN  # IntRange bounds of options bound into SQL
 
-__all__ = ["describe_store", "fail", "handles_errors", "settings_from", "store_options"]
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "Seconds",
+    "describe_store",
+    "fail",
+    "handles_errors",
+    "settings_from",
+    "store_options",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Parameters whose text is never bound into a store: task arguments are pickled, so a
+# non-UTF-8 file name passed to a task (say) reaches the task as given.
+_OPAQUE_TEXT = frozenset({"args", "kwargs_json"})
+
+
+class Seconds(click.FloatRange):
+    """Seconds, at least 0 and at most ``limit``. Unlike FloatRange, nan is refused (it
+    passes every range comparison, then breaks timedelta or the event loop), and the help
+    shows no unreadable upper bound."""
+
+    name = "seconds"
+
+    def __init__(self, limit: float = math.inf) -> None:
+        super().__init__(min=0)
+        self.limit = limit
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail("nan is not a number of seconds", param, ctx)
+        if seconds > self.limit:
+            self.fail(f"{seconds:g} is above the limit of {self.limit:g} seconds", param, ctx)
+        return seconds
 
 
 def store_options(fn: F) -> F:
@@ -71,9 +106,33 @@ def handles_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _refuse_undecodable_text(kwargs)
         try:
             return fn(*args, **kwargs)
         except OmniqError as exc:
             fail(str(exc))
 
     return wrapper  # type: ignore[return-value]
+
+
+def _refuse_undecodable_text(values: dict[str, Any]) -> None:
+    """A usage error for argv text that was not UTF-8 (Python hands such bytes over as lone
+    surrogates), before a store is asked to bind it: SQL drivers refuse it with a
+    UnicodeEncodeError. Paths (``--base-dir``, ``--config``) arrive as Path objects and
+    keep their bytes."""
+    for name, value in values.items():
+        texts = value if isinstance(value, tuple) else (value,)
+        for text in texts:
+            if isinstance(text, str) and name not in _OPAQUE_TEXT and not _is_utf8(text):
+                ctx = click.get_current_context(silent=True)
+                params = ctx.command.params if ctx is not None else []
+                param = next((p for p in params if p.name == name), None)
+                raise click.BadParameter(f"{text!r} is not valid UTF-8 text", ctx, param)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from omniq_mp.cli_common import fail, handles_errors, settings_from, store_options
+from omniq_mp.cli_common import INT64_MAX, fail, handles_errors, settings_from, store_options
 from omniq_mp.errors import ConfigError, TaskNotFoundError
 from omniq_mp.models import TaskStatus
 from omniq_mp.sync import OmniQ
@@ -47,7 +47,7 @@ def cancel(task_id: str, **options: Any) -> None:
 
 @click.command()
 @store_options
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=INT64_MAX), default=100, show_default=True)
 @handles_errors
 def dead(limit: int, **options: Any) -> None:
     """List quarantined (DEAD) tasks with the reason of every attempt."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from omniq_mp.cli_common import handles_errors, settings_from, store_options
+from omniq_mp.cli_common import INT64_MAX, handles_errors, settings_from, store_options
 from omniq_mp.core import AsyncOmniQ
 from omniq_mp.eventstore import Event, EventType
 from omniq_mp.runtime import run
@@ -43,7 +43,12 @@ def _line(position: int, event: Event) -> str:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events (Ctrl-C stops).")
 @click.option("--task", "task_id", default=None, help="Only this task's events.")
 @click.option("--type", "types", default=None, help="Comma-separated types, e.g. FAILED,DEAD.")
-@click.option("--after", type=click.IntRange(min=0), default=0, help="Start after this position.")
+@click.option(
+    "--after",
+    type=click.IntRange(min=0, max=INT64_MAX),
+    default=0,
+    help="Start after this position.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @handles_errors
 def events(

@@ -14,7 +14,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_type_hints
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
 from omniq_mp.errors import ConfigError
 from omniq_mp.signing import Signer, settings_problem
@@ -136,6 +137,7 @@ class Settings:
     signing_keys_old: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        _check_text_fields(self)  # before _normalise, which calls str and Path methods
         self._normalise()
         for name, choices in (
             ("backend", BACKENDS),
@@ -299,6 +301,40 @@ def _check_choice(name: str, value: Any, choices: tuple[str | None, ...]) -> Non
         raise ConfigError(f"{name} must be one of {names}; got {value!r}")
 
 
+def _check_text_fields(settings: Settings) -> None:
+    """Refuse a wrongly typed text, path or queue-list value by name (a config file can give
+    any type: ``queues = 5``, ``base_dir = 5``). Numbers have their own checks; the message
+    gives the type only, never the value, which may be a secret."""
+    for name, (accepted, kind) in _TEXT_FIELDS.items():
+        value = getattr(settings, name)
+        if not isinstance(value, accepted):
+            raise ConfigError(f"{name} must be {kind}, not {type(value).__name__}")
+
+
+def _text_field(hint: Any) -> tuple[tuple[type, ...], str] | None:
+    """The types a text-like field may hold, from its type hint, and their description;
+    None for other fields."""
+    parts = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    if any(part in (int, float) for part in parts):
+        return None  # a number (or a size like "1GB"): checked by its own rule
+    accepted: list[type] = []
+    kinds: list[str] = []
+    for part in parts:
+        if get_origin(part) is tuple:
+            accepted += [tuple, list, str]  # queues: a list, or "a,b" text
+            kinds.append("a list of names")
+        elif part is Path:
+            accepted += [str, os.PathLike]
+            kinds.append("a path")
+        elif part is type(None):
+            accepted.append(part)
+            kinds.append("none")
+        else:
+            accepted.append(part)
+            kinds.append("text")
+    return tuple(accepted), " or ".join(dict.fromkeys(kinds))
+
+
 def _check_signing(settings: Settings) -> None:
     # The check hands back a message: no line this error passes through holds a secret.
     problem = settings_problem(
@@ -345,3 +381,12 @@ def _parse_env(name: str, raw: str, hint: Any) -> Any:
     except ValueError:
         raise ConfigError(f"OMNIQ_{name.upper()}={raw!r} is not a valid {text}") from None
     return raw
+
+
+# Derived from the hints once: a text field added to Settings is checked without an edit.
+# The signing fields are left to signing.settings_problem, which has its own wording.
+_TEXT_FIELDS = {
+    name: checked
+    for name, hint in get_type_hints(Settings).items()
+    if (checked := _text_field(hint)) is not None and not name.startswith("signing_")
+}

@@ -33,9 +33,13 @@ def read_config_file(path: str | Path, known: set[str]) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x})"
+        ) from None
     data = _parse(path, text)
     if isinstance(data, Mapping) and isinstance(data.get("omniq"), Mapping):
         data = data["omniq"]
@@ -61,5 +65,8 @@ def _parse(path: Path, text: str) -> Any:
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
             line = f" (line {where.line + 1})" if where is not None else ""
-            raise ConfigError(f"{path}: not valid YAML{line}: {exc}") from None
+            # str(exc) spans several lines (marks, a caret line); a usage error is one.
+            parts = (getattr(exc, "context", None), getattr(exc, "problem", None))
+            what = ", ".join(str(p) for p in parts if p) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML{line}: {what}") from None
     raise ConfigError(f"{path}: config files must end in .yaml, .yml or .toml")

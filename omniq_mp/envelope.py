@@ -146,6 +146,7 @@ def split(payload: bytes) -> tuple[Header | None, memoryview]:
     try:
         data = json.loads(bytes(view[start : start + length]))
         header = Header(str(data["py"]), str(data["cp"]), data.get("code"))
-    except (ValueError, KeyError, TypeError) as exc:
+    # RecursionError: up to 64 KiB of "[" is absurd nesting, not a header.
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ValueError(f"the task payload's header is damaged: {exc}") from None
     return header, view[start + length :]

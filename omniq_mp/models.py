@@ -11,6 +11,7 @@ import enum
 import os
 import time
 import traceback as _traceback
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -124,12 +125,30 @@ class TaskError:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskError:
-        """Inverse of :meth:`to_dict`; ignores unknown keys written by newer versions."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """Inverse of :meth:`to_dict`; ignores unknown keys written by newer versions.
+
+        :raises TypeError: ``data`` is not a mapping, or a field has the wrong type (stored
+            errors are read back from JSON that may have been damaged).
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"a task error must be a JSON object, not {type(data).__name__}")
+        values = {k: v for k, v in data.items() if k in _ERROR_FIELD_TYPES}
+        for name, value in values.items():
+            wanted = _ERROR_FIELD_TYPES[name]
+            # bool is an int to isinstance: a flag where a count belongs is damage too.
+            if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
+                raise TypeError(f"task error field {name} is {type(value).__name__}")
+        return cls(**values)
 
     def __str__(self) -> str:
         return f"{self.error_type}: {self.message}"
+
+
+# The JSON type of each TaskError field, for from_dict's checks; derived from the
+# (postponed, so textual) annotations, so a new field cannot be forgotten here.
+_ERROR_FIELD_TYPES: dict[str, type] = {
+    f.name: {"str": str, "bool": bool, "int": int}[str(f.type)] for f in fields(TaskError)
+}
 
 
 def _safe_str(exception: BaseException) -> str:

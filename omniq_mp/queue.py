@@ -37,6 +37,10 @@ __all__ = ["AsyncTaskQueue", "build_task", "sign_payload"]
 
 Clock = Callable[[], float]
 
+# Stores keep integers in 64 bits (SQLite's INTEGER, PostgreSQL's bigint): a larger one
+# would fail the enqueue with an OverflowError deep in the driver, not name the option.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 def build_task(
     target: Callable[..., Any] | str,
@@ -66,10 +70,8 @@ def build_task(
         raise ConfigError("the dotted path must not be empty")
     if not isinstance(queue, str) or not queue:
         raise ConfigError(f"queue must be a non-empty string, got {queue!r}")
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise ConfigError(f"priority must be an int, got {priority!r}")
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise ConfigError(f"max_retries must be an int >= 0, got {max_retries!r}")
+    _check_int64("priority", priority, INT64_MIN)
+    _check_int64("max_retries", max_retries, 0)
     if timeout is not None:
         timeout = check_seconds("timeout", timeout)
     if args is None or isinstance(args, str | bytes) or not isinstance(args, Iterable):
@@ -79,6 +81,8 @@ def build_task(
     if key is not None and (not isinstance(key, str) or not key.strip()):
         raise ConfigError(f"key must be a non-empty string, got {key!r}")
     memory = None if max_memory is None else parse_bytes("max_memory", max_memory)
+    if memory is not None:
+        _check_int64("max_memory", memory, 1)
     ttl = None if result_ttl is None else parse_duration("result_ttl", result_ttl)
     payload = dumps_call(target, tuple(args), dict(kwargs or {}))
     warn_if_large(target, tuple(args), dict(kwargs or {}), len(payload))
@@ -97,6 +101,14 @@ def build_task(
         result_ttl=ttl,
     )
     return sign_payload(task, signer, recurring=task.interval is not None)
+
+
+def _check_int64(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an int, got {value!r}")
+    if not minimum <= value <= INT64_MAX:
+        bounds = "a 64-bit integer" if minimum == INT64_MIN else f"an int >= {minimum} below 2**63"
+        raise ConfigError(f"{name} must be {bounds}, got {value!r}")
 
 
 def sign_payload(task: Task, signer: Signer | None, *, recurring: bool = False) -> Task:

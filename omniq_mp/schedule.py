@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -22,8 +23,17 @@ from omniq_mp.models import Task
 
 __all__ = ["Schedule", "check_cron", "next_cron_time"]
 
-# The task options a schedule's template keeps (stored as JSON beside the payload).
-_TEMPLATE_OPTIONS = ("queue", "priority", "timeout", "max_retries", "max_memory", "result_ttl")
+# The task options a schedule's template keeps (stored as JSON beside the payload), with
+# the JSON types each may hold when read back.
+_NUMBER = (int, float)
+_TEMPLATE_OPTIONS: dict[str, tuple[type, ...]] = {
+    "queue": (str,),
+    "priority": (int,),
+    "timeout": (*_NUMBER, type(None)),
+    "max_retries": (int,),
+    "max_memory": (int, type(None)),
+    "result_ttl": (*_NUMBER, type(None)),
+}
 
 
 @dataclass
@@ -49,8 +59,19 @@ class Schedule:
 
     @staticmethod
     def template_from(func_name: str, payload: bytes, options: dict[str, object]) -> Task:
-        """Rebuild a template task from stored parts; unknown option names are ignored."""
+        """Rebuild a template task from stored parts; unknown option names are ignored.
+
+        :raises TypeError: ``options`` is not a mapping or an option has the wrong type
+            (they are read back from stored JSON, which may have been damaged).
+        """
+        if not isinstance(options, Mapping):
+            raise TypeError(f"schedule options must be a JSON object, not {type(options).__name__}")
         known = {k: v for k, v in options.items() if k in _TEMPLATE_OPTIONS}
+        for name, value in known.items():
+            wanted = _TEMPLATE_OPTIONS[name]
+            # bool is an int to isinstance: refuse it where a number belongs.
+            if not isinstance(value, wanted) or isinstance(value, bool):
+                raise TypeError(f"schedule option {name} is {type(value).__name__}")
         return Task(func_name=func_name, payload=payload, **known)  # type: ignore[arg-type]
 
     def task_for(self, due: float) -> Task:

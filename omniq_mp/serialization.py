@@ -111,7 +111,17 @@ def resolve(path: str) -> Callable[..., Any]:
         module_name, _, attr = path.rpartition(".")
     if not module_name or not attr:
         raise ImportError(f"{path!r} is not a dotted path like 'package.module.function'")
-    obj: Any = importlib.import_module(module_name)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError:
+        raise
+    except Exception as exc:
+        # The module's own code failed (a RuntimeError at import, a bad config read...): it
+        # is still a path that does not import, which retrying cannot help; its traceback
+        # stays attached as the cause.
+        raise ImportError(
+            f"importing module {module_name!r} raised {type(exc).__name__}: {exc}"
+        ) from exc
     for name in attr.split("."):
         try:
             obj = getattr(obj, name)

@@ -39,6 +39,7 @@ import errno
 import fcntl
 import itertools
 import os
+import stat
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -83,6 +84,7 @@ _FOLDERS = (
     "keys",
     "quarantine",
 )
+_LINK = "a symbolic link (links in the store are never followed)"
 _TERMINAL = tuple(s for s in TaskStatus if s.is_terminal)  # the statuses kept in done/
 _REVIVABLE = (TaskStatus.DEAD, TaskStatus.FAILED)
 
@@ -331,7 +333,9 @@ class _Tree:
         """Write ``data`` durably beside ``path``; return the temp file."""
         self.mkdir(path.parent)
         tmp = path.with_name(path.name + _TMP)
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE), "wb") as f:
+        # O_NOFOLLOW: a link planted under the temp name must not be written through.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+        with os.fdopen(os.open(tmp, flags, FILE_MODE), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -379,13 +383,23 @@ class _Tree:
         self.write(dst.with_name(dst.name + ".reason"), f"{path}: {reason}\n".encode())
 
     def read(self, path: Path, decode: Callable[[bytes], R]) -> R | None:
-        """The decoded entry at ``path``; None if it is gone or unreadable (quarantined)."""
+        """The decoded entry at ``path``; None if it is gone or unreadable (quarantined).
+
+        A link is never followed, whatever it points at: an entry is a regular file of the
+        store's own, and a link could make a task of bytes from anywhere (or block on a
+        FIFO). Links, folders and other non-files are quarantined like damaged entries.
+        """
         try:
-            return decode(path.read_bytes())
+            return decode(_read_regular(path))
         except FileNotFoundError:
             return None
         except (Corrupt, IsADirectoryError) as exc:
             self.quarantine(path, str(exc) or type(exc).__name__)
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.EMLINK):  # O_NOFOLLOW met a link
+                raise
+            self.quarantine(path, _LINK)
             return None
 
     # -- entries -----------------------------------------------------------------------------
@@ -397,13 +411,24 @@ class _Tree:
                 yield folder / name, *entry
 
     def pending_names(self, queues: Sequence[str] | None) -> Iterator[tuple[Path, str]]:
+        for folder in self.queue_folders(queues):
+            yield from ((folder, name) for name in _json_names(folder))
+
+    def queue_folders(self, queues: Sequence[str] | None) -> list[Path]:
+        """The folders of ``queues`` (None: all) under pending/, in that order; a link in
+        place of one is quarantined, not followed (its entries are not the store's)."""
         root = self.base / "pending"
         if queues is None:
-            folders = [p for p in root.iterdir() if p.is_dir()]
+            candidates = list(root.iterdir())
         else:
-            folders = [root / entry_name(q) for q in dict.fromkeys(queues)]
-        for folder in folders:
-            yield from ((folder, name) for name in _json_names(folder))
+            candidates = [root / entry_name(q) for q in dict.fromkeys(queues)]
+        folders = []
+        for folder in candidates:
+            if folder.is_symlink():
+                self.quarantine(folder, _LINK)
+            elif folder.is_dir():
+                folders.append(folder)
+        return folders
 
     def transition(self, path: Path, task: Task, seq: int) -> None:
         """Give the entry its new state and folder, always by way of ``running/<id>.json``:
@@ -433,6 +458,10 @@ class _Tree:
         link = self.id_link(task_id)
         if not path.exists() and os.path.lexists(link):
             path = Path(os.path.normpath(link.parent / os.readlink(link)))
+            # The index is only a hint: one that leads out of pending/<queue>/ finds
+            # nothing, so no file outside the store is ever read, moved or quarantined.
+            if path.parent.parent != Path(os.path.normpath(self.base / "pending")):
+                return None
         entry = self.read(path, decode_task)
         return None if entry is None else (path, *entry)
 
@@ -536,7 +565,8 @@ class _Tree:
     def recover(self) -> None:
         """Remove temp files of crashed writers; finish moves a crash interrupted."""
         folders = [self.base / f for f in _FOLDERS]
-        folders += [p for p in folders[0].iterdir() if p.is_dir()]
+        # Not through a linked queue folder: its temp files are not ours to delete.
+        folders += [p for p in folders[0].iterdir() if p.is_dir() and not p.is_symlink()]
         for folder in folders:
             for name in os.listdir(folder):
                 if name.endswith(_TMP) and not (folder / name).is_dir():
@@ -618,8 +648,7 @@ class _Tree:
         """Pending entries whose name says they are due, in claim order: every candidate of
         a queue before any of the next, so later queues only get what earlier ones leave."""
         horizon = eta_us(now)
-        for queue in dict.fromkeys(queues):
-            folder = self.base / "pending" / entry_name(queue)
+        for folder in self.queue_folders(queues):
             for name in sorted(_json_names(folder)):  # listed first: claims move entries out
                 eta = key_field(name, 1)
                 if eta is None:
@@ -794,6 +823,26 @@ class _Tree:
         folder = self.base / "workers"
         infos = [self.read(folder / name, decode_worker) for name in sorted(_json_names(folder))]
         return [w for w in infos if w is not None and w.heartbeat_at >= alive_since]
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of the regular file at ``path``, never through a link.
+
+    :raises OSError: ELOOP for a link; IsADirectoryError for a folder.
+    :raises Corrupt: for another kind of file (a FIFO, a socket, a device).
+    """
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; it changes nothing for files.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "a folder, not an entry", str(path))
+        if not stat.S_ISREG(mode):
+            raise Corrupt("not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
 
 
 def _names(folder: Path) -> list[str]:

@@ -191,12 +191,13 @@ def decode_worker(data: bytes) -> WorkerInfo:
     """Inverse of :func:`encode_worker`. :raises Corrupt: for anything else."""
     try:
         record = json.loads(data)
-        record["queues"] = tuple(record["queues"])
-        details = record.setdefault("details", {})  # entries from before details existed
-        if not isinstance(details, dict):
-            raise TypeError(f"details is {type(details).__name__}, not an object")
-        return WorkerInfo(**record)
-    except (ValueError, KeyError, TypeError) as exc:
+        # Every field type-checked, as for tasks: a heartbeat_at of the wrong type would
+        # only fail later, when workers() compares it with a time.
+        info: WorkerInfo = _from_record(WorkerInfo, record)
+        if not isinstance(info.details, dict):  # a Mapping hint: not checked by _from_json
+            raise TypeError(f"details is {type(info.details).__name__}, not an object")
+        return info
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise Corrupt(f"not a worker entry: {type(exc).__name__}: {exc}") from exc
 
 

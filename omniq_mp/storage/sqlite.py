@@ -17,12 +17,13 @@ import random
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+from loguru import logger
 
 from omniq_mp.crashpoints import crash_point
 from omniq_mp.errors import StorageError
@@ -38,8 +39,10 @@ from omniq_mp.storage.sqlite_codec import (
     REQUEUE,
     SCHEDULE_COLUMNS,
     claim_statement,
+    quarantine_update,
     row_schedule,
     row_task,
+    row_worker,
     schedule_row,
     settlement_rows,
     task_row,
@@ -70,6 +73,7 @@ class SQLiteStorage:
         self._synchronous_now = self._synchronous  # the connection's current mode
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()  # one transaction at a time on self._conn
+        self._reported: set[tuple[str, Any]] = set()  # damaged rows already logged
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -239,16 +243,20 @@ class SQLiteStorage:
         per_queue = [value for q in queues for value in (q, now, limit)]
         params = (token, lease_until, worker_id, now, *per_queue, limit)
 
-        async def body(conn: aiosqlite.Connection) -> list[Any]:
-            return list(await conn.execute_fetchall(sql, params))
+        async def body(conn: aiosqlite.Connection) -> list[tuple[Task, int]]:
+            rows = list(await conn.execute_fetchall(sql, params))
+            # Decoded inside the transaction: a row that cannot be read is set aside in the
+            # same commit that claimed it, so it neither strands the rest of the batch nor
+            # is claimed again.
+            claimed, damaged = _decode_rows(rows)
+            await _quarantine(conn, damaged, now)
+            return claimed
 
-        rows = await self._transaction(body, durable=False)
+        claimed = await self._transaction(body, durable=False)
         # RETURNING gives no order guarantee; restore the claim order.
         rank = {q: i for i, q in enumerate(queues)}
-        tasks = [row_task(r) for r in rows]
-        seq = {r[0]: r[-1] for r in rows}
-        tasks.sort(key=lambda t: (rank[t.queue], -t.priority, t.eta, seq[t.id]))
-        return tasks
+        claimed.sort(key=lambda c: (rank[c[0].queue], -c[0].priority, c[0].eta, c[1]))
+        return [task for task, _ in claimed]
 
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         """Apply outcomes in one transaction; each is fenced by its lease token.
@@ -297,10 +305,12 @@ class SQLiteStorage:
         return await self._transaction(body, durable=False) if leases else set()
 
     async def expired(self, now: float, limit: int) -> list[Task]:
-        """RUNNING tasks past their lease (uses the partial index tasks_leased)."""
+        """RUNNING tasks past their lease (uses the partial index tasks_leased); damaged
+        rows among them are quarantined, never returned."""
         return await self._tasks(
             "WHERE status = 'RUNNING' AND lease_until < ? ORDER BY lease_until LIMIT ?",
             (now, limit),
+            damaged=_QUARANTINE,
         )
 
     async def running_leases(self) -> list[Lease]:
@@ -312,18 +322,20 @@ class SQLiteStorage:
         return [Lease(str(r[0]), str(r[1] or ""), r[2]) for r in rows]
 
     async def get(self, task_id: str) -> Task | None:
-        """One task by id."""
-        tasks = await self._tasks("WHERE id = ?", (task_id,))
+        """One task by id; a damaged row is a StorageError naming it."""
+        tasks = await self._tasks("WHERE id = ?", (task_id,), damaged=_RAISE)
         return tasks[0] if tasks else None
 
     async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
-        """The tasks among ``task_ids`` that exist."""
+        """The tasks among ``task_ids`` that exist; damaged rows among them are quarantined
+        (this is how a supervisor reads the tasks of leases it found abandoned, which must
+        not stay RUNNING for ever), never returned."""
         ids = list(task_ids)
         found: list[Task] = []
         for start in range(0, len(ids), _IN_CHUNK):
             chunk = ids[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
-            found += await self._tasks(f"WHERE id IN ({marks})", tuple(chunk))
+            found += await self._tasks(f"WHERE id IN ({marks})", chunk, damaged=_QUARANTINE)
         return found
 
     async def cancel(self, task_id: str, now: float) -> Task | None:
@@ -359,13 +371,15 @@ class SQLiteStorage:
     async def list_tasks(
         self, status: TaskStatus, queues: Sequence[str] | None, limit: int
     ) -> list[Task]:
-        """Tasks in ``status``, newest first."""
+        """Tasks in ``status``, newest first; damaged rows are skipped (and logged)."""
         where, params = "WHERE status = ?", [status.value]
         if queues is not None:
             where += f" AND queue IN ({', '.join('?' * len(queues))})"
             params += list(queues)
         return await self._tasks(
-            f"{where} ORDER BY coalesce(finished_at, created_at) DESC LIMIT ?", [*params, limit]
+            f"{where} ORDER BY coalesce(finished_at, created_at) DESC LIMIT ?",
+            [*params, limit],
+            damaged=_SKIP,
         )
 
     async def revive(self, task_ids: Sequence[str] | None, now: float) -> list[str]:
@@ -415,9 +429,37 @@ class SQLiteStorage:
 
         return await self._transaction(body)
 
-    async def _tasks(self, where: str, params: Sequence[Any]) -> list[Task]:
-        rows = await self._read(f"SELECT {COLUMNS} FROM tasks {where}", params)
-        return [row_task(r) for r in rows]
+    async def _tasks(self, where: str, params: Sequence[Any], *, damaged: str) -> list[Task]:
+        """The decodable tasks ``where`` selects; ``damaged`` says what becomes of the rest:
+        _RAISE (StorageError naming the row), _SKIP (logged once), or _QUARANTINE."""
+        rows = await self._read(f"SELECT {COLUMNS}, seq FROM tasks {where}", params)
+        if damaged == _RAISE:
+            return [row_task(r) for r in rows]
+        found, bad = _decode_rows(rows)
+        if bad and damaged == _QUARANTINE:
+            await self._quarantine_seqs([r[-1] for r, _ in bad])
+        for r, why in bad if damaged == _SKIP else ():
+            self._report(("task", r[-1]), f"skipped: {why}")
+        return [task for task, _ in found]
+
+    async def _quarantine_seqs(self, seqs: Sequence[int]) -> None:
+        """Quarantine the task rows ``seqs`` that still fail to decode (read again inside
+        the write transaction, so a row rewritten meanwhile is left alone)."""
+
+        async def body(conn: aiosqlite.Connection) -> None:
+            rows = await conn.execute_fetchall(
+                f"SELECT {COLUMNS}, seq FROM tasks WHERE seq IN ({', '.join('?' * len(seqs))})",
+                list(seqs),
+            )
+            await _quarantine(conn, _decode_rows(rows)[1], time.time())
+
+        await self._transaction(body)
+
+    def _report(self, key: tuple[str, Any], message: str) -> None:
+        # Once per row and connection: a damaged row is met again on every scan.
+        if key not in self._reported:
+            self._reported.add(key)
+            logger.bind(action="storage_damaged_row").warning("{}: {}", self.path, message)
 
     async def stats(self, queues: Sequence[str] | None, now: float) -> QueueStats:
         """Counts by status in one grouped query."""
@@ -433,7 +475,10 @@ class SQLiteStorage:
         )
         counts: dict[str, int] = {}
         for status, n, due, retrying in rows:
-            counts[str(status).lower()] = n
+            if status not in _STATUSES:  # written behind our back: no count it belongs to
+                self._report(("status", status), f"{n} task row(s) of unknown status {status!r}")
+                continue
+            counts[status.lower()] = n
             if status == "PENDING":
                 counts.update(due=due or 0, retrying=retrying or 0)
         return QueueStats(**counts)
@@ -452,7 +497,7 @@ class SQLiteStorage:
     async def schedules(self) -> list[Schedule]:
         """Every schedule, soonest first."""
         rows = await self._read(f"SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY next_run")
-        return [row_schedule(r) for r in rows]
+        return [row_schedule(r) for r in rows]  # a damaged one is a StorageError naming it
 
     async def set_paused(self, schedule_id: str, paused: bool) -> Schedule | None:
         """Pause or resume a schedule."""
@@ -489,7 +534,7 @@ class SQLiteStorage:
                 (now,),
             )
             fired = []
-            for schedule in (row_schedule(r) for r in rows):
+            for schedule in self._readable_schedules(rows):
                 task = schedule.task_for(schedule.next_run)
                 await conn.execute(INSERT, task_row(task))
                 await conn.execute(
@@ -500,6 +545,14 @@ class SQLiteStorage:
             return fired
 
         return await self._transaction(body)
+
+    def _readable_schedules(self, rows: Iterable[Sequence[Any]]) -> Iterator[Schedule]:
+        # One damaged schedule must not stop every other schedule from firing.
+        for r in rows:
+            try:
+                yield row_schedule(r)
+            except StorageError as exc:
+                self._report(("schedule", r[0]), f"skipped: {exc}")
 
     async def heartbeat(self, info: WorkerInfo) -> None:
         """Upsert the supervisor's row."""
@@ -532,10 +585,13 @@ class SQLiteStorage:
     async def workers(self, alive_since: float) -> list[WorkerInfo]:
         """Rows with a recent heartbeat."""
         rows = await self._read("SELECT * FROM workers WHERE heartbeat_at >= ?", (alive_since,))
-        return [
-            WorkerInfo(r[0], r[1], r[2], r[3], tuple(r[4].split(",")), r[5], r[6], json.loads(r[7]))
-            for r in rows
-        ]
+        found = []
+        for r in rows:
+            try:
+                found.append(row_worker(r))
+            except StorageError as exc:  # one damaged heartbeat must not hide the others
+                self._report(("worker", r[0]), f"skipped: {exc}")
+        return found
 
     async def queue_names(self) -> list[str]:
         """Distinct queue names (an index-only scan of tasks_claimable would miss finished
@@ -595,6 +651,38 @@ async def _run_script(conn: aiosqlite.Connection, script: str) -> None:
 
 _WAL_LIMIT = 64 * 2**20
 _IN_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
+_STATUSES = frozenset(s.value for s in TaskStatus)
+# What _tasks does with a row that does not decode.
+_RAISE, _SKIP, _QUARANTINE = "raise", "skip", "quarantine"
+
+
+def _decode_rows(
+    rows: Iterable[Sequence[Any]],
+) -> tuple[list[tuple[Task, int]], list[tuple[Sequence[Any], str]]]:
+    """(task, seq) of each row selected with ``COLUMNS, seq`` that decodes, and (row, what
+    is wrong with it) of each that does not."""
+    found, damaged = [], []
+    for r in rows:
+        try:
+            found.append((row_task(r), r[-1]))
+        except StorageError as exc:
+            damaged.append((r, str(exc)))
+    return found, damaged
+
+
+async def _quarantine(
+    conn: aiosqlite.Connection, damaged: Sequence[tuple[Sequence[Any], str]], now: float
+) -> None:
+    """Inside the caller's write transaction: make each damaged row DEAD, readable, and
+    named as damaged in its error (see sqlite_codec.quarantine_update)."""
+    for r, _ in damaged:
+        update = quarantine_update(r, now)
+        if update is not None:
+            sql, params, reason = update
+            await conn.execute(sql, params)
+            logger.bind(action="storage_damaged_row").warning(
+                "task row {!r} set aside as DEAD: stored row is damaged: {}", r[0], reason
+            )
 
 
 async def _current_tokens(conn: aiosqlite.Connection, ids: Sequence[str]) -> dict[str, str]:

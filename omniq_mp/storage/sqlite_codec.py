@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from omniq_mp.errors import StorageError
-from omniq_mp.models import Settlement, Task, TaskError, TaskStatus
+from omniq_mp.models import ErrorKind, Settlement, Task, TaskError, TaskStatus
 from omniq_mp.schedule import Schedule
+from omniq_mp.storage.base import WorkerInfo
 
 __all__ = [
     "COLUMNS",
@@ -23,44 +24,55 @@ __all__ = [
     "REQUEUE",
     "SCHEDULE_COLUMNS",
     "claim_statement",
+    "quarantine_update",
     "row_schedule",
     "row_task",
+    "row_worker",
     "schedule_row",
     "settlement_rows",
     "task_row",
 ]
 
-# (column, Task field) in table order; the two names differ only where SQL reads better.
-_MAPPING = (
-    ("id", "id"),
-    ("func_name", "func_name"),
-    ("payload", "payload"),
-    ("queue", "queue"),
-    ("priority", "priority"),
-    ("status", "status"),
-    ("eta", "eta"),
-    ("interval", "interval"),
-    ("timeout", "timeout"),
-    ("max_retries", "max_retries"),
-    ("attempts", "attempts"),
-    ("created_at", "created_at"),
-    ("started_at", "started_at"),
-    ("finished_at", "finished_at"),
-    ("lease_token", "lease_token"),
-    ("lease_until", "lease_until"),
-    ("worker_id", "worker_id"),
-    ("result", "result"),
-    ("error", "error"),
-    ("unique_key", "key"),
-    ("max_memory", "max_memory"),
-    ("result_ttl", "result_ttl"),
-    ("expires_at", "expires_at"),
-    ("cancel_requested", "cancel_requested"),
-    ("crashes", "crashes"),
-    ("history", "history"),
+# What SQLite may hand back for a column: SQLite does not enforce column types, so a row
+# changed behind the library's back can hold anything, and each value is checked on read.
+_TEXT: tuple[type, ...] = (str,)
+_INT: tuple[type, ...] = (int,)
+_REAL: tuple[type, ...] = (int, float)  # REAL columns read back as float; an int is a number too
+_BLOB: tuple[type, ...] = (bytes,)
+_NULL: tuple[type, ...] = (type(None),)
+
+# (column, Task field, accepted types) in table order; the two names differ only where SQL
+# reads better.
+_MAPPING: tuple[tuple[str, str, tuple[type, ...]], ...] = (
+    ("id", "id", _TEXT),
+    ("func_name", "func_name", _TEXT),
+    ("payload", "payload", _BLOB),
+    ("queue", "queue", _TEXT),
+    ("priority", "priority", _INT),
+    ("status", "status", _TEXT),
+    ("eta", "eta", _REAL),
+    ("interval", "interval", _REAL + _NULL),
+    ("timeout", "timeout", _REAL + _NULL),
+    ("max_retries", "max_retries", _INT),
+    ("attempts", "attempts", _INT),
+    ("created_at", "created_at", _REAL),
+    ("started_at", "started_at", _REAL + _NULL),
+    ("finished_at", "finished_at", _REAL + _NULL),
+    ("lease_token", "lease_token", _TEXT + _NULL),
+    ("lease_until", "lease_until", _REAL + _NULL),
+    ("worker_id", "worker_id", _TEXT + _NULL),
+    ("result", "result", _BLOB + _NULL),
+    ("error", "error", _TEXT + _NULL),
+    ("unique_key", "key", _TEXT + _NULL),
+    ("max_memory", "max_memory", _INT + _NULL),
+    ("result_ttl", "result_ttl", _REAL + _NULL),
+    ("expires_at", "expires_at", _REAL + _NULL),
+    ("cancel_requested", "cancel_requested", _INT),
+    ("crashes", "crashes", _INT),
+    ("history", "history", _TEXT + _NULL),
 )
-COLUMNS = ", ".join(column for column, _ in _MAPPING)
-_FIELDS = [field for _, field in _MAPPING]
+COLUMNS = ", ".join(column for column, _, _ in _MAPPING)
+_FIELDS = [field for _, field, _ in _MAPPING]
 _GET_FIELDS = operator.attrgetter(*_FIELDS)
 _STATUS, _ERROR = _FIELDS.index("status"), _FIELDS.index("error")
 _CANCEL, _HISTORY = _FIELDS.index("cancel_requested"), _FIELDS.index("history")
@@ -149,20 +161,108 @@ def task_row(t: Task) -> tuple[Any, ...]:
 
 def row_task(row: Sequence[Any]) -> Task:
     """A task from a row selected with ``COLUMNS``; a malformed row is a StorageError."""
-    values = {field: value for (_, field), value in zip(_MAPPING, row, strict=False)}
+    values, problems = _decode(row)
+    if problems:
+        raise StorageError(f"task row {row[0]!r} is malformed: {'; '.join(problems.values())}")
     try:
-        values["payload"] = bytes(values["payload"])
-        values["status"] = TaskStatus(values["status"])
-        if values["result"] is not None:
-            values["result"] = bytes(values["result"])
-        if values["error"]:
-            values["error"] = TaskError.from_dict(json.loads(values["error"]))
-        history = json.loads(values["history"]) if values["history"] else []
-        values["history"] = tuple(TaskError.from_dict(e) for e in history)
-        values["cancel_requested"] = bool(values["cancel_requested"])
         return Task(**values)
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError) as exc:  # a row with too few columns
         raise StorageError(f"task row {row[0]!r} is malformed: {exc}") from exc
+
+
+def _decode(row: Sequence[Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each column's Task value, and what is wrong with the columns that have none."""
+    values: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    for (column, name, kinds), value in zip(_MAPPING, row, strict=False):
+        try:
+            values[name] = _column_value(name, kinds, value)
+        # ValueError covers JSON and enum errors; RecursionError absurdly nested JSON.
+        except (ValueError, TypeError, RecursionError) as exc:
+            problems[column] = f"{column}: {exc}"
+    return values, problems
+
+
+def _expect(value: Any, kinds: tuple[type, ...], column: str = "") -> None:
+    """Raise TypeError unless ``value`` is of one of ``kinds`` (a bool is not a number)."""
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        names = " or ".join("NULL" if k is type(None) else k.__name__ for k in kinds)
+        where = f"{column}: " if column else ""
+        raise TypeError(f"{where}{type(value).__name__} where {names} belongs")
+
+
+def _column_value(name: str, kinds: tuple[type, ...], value: Any) -> Any:
+    # Checked before any conversion: bytes(n) of an INTEGER in a BLOB column would make
+    # n zero bytes, and text in a number column would only fail later, in a sort.
+    _expect(value, kinds)
+    if name == "status":
+        return TaskStatus(value)
+    if name == "error":
+        return TaskError.from_dict(json.loads(value)) if value else None
+    if name == "history":
+        history = json.loads(value) if value else []
+        if not isinstance(history, list):
+            raise TypeError(f"a JSON {type(history).__name__}, not a list of errors")
+        return tuple(TaskError.from_dict(e) for e in history)
+    if name == "cancel_requested":
+        return bool(value)
+    return value
+
+
+# What a damaged column is set to when its row is quarantined (the rest become NULL): the
+# row must read back, so `omniq-mp dead` can show it with the reason it was set aside.
+_NEUTRAL: dict[str, Any] = {
+    "func_name": "?",
+    "payload": b"",
+    "queue": "default",
+    "priority": 0,
+    "eta": 0.0,
+    "max_retries": 0,
+    "attempts": 0,
+    "created_at": 0.0,
+    "cancel_requested": 0,
+    "crashes": 0,
+}
+
+
+def quarantine_update(row: Sequence[Any], now: float) -> tuple[str, dict[str, Any], str] | None:
+    """The UPDATE (statement, parameters, and the reason in words) that sets aside the
+    damaged task row ``row``, selected with ``COLUMNS, seq``: DEAD, never claimed again, its
+    damaged columns replaced so that it reads back, and an error (also appended to its
+    history) naming what was damaged. None when the row decodes after all (it was
+    rewritten since it was read)."""
+    values, problems = _decode(row)
+    if not problems:
+        return None
+    seq = row[-1]
+    reason = "; ".join(problems.values())
+    error = TaskError(
+        "StorageError",
+        f"stored row is damaged: {reason}",
+        is_retryable=False,
+        max_retries=0,
+        kind=ErrorKind.SERIALIZATION.value,
+    )
+    history = values.get("history", ())
+    params: dict[str, Any] = {
+        "seq": seq,
+        "now": now,
+        "error": json.dumps(error.to_dict()),
+        "history": json.dumps([e.to_dict() for e in (*history, error)]),
+    }
+    fixes = ""
+    for column in problems:
+        if column in ("status", "error", "history"):
+            continue  # set below in any case
+        neutral = f"damaged-row-{seq}" if column == "id" else _NEUTRAL.get(column)
+        params[f"fix_{column}"] = neutral
+        fixes += f", {column} = :fix_{column}"
+    sql = (
+        "UPDATE tasks SET status = 'DEAD', error = :error, history = :history, "
+        "finished_at = :now, expires_at = NULL, lease_token = NULL, lease_until = NULL, "
+        f"cancel_requested = 0{fixes} WHERE seq = :seq"
+    )
+    return sql, params, reason
 
 
 SCHEDULE_COLUMNS = (
@@ -189,10 +289,36 @@ def schedule_row(s: Schedule) -> tuple[Any, ...]:
     )
 
 
+_SCHEDULE_NAMES = SCHEDULE_COLUMNS.split(", ")
+_SCHEDULE_KINDS = (_TEXT, _TEXT, _BLOB, _TEXT, _TEXT, _TEXT, _REAL, _INT, _TEXT + _NULL, _REAL)
+
+
 def row_schedule(r: Sequence[Any]) -> Schedule:
-    """A schedule from a row selected with ``SCHEDULE_COLUMNS``."""
+    """A schedule from a row selected with ``SCHEDULE_COLUMNS``; a malformed row is a
+    StorageError naming the schedule."""
     try:
-        template = Schedule.template_from(r[1], bytes(r[2]), json.loads(r[3]))
+        for column, kinds, value in zip(_SCHEDULE_NAMES, _SCHEDULE_KINDS, r, strict=False):
+            _expect(value, kinds, column)
+        template = Schedule.template_from(r[1], r[2], json.loads(r[3]))
         return Schedule(template, r[4], r[5], r[0], r[6], bool(r[7]), r[8], r[9])
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, IndexError, RecursionError) as exc:
         raise StorageError(f"schedule row {r[0]!r} is malformed: {exc}") from exc
+
+
+def row_worker(r: Sequence[Any]) -> WorkerInfo:
+    """A heartbeat from a ``workers`` row (``SELECT *``); a malformed row is a StorageError
+    naming the supervisor."""
+    try:
+        for column, kinds, value in zip(_WORKER_COLUMNS, _WORKER_KINDS, r, strict=True):
+            _expect(value, kinds, column)
+        details = json.loads(r[7])
+        if not isinstance(details, dict):
+            raise TypeError(f"details: a JSON {type(details).__name__}, not an object")
+        return WorkerInfo(r[0], r[1], r[2], r[3], tuple(r[4].split(",")), r[5], r[6], details)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise StorageError(f"worker row {r[0]!r} is malformed: {exc}") from exc
+
+
+_WORKER_COLUMNS = ("worker_id", "hostname", "pid", "procs", "queues", "started_at",
+                   "heartbeat_at", "details")  # fmt: skip
+_WORKER_KINDS = (_TEXT, _TEXT, _INT, _INT, _TEXT, _REAL, _REAL, _TEXT)

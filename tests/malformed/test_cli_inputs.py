@@ -107,59 +107,30 @@ CONFIG_ERRORS = [
         b"procs: [1\n",
         "not valid YAML",
         id="yaml-syntax",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="config_file._parse embeds str(yaml.YAMLError) in the ConfigError; PyYAML's"
-            " message spans several lines ('expected ...' / 'in \"<unicode string>\", line 2'"
-            " / a caret line), so the usage error is not one line",
-        ),
     ),
     pytest.param(
         "omniq.toml",
         b"procs = 2\n\xff\xfe\n",
         "omniq.toml",
         id="not-utf8",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="config_file.read_config_file catches only OSError around"
-            " path.read_text(); a config file that is not UTF-8 raises UnicodeDecodeError,"
-            " which escapes as a Traceback with exit code 1",
-        ),
     ),
     pytest.param(
         "omniq.toml",
         b"queues = 5\n",
         "queues",
         id="queues-not-a-list",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="Settings.__post_init__ iterates self.queues without checking its type: a"
-            " config file with `queues = 5` raises TypeError ('int' object is not iterable),"
-            " a Traceback with exit code 1, instead of a ConfigError naming queues",
-        ),
     ),
     pytest.param(
         "omniq.toml",
         b"sqlite_synchronous = 1\n",
         "sqlite_synchronous",
         id="synchronous-not-text",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="Settings.__post_init__ calls self.sqlite_synchronous.upper() before any"
-            " type check: `sqlite_synchronous = 1` in a config file raises AttributeError"
-            " (a Traceback, exit 1) instead of a ConfigError",
-        ),
     ),
     pytest.param(
         "omniq.toml",
         b"base_dir = 5\n",
         "base_dir",
         id="base-dir-not-text",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="Settings._normalise calls Path(self.base_dir) unchecked: `base_dir = 5` in"
-            " a config file raises TypeError (a Traceback, exit 1) instead of a ConfigError",
-        ),
     ),
 ]
 
@@ -274,15 +245,6 @@ def test_a_module_that_raises_on_import_fails_its_task_once(omniq: Run, tmp_path
     assert omniq("result", good).stdout.strip() == "24"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="child._execute files any non-ImportError raised while loading the call under"
-    " ErrorKind.SERIALIZATION: serialization.resolve() runs importlib.import_module outside"
-    " the ImportError handling, so a dotted path whose module raises RuntimeError on import"
-    " fails with kind 'serialization', error_type 'SerializationError' and the message 'the"
-    " task payload cannot be pickled or unpickled: RuntimeError: ...' although the payload"
-    " unpickled fine; it should be kind 'import' naming the module",
-)
 def test_a_module_that_raises_on_import_is_reported_as_an_import_failure(
     omniq: Run, tmp_path: Path
 ) -> None:
@@ -294,16 +256,16 @@ def test_a_module_that_raises_on_import_is_reported_as_an_import_failure(
     assert "payload cannot be pickled" not in task.error.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="README promises 'a failed task in `result` exits 1 with one line on stderr', but"
-    " cli.result echoes the worker's traceback text (several lines starting 'Traceback"
-    " (most recent call last):') before the `error:` line",
-)
 def test_result_of_a_failed_task_is_one_line(omniq: Run) -> None:
     task_id = omniq("enqueue", "math.sqrt", "--max-retries", "0", "--", "-1").stdout.strip()
     assert omniq("workers", "--burst", "--procs", "1").returncode == 0
     assert "math domain error" in runtime_error(omniq("result", task_id))
+    # README: `result --traceback` also prints the worker's traceback, before that line.
+    detailed = omniq("result", task_id, "--traceback")
+    assert detailed.returncode == 1, detailed.stderr
+    lines = detailed.stderr.splitlines()
+    assert lines[0] == "Traceback (most recent call last):", detailed.stderr
+    assert lines[-1].startswith("error: ") and "math domain error" in lines[-1]
 
 
 # -- values click accepts that the command then chokes on ----------------------------------------
@@ -312,70 +274,30 @@ CRASHING_VALUES = [
     pytest.param(
         ("enqueue", "math.pow", "--delay", "nan"),
         id="delay-nan",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="cli.enqueue: --delay is FloatRange(min=0), which lets nan through;"
-            " timedelta(seconds=nan) raises ValueError, a Traceback with exit 1",
-        ),
     ),
     pytest.param(
         ("enqueue", "math.pow", "--delay", "inf"),
         id="delay-inf",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="cli.enqueue: timedelta(seconds=inf) raises OverflowError (Traceback, exit"
-            " 1) instead of a usage error",
-        ),
     ),
     pytest.param(
         ("enqueue", "math.pow", "--delay", "1e15"),
         id="delay-huge",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="cli.enqueue: timedelta(seconds=1e15) overflows (OverflowError: Python int"
-            " too large to convert to C int), a Traceback instead of a usage error",
-        ),
     ),
     pytest.param(
         ("enqueue", "math.pow", "--priority", "100000000000000000000"),
         id="priority-huge",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="queue.build_task accepts any int priority; SQLiteStorage.enqueue then"
-            " fails with OverflowError ('Python int too large to convert to SQLite"
-            " INTEGER'), which escapes as a Traceback (exit 1): it should be a ConfigError"
-            " (usage error, exit 2) naming priority",
-        ),
     ),
     pytest.param(
         ("enqueue", "math.pow", "--max-retries", "100000000000000000000"),
         id="max-retries-huge",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="as priority: max_retries beyond SQLite's 64-bit INTEGER passes"
-            " build_task's check and raises OverflowError in SQLiteStorage.enqueue (Traceback)",
-        ),
     ),
     pytest.param(
         ("dead", "--limit", "3" * 25),
         id="dead-limit-huge",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="cli_control.dead: --limit is IntRange(min=1) with no maximum; the value is"
-            " bound into SQLiteStorage.list_tasks' LIMIT ?, and sqlite3 raises OverflowError,"
-            " which SQLiteStorage._read (catching sqlite3.Error only) lets out as a Traceback."
-            " Found by test_fuzz.py's command-line fuzzer",
-        ),
     ),
     pytest.param(
         ("events", "--after", "9223372036854775808"),
         id="events-after-huge",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="cli_events.events: --after is IntRange(min=0) with no maximum; 2**63 is"
-            " bound into the event store's SQL and raises OverflowError (Traceback, exit 1)"
-            " instead of a usage error",
-        ),
     ),
 ]
 
@@ -389,14 +311,6 @@ def test_out_of_range_numbers_are_usage_errors(omniq: Run, args: tuple[str, ...]
 NON_UTF8 = b"\xff\xfe"  # what a shell passes for a name typed in another encoding
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="argv bytes that are not UTF-8 reach Python as lone surrogates ('\\udcff'); the"
-    " commands bind them unchanged as SQL parameters (task ids in result/cancel/retry/pause,"
-    " events --task, enqueue --queue/--key), and sqlite3/aiosqlite raise UnicodeEncodeError"
-    " ('surrogates not allowed'), which escapes as a Traceback with exit 1. Found by"
-    " test_fuzz.py's command-line fuzzer",
-)
 @pytest.mark.parametrize(
     "args",
     [
@@ -418,12 +332,6 @@ def test_non_utf8_arguments_are_answered_without_a_traceback(
     assert done.returncode in (0, 1, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.result: --wait is FloatRange(min=0), which lets nan through;"
-    " AsyncOmniQ.wait_finished passes it to asyncio.wait_for, whose loop.call_later(nan)"
-    " raises ValueError ('cannot convert float NaN to integer'): a Traceback with exit 1",
-)
 def test_result_wait_nan_is_a_usage_error(omniq: Run) -> None:
     task_id = omniq("enqueue", "math.pow", "2", "3").stdout.strip()
     usage_error(omniq("result", task_id, "--wait", "nan", timeout=PROMPT))

@@ -16,7 +16,6 @@ import json
 import os
 import random
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -153,39 +152,16 @@ ROW_DAMAGE = [
         "error",
         "[1, 2]",
         id="error-json-list",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=AttributeError,
-            reason="sqlite_codec.row_task: an `error` column holding valid JSON that is not an"
-            " object (e.g. '[1, 2]') reaches TaskError.from_dict, whose data.items() raises"
-            " AttributeError; row_task only converts ValueError/TypeError/KeyError into"
-            " StorageError, so get_task raises a bare AttributeError",
-        ),
     ),
     pytest.param(
         "payload",
         2**62,
         id="payload-huge-integer",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=MemoryError,
-            reason="sqlite_codec.row_task converts the payload (and result) column with"
-            " bytes(value): an INTEGER there becomes that many zero bytes (12 -> 12 NULs,"
-            " silently) or an attempt to allocate them (2**62 -> MemoryError; 2**33 would"
-            " really reserve 8 GiB), instead of a StorageError for a non-BLOB column",
-        ),
     ),
     pytest.param(
         "history",
         "[1]",
         id="history-json-of-numbers",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=AttributeError,
-            reason="sqlite_codec.row_task: a `history` column like '[1]' (or '{\"a\": 1}')"
-            " passes each element to TaskError.from_dict, whose data.items() raises"
-            " AttributeError, not the StorageError row_task promises",
-        ),
     ),
 ]
 
@@ -220,13 +196,6 @@ def test_a_row_with_an_unknown_status_is_never_claimed_and_the_rest_run(tmp_path
     db.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="SQLiteStorage.stats builds QueueStats(**counts) from whatever status strings the"
-    " table holds: one row with an unknown status ('BOGUS') makes stats() raise"
-    " TypeError(unexpected keyword argument 'bogus') instead of skipping or reporting the row",
-)
 def test_stats_survive_a_row_with_an_unknown_status(tmp_path: Path) -> None:
     settings = sqlite_settings(tmp_path)
     bad, _ = enqueue_all(settings, 2)
@@ -239,14 +208,6 @@ def test_stats_survive_a_row_with_an_unknown_status(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    raises=subprocess.TimeoutExpired,
-    reason="with a row whose status is unknown, AsyncWorkerPool.process_tasks(burst=True)"
-    " asks _drained_store() -> stats(), which raises TypeError (see SQLiteStorage.stats);"
-    " the claim loop logs 'cannot claim tasks' and retries for ever, so `omniq-mp workers"
-    " --burst` never exits although every valid task is done",
-)
 def test_workers_burst_exits_beside_a_row_with_an_unknown_status(tmp_path: Path) -> None:
     settings = sqlite_settings(tmp_path)
     bad, _ = enqueue_all(settings, 2)
@@ -257,12 +218,6 @@ def test_workers_burst_exits_beside_a_row_with_an_unknown_status(tmp_path: Path)
 
 
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="`omniq-mp status` on a store holding a row with an unknown status prints a"
-    " Traceback (TypeError from SQLiteStorage.stats: QueueStats got an unexpected keyword"
-    " argument 'bogus') instead of counts or one `error:` line",
-)
 def test_status_command_beside_a_row_with_an_unknown_status(tmp_path: Path) -> None:
     settings = sqlite_settings(tmp_path)
     bad, _ = enqueue_all(settings, 2)
@@ -272,14 +227,6 @@ def test_status_command_beside_a_row_with_an_unknown_status(tmp_path: Path) -> N
     assert done.returncode in (0, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="sqlite_codec.row_task does not type-check plain columns, so a PENDING row whose"
-    " priority column holds text decodes with priority='high'; SQLiteStorage.claim then"
-    " sorts the claimed batch by -t.priority and raises TypeError (not StorageError) after"
-    " its UPDATE committed, stranding the whole batch RUNNING like a malformed row does",
-)
 def test_claiming_a_row_with_text_in_a_numeric_column_is_a_storage_error(
     tmp_path: Path,
 ) -> None:
@@ -302,15 +249,6 @@ def test_claiming_a_row_with_text_in_a_numeric_column_is_a_storage_error(
     assert asyncio.run(claim()) in ([], [good])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=json.JSONDecodeError,
-    reason="SQLiteStorage.workers decodes heartbeat rows with bare json.loads(details) and"
-    " queues.split(','): a damaged row (details '{not json', or a BLOB in queues) raises"
-    " JSONDecodeError / TypeError / UnicodeDecodeError out of get_worker_stats(),"
-    " `omniq-mp status` and get_result's timeout message, instead of being skipped or"
-    " reported as a StorageError",
-)
 def test_a_damaged_heartbeat_row_does_not_break_worker_listing(tmp_path: Path) -> None:
     settings = sqlite_settings(tmp_path)
     enqueue_all(settings, 1)  # creates the store
@@ -332,14 +270,6 @@ def test_a_damaged_heartbeat_row_does_not_break_worker_listing(tmp_path: Path) -
         q.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="sqlite_codec.row_schedule catches ValueError/TypeError only: a schedules row whose"
-    " options column is valid JSON but not an object ('[1]') reaches"
-    " Schedule.template_from, whose options.items() raises AttributeError out of"
-    " periodic() and out of the supervisor's fire_schedules loop",
-)
 def test_a_schedule_row_with_damaged_options_is_a_storage_error(tmp_path: Path) -> None:
     settings = sqlite_settings(tmp_path)
     q = OmniQ(settings)
@@ -367,15 +297,6 @@ def test_the_supervisor_survives_claiming_a_damaged_row(tmp_path: Path) -> None:
         assert [q.get_result(t, timeout=RESULT_WAIT) for t in late] == [1, 3, 9]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SQLiteStorage.claim commits its UPDATE (status RUNNING, attempts+1, a lease) for"
-    " the whole batch and only then decodes the rows: one malformed row makes row_task raise"
-    " StorageError, so the valid tasks claimed in the same batch are never handed to a"
-    " worker; their lease is never renewed, yet AsyncWorkerPool.recover_expired never frees"
-    " them either, because storage.expired() decodes the same malformed row and raises again."
-    " The neighbours (and the bad row) stay RUNNING for ever",
-)
 def test_valid_tasks_claimed_beside_a_damaged_row_still_run(tmp_path: Path) -> None:
     # Two processes: the first claim takes procs + prefetch = 4 rows, all of them, so the
     # damaged row (first in FIFO order) always shares its batch with the valid ones.
@@ -385,6 +306,10 @@ def test_valid_tasks_claimed_beside_a_damaged_row_still_run(tmp_path: Path) -> N
     with OmniQ(settings) as q:
         # Recovery of an abandoned claim takes lease_ttl plus one scan; give it 6x that.
         wait_for(lambda: q.stats().completed == len(goods), 6.0, "every valid task to complete")
+        # The damaged row was set aside where `omniq-mp dead` shows it, with the reason.
+        [dead] = q.dead()
+        assert dead.id == bad and "stored row is damaged: error" in str(dead.error)
+        assert [str(e) for e in dead.history] == [str(dead.error)]
 
 
 # -- file storage: damaged entries ------------------------------------------------------------
@@ -517,13 +442,6 @@ def test_a_link_out_of_the_store_never_changes_what_it_points_at(tmp_path: Path)
     assert moved.is_symlink()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FileStorage follows symlinks: _Tree.read() calls path.read_bytes(), so a link in"
-    " pending/<queue>/ to a valid entry outside the store is decoded and claimed, and the"
-    " task it names runs. Per reliability.md row 23 (and the file backend's 'quarantine or"
-    " skip'), links should never be followed: the entry should be quarantined or skipped",
-)
 def test_a_link_to_a_valid_entry_outside_the_store_is_not_run(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     outside = tmp_path / "outside" / "entry.json"
@@ -532,20 +450,27 @@ def test_a_link_to_a_valid_entry_outside_the_store_is_not_run(tmp_path: Path) ->
     (store.pending / planted_name(5)).symlink_to(outside)
     with store.running() as q:
         assert q.stats().total == 3, "the linked task was claimed and run"
+    [moved] = store.quarantined()  # the link itself, not its target
+    assert moved.is_symlink() and outside.read_bytes() == store.template
+
+
+def test_a_link_in_place_of_a_queue_folder_is_quarantined_not_followed(tmp_path: Path) -> None:
+    store = FileStore(tmp_path)
+    outside = tmp_path / "outside-queue"
+    outside.mkdir()
+    (outside / planted_name(6)).write_bytes(store.template)
+    (store.base / "pending" / "elsewhere").symlink_to(outside, target_is_directory=True)
+    with store.running() as q:
+        assert q.stats().total == 3, "an entry behind the linked folder was read"
+    [moved] = store.quarantined()
+    assert moved.is_symlink() and moved.name.endswith("-elsewhere")
+    assert (outside / planted_name(6)).read_bytes() == store.template
 
 
 WORKER_ENTRY_DAMAGE = [
     pytest.param(
         b"[" * 100_000,
         id="deeply-nested",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=RecursionError,
-            reason="file_codec.decode_worker catches ValueError/KeyError/TypeError but not"
-            " RecursionError (decode_task and decode_schedule do), so a workers/*.json entry"
-            " of deeply nested JSON escapes _Tree.read un-quarantined and FileStorage.workers()"
-            " (get_worker_stats, `omniq-mp status`, get_result's timeout message) raises",
-        ),
     ),
     pytest.param(
         json.dumps(
@@ -561,13 +486,6 @@ WORKER_ENTRY_DAMAGE = [
             }
         ).encode(),
         id="wrongly-typed",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=TypeError,
-            reason="file_codec.decode_worker does not type-check fields: a heartbeat entry"
-            " with heartbeat_at='yesterday' decodes, then _Tree.workers compares it with a"
-            " float and FileStorage.workers() raises TypeError instead of quarantining it",
-        ),
     ),
 ]
 
