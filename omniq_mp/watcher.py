@@ -17,6 +17,7 @@ Finished = Callable[[str, Task | None], None]  # (task id, the finished task or 
 
 _MIN_DELAY = 0.002
 _MAX_DELAY = 0.05  # a result finished elsewhere is seen within 50 ms
+_CHEAP_SWEEP = 256  # ids a sweep may read without counting against the budget
 _SWEEP_SHARE = 10  # wait at least 10x a sweep's duration: sweeps stay under ~10% of the loop
 
 
@@ -92,7 +93,10 @@ class ResultWatcher:
                 delay = _MIN_DELAY if finished else min(delay * 2, _MAX_DELAY)
                 delay = max(delay, spent * _SWEEP_SHARE)
                 next_sweep = loop.time() + delay
-                self._earliest_sweep = loop.time() + spent * _SWEEP_SHARE
+                # A poke may force the next sweep at once while sweeps are cheap; a big
+                # watched set keeps its sweeps under ~10% of the loop even when poked.
+                budget = spent * _SWEEP_SHARE if len(ids) > _CHEAP_SWEEP else 0.0
+                self._earliest_sweep = loop.time() + budget
             if self._hot or self._poked:
                 continue
             self._wake.clear()
