@@ -18,8 +18,10 @@ unpickled, and signs each result for the same task id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import faulthandler
+import fcntl
 import inspect
 import multiprocessing
 import os
@@ -124,12 +126,30 @@ def _watch_supervisor() -> None:
     supervisor = multiprocessing.parent_process()
     if supervisor is None:
         return
+    _kill_group_at_eof(supervisor.sentinel)
 
     def watch() -> None:
         supervisor.join()
         os.killpg(0, signal.SIGKILL)
 
     threading.Thread(target=watch, name="omniq-supervisor-watch", daemon=True).start()
+
+
+_F_SETSIG = getattr(fcntl, "F_SETSIG", 10)  # Linux's value; the module lacks it before 3.12
+
+
+def _kill_group_at_eof(sentinel: int) -> None:
+    # The watch thread needs the GIL, and a task stuck in C code (a regex, a C extension)
+    # never releases it: such a worker outlived a SIGKILLed supervisor and ran on, holding
+    # the fork server alive, while another supervisor ran the task again. So also have
+    # the kernel itself SIGKILL our process group when the sentinel pipe reaches EOF
+    # (O_ASYNC: the pipe's "readable" signal, redirected by F_SETSIG to SIGKILL).
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(sentinel, fcntl.F_SETOWN, -os.getpgid(0))
+        fcntl.fcntl(sentinel, _F_SETSIG, signal.SIGKILL)
+        fcntl.fcntl(sentinel, fcntl.F_SETFL, fcntl.fcntl(sentinel, fcntl.F_GETFL) | os.O_ASYNC)
 
 
 def _execute(

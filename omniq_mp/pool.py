@@ -363,13 +363,16 @@ class ProcessPool:
         error_kind: ErrorKind = ErrorKind.LOST,
         kind: OutcomeKind = OutcomeKind.ABORTED,
         error_type: str = "Aborted",
+        grace: float | None = None,
     ) -> bool:
         """Kill the process running ``task_id``; its ``run`` returns ``kind`` with an error
-        of ``error_type`` saying ``reason``. False if the task is not running here."""
+        of ``error_type`` saying ``reason``. False if the task is not running here.
+        ``grace`` overrides the pool's SIGTERM-to-SIGKILL delay (0: kill at once)."""
         worker = self._running.get(task_id)
         if worker is None or worker.abort_error is not None:
             return False
-        worker.abort(TaskError(error_type, reason, kind=error_kind.value), self.kill_grace, kind)
+        error = TaskError(error_type, reason, kind=error_kind.value)
+        worker.abort(error, self.kill_grace if grace is None else grace, kind)
         return True
 
     def abort_all(self, reason: str) -> None:

@@ -253,10 +253,14 @@ class AsyncWorkerPool:
         # Hand claimed tasks to idle workers, never waiting for one; never one whose lease
         # we can no longer vouch for (a claim that waited long, a stall): it goes back.
         self._abandon_unconfirmed()
-        while (
-            not self._stopping and self._ready and (worker := self.pool.try_acquire()) is not None
-        ):
-            task = self._ready.popleft()
+        while not self._stopping and self._ready:
+            # Never an attempt while an older one of the same task is still dying here
+            # (its lease lapsed while we stalled, and we claimed the task again): it waits.
+            running = self.pool.running()
+            task = next((t for t in self._ready if t.id not in running), None)
+            if task is None or (worker := self.pool.try_acquire()) is None:
+                return
+            self._ready.remove(task)
             job = asyncio.create_task(self._run_one(worker, task), name=f"run-{task.id}")
             self._jobs.add(job)
             job.add_done_callback(self._jobs.discard)
@@ -328,8 +332,7 @@ class AsyncWorkerPool:
                 delay = min(delay * 2, 5.0)
         crash_point("after_settle_commit")
         for (task, settlement), ok in zip(pairs, applied, strict=True):
-            self._held.pop(task.id, None)
-            self._confirmed.pop(task.id, None)
+            self._let_go(task)
             if not ok:
                 logger.bind(task_id=task.id, action="settle_fenced").warning(
                     "task {}: lease lost before its outcome was stored; outcome dropped", task.id
@@ -344,6 +347,13 @@ class AsyncWorkerPool:
         if not self._held:
             self._idle.set()
         self._wake.set()  # a limit may be reached, or more may be claimed
+
+    def _let_go(self, task: Task) -> None:
+        # Forget this attempt once settled, but only this one: the same task may have been
+        # claimed again since (after a lapsed lease), and that newer claim stays held.
+        if self._held.get(task.id) is task:
+            del self._held[task.id]
+            self._confirmed.pop(task.id, None)
 
     # -- leases, recovery, heartbeats --------------------------------------------------------
 
@@ -381,9 +391,12 @@ class AsyncWorkerPool:
             if task_id in self._confirmed:
                 self._confirmed[task_id] = began
         for task_id in lost & set(self._held):
-            # Another supervisor took it over: stop working on it (its write would be fenced).
+            if self._held[task_id].lease_token != leases[task_id]:
+                continue  # claimed again meanwhile: that newer lease was not renewed here
+            # Another supervisor took it over: stop working on it (its write would be fenced),
+            # at once: it may already run there, and a grace period only prolongs the overlap.
             logger.bind(task_id=task_id, action="lease_lost").warning("lease lost: {}", task_id)
-            if not self.pool.abort(task_id, "lease lost to another supervisor"):
+            if not self.pool.abort(task_id, "lease lost to another supervisor", grace=0):
                 self._ready = collections.deque(t for t in self._ready if t.id != task_id)
                 self._held.pop(task_id, None)
                 self._confirmed.pop(task_id, None)
@@ -419,7 +432,10 @@ class AsyncWorkerPool:
                 task_id,
                 now - confirmed,
             )
-            if not self.pool.abort(task_id, "its lease could not be renewed"):
+            # Past the whole lease (we were frozen), another supervisor may run it already:
+            # kill at once. Before that, there is time for the usual SIGTERM and grace.
+            grace = 0.0 if now - confirmed >= self.settings.lease_ttl else None
+            if not self.pool.abort(task_id, "its lease could not be renewed", grace=grace):
                 if any(t.id == task_id for t in self._ready):
                     # Never started: give it back now (fenced by its token, uncharged)
                     # instead of leaving it to lease expiry and a crash charge.
@@ -437,13 +453,13 @@ class AsyncWorkerPool:
             await asyncio.sleep(self._next_scan(period))
 
     def _next_scan(self, period: float) -> float:
-        # Scan again when the oldest unchanged lease comes of age if that is sooner than the
+        # Scan again when the next unchanged lease comes of age if that is sooner than the
         # period: a dead holder's tasks then wait lease_ttl after we saw its last renewal,
-        # not lease_ttl plus up to a period. (Floored: never a hot loop on a failing store.)
-        if not self._sightings:
-            return period
-        due = min(since for _, since in self._sightings.values()) + self.settings.lease_ttl
-        return min(period, max(period / 10, due - time.monotonic() + 0.001))
+        # not lease_ttl plus up to a period. Leases already of age were judged by the last
+        # scan (a failed recovery is retried at the period, never in a hot loop).
+        now, ttl = time.monotonic(), self.settings.lease_ttl
+        coming = [since + ttl - now for _, since in self._sightings.values() if since + ttl > now]
+        return min([period, *(delay + 0.001 for delay in coming)])
 
     async def recover_expired(self) -> int:
         """Return tasks whose holder stopped renewing to the queue (or fail them when their
