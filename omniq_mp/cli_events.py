@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 from datetime import datetime
 from typing import Any
 
@@ -60,6 +62,13 @@ def events(
 
     async def show() -> None:
         q = AsyncOmniQ(settings)
+        main = asyncio.current_task()
+        if follow and main is not None:
+            # Explicit handlers: a process started with SIGINT ignored (as a shell does for
+            # background jobs) would otherwise never stop following.
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, main.cancel)
         try:
             stream = q.events(follow=follow, after=after, task_id=task_id, types=chosen)
             async for stored in stream:
@@ -72,7 +81,7 @@ def events(
 
     try:
         run(show())
-    except KeyboardInterrupt:  # --follow ends with Ctrl-C: a normal way out
+    except (KeyboardInterrupt, asyncio.CancelledError):  # --follow ends with Ctrl-C
         pass
 
 
