@@ -18,6 +18,7 @@ import aiosqlite
 from omniq_mp.errors import StorageError
 from omniq_mp.eventstore.base import Event, EventType, StoredEvent
 from omniq_mp.file_modes import create_private_file, make_private_dirs
+from omniq_mp.sqlite_setup import configure_connection
 
 __all__ = ["SQLiteEventStorage"]
 
@@ -53,9 +54,9 @@ class SQLiteEventStorage:
             make_private_dirs(self.path.parent)
             create_private_file(self.path)
             self._conn = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._conn.execute("PRAGMA busy_timeout = 5000")
-            await self._conn.execute("PRAGMA journal_mode = WAL")
-            await self._conn.execute("PRAGMA synchronous = NORMAL")  # events: crash-safe
+            # NORMAL: events survive a crash of the process; a power cut may lose the
+            # last few, which the tasks' own rows do not depend on.
+            await configure_connection(self._conn, synchronous="NORMAL")
             for statement in _SCHEMA:
                 await self._conn.execute(statement)
         except (sqlite3.Error, OSError) as exc:

@@ -27,6 +27,7 @@ from omniq_mp.errors import StorageError
 from omniq_mp.file_modes import create_private_file, make_private_dirs
 from omniq_mp.models import TaskStatus
 from omniq_mp.results.base import TaskResult, check_terminal
+from omniq_mp.sqlite_setup import configure_connection
 
 __all__ = ["SQLiteResultStorage"]
 
@@ -74,13 +75,9 @@ class SQLiteResultStorage:
             make_private_dirs(self.path.parent)
             create_private_file(self.path)
             self._conn = await aiosqlite.connect(self.path, isolation_level=None)
-            # Reading the schema first makes a corrupt file fail here, before any write.
-            await self._conn.execute("SELECT count(*) FROM sqlite_master")
-            await self._conn.execute("PRAGMA busy_timeout = 5000")
-            await self._conn.execute("PRAGMA journal_mode = WAL")
             # FULL, as the queue store: a result the queue calls finished must survive a
             # power cut too.
-            await self._conn.execute("PRAGMA synchronous = FULL")
+            await configure_connection(self._conn, synchronous="FULL")
             for statement in _SCHEMA:
                 await self._conn.execute(statement)
         except (sqlite3.Error, OSError) as exc:

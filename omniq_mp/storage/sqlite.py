@@ -30,6 +30,7 @@ from omniq_mp.errors import StorageError
 from omniq_mp.file_modes import FILE_MODE, create_private_file, make_private_dirs
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
+from omniq_mp.sqlite_setup import LOCK_RETRIES, configure_connection
 from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo
 from omniq_mp.storage.sqlite_codec import (
     COLUMNS,
@@ -51,8 +52,6 @@ from omniq_mp.storage.sqlite_codec import (
 __all__ = ["SQLiteStorage"]
 
 T = TypeVar("T")
-
-_LOCK_RETRIES = 20
 
 
 class SQLiteStorage:
@@ -101,34 +100,17 @@ class SQLiteStorage:
     async def _connect(self) -> None:
         try:
             self._conn = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._configure_with_retries(self._conn)
+            await self._configure(self._conn)
         except sqlite3.Error as exc:
             await self.close()
             raise StorageError(f"cannot open SQLite store {self.path}: {exc}") from exc
 
-    async def _configure_with_retries(self, conn: aiosqlite.Connection) -> None:
-        # Several processes opening a new store at once contend for the switch to WAL,
-        # which SQLite refuses at once (no busy handler) while another connection holds
-        # the file: try again with backoff instead of failing the second process.
-        for attempt in range(_LOCK_RETRIES):
-            try:
-                return await self._configure(conn)
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
-        await self._configure(conn)
-
     async def _configure(self, conn: aiosqlite.Connection) -> None:
-        await conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-        # Reading the schema first makes a corrupt file fail here, before any write. The
-        # cursor is closed so no read transaction is left open for the WAL switch.
-        async with conn.execute("SELECT count(*) FROM sqlite_master") as cursor:
-            await cursor.fetchone()
-        mode = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
-        if mode is None or str(mode[0]).lower() != "wal":
-            raise StorageError(f"{self.path}: cannot switch to WAL mode (got {mode})")
-        await conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        mode = await configure_connection(
+            conn, synchronous=self._synchronous, busy_ms=self._busy_ms
+        )
+        if mode != "wal":
+            raise StorageError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
         self._synchronous_now = self._synchronous
         # After each checkpoint the WAL file is cut back to this size, so a burst of writes
         # does not leave a huge WAL on disk for ever.
@@ -155,7 +137,7 @@ class SQLiteStorage:
             claim only means the task runs again, which a power cut mid-run causes anyway;
             and the next durable commit syncs the whole WAL, these frames included.
         """
-        for attempt in range(_LOCK_RETRIES):
+        for attempt in range(LOCK_RETRIES):
             try:
                 async with self._lock:
                     await self._set_synchronous(durable)
@@ -164,7 +146,7 @@ class SQLiteStorage:
                 if "locked" not in str(exc) and "busy" not in str(exc):
                     raise StorageError(f"{self.path}: {exc}") from exc
                 await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
-        raise StorageError(f"{self.path}: database stayed locked through {_LOCK_RETRIES} tries")
+        raise StorageError(f"{self.path}: database stayed locked through {LOCK_RETRIES} tries")
 
     async def _set_synchronous(self, durable: bool) -> None:
         # Only FULL stores have anything to relax; switch only when the mode changes.
