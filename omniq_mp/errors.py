@@ -41,6 +41,15 @@ class StorageError(OmniqError):
     """The task store cannot be opened, read or written."""
 
 
+class StorageFullError(StorageError):
+    """The store has no room for a write (disk full, file size limit, or SQLite's
+    ``max_page_count``): the write was rolled back whole, nothing partial was stored."""
+
+
+class StorageReadOnlyError(StorageError):
+    """The store refuses writes (a read-only file, folder or mount); nothing was stored."""
+
+
 class TaskNotFoundError(OmniqError, KeyError):
     """No task with this id exists in the store."""
 

@@ -8,7 +8,9 @@ import sqlite3
 
 import aiosqlite
 
-__all__ = ["LOCK_RETRIES", "configure_connection"]
+from omniq_mp.errors import StorageError, StorageFullError, StorageReadOnlyError
+
+__all__ = ["LOCK_RETRIES", "configure_connection", "is_locked", "storage_error"]
 
 LOCK_RETRIES = 20
 
@@ -45,3 +47,28 @@ async def _configure(conn: aiosqlite.Connection, synchronous: str, busy_ms: int)
         mode = await cursor.fetchone()
     await conn.execute(f"PRAGMA synchronous = {synchronous}")
     return "" if mode is None else str(mode[0]).lower()
+
+
+def is_locked(exc: sqlite3.Error) -> bool:
+    """Another connection holds the lock: worth trying again after a pause."""
+    return _primary_code(exc) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
+
+
+def storage_error(path: object, exc: sqlite3.Error) -> StorageError:
+    """The StorageError a failed statement or commit stands for, by SQLite's result code:
+    no room (``SQLITE_FULL``: disk full, file size limit, ``max_page_count``) and
+    read-only stores get their own types, because callers treat them differently (wait
+    for space, or stop) from a damaged or missing file."""
+    code = _primary_code(exc)
+    if code == sqlite3.SQLITE_FULL:
+        return StorageFullError(f"{path}: no room to write: {exc}")
+    if code == sqlite3.SQLITE_READONLY or "readonly" in str(exc):
+        return StorageReadOnlyError(f"{path}: the store is read-only: {exc}")
+    return StorageError(f"{path}: {exc}")
+
+
+def _primary_code(exc: sqlite3.Error) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF

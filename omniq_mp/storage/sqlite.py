@@ -30,7 +30,7 @@ from omniq_mp.errors import StorageError
 from omniq_mp.file_modes import FILE_MODE, create_private_file, make_private_dirs
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
-from omniq_mp.sqlite_setup import LOCK_RETRIES, configure_connection
+from omniq_mp.sqlite_setup import LOCK_RETRIES, configure_connection, is_locked, storage_error
 from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo
 from omniq_mp.storage.sqlite_codec import (
     COLUMNS,
@@ -142,9 +142,11 @@ class SQLiteStorage:
                 async with self._lock:
                     await self._set_synchronous(durable)
                     return await self._once(body)
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise StorageError(f"{self.path}: {exc}") from exc
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as exc:
+                if not is_locked(exc):
+                    raise storage_error(self.path, exc) from exc
                 await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
         raise StorageError(f"{self.path}: database stayed locked through {LOCK_RETRIES} tries")
 
