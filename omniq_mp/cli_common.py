@@ -111,6 +111,11 @@ def handles_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except OmniqError as exc:
             fail(str(exc))
+        except OSError as exc:
+            # A store's file refused us where no StorageError wraps it yet (a read-only
+            # or full file system, permissions): still one line, never a traceback.
+            where = f"{exc.filename}: " if exc.filename else ""
+            fail(f"{where}{exc.strerror or exc}")
 
     return wrapper  # type: ignore[return-value]
 

@@ -57,6 +57,10 @@ class Settings:
     :param poll_interval: seconds between store polls when idle.
     :param kill_grace: seconds between SIGTERM and SIGKILL of an overrunning task.
     :param shutdown_grace: seconds running tasks get to finish on a graceful stop.
+    :param read_only_timeout: seconds a supervisor whose store has turned read-only keeps
+        retrying (holding finished outcomes, claiming nothing) before it stops its running
+        tasks and exits non-zero; the tasks it held run again under the next supervisor.
+        A full disk has no such limit: the supervisor waits for space.
     :param max_tasks_per_child: recycle a worker process after this many tasks.
     :param prefetch: most tasks claimed beyond one per worker, to hide claim latency; the
         supervisor claims fewer when tasks take long compared with a claim.
@@ -111,6 +115,7 @@ class Settings:
     poll_interval: float = 0.05
     kill_grace: float = 0.5
     shutdown_grace: float = 10.0
+    read_only_timeout: float = 60.0
     max_tasks_per_child: int | None = None
     prefetch: int = 32
     start_method: str = field(default_factory=_default_start_method)
@@ -272,6 +277,7 @@ _DURATIONS = (
     "poll_interval",
     "kill_grace",
     "shutdown_grace",
+    "read_only_timeout",
     "purge_interval",
     "retry_delay",
     "retry_delay_max",

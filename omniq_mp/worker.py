@@ -12,6 +12,13 @@
 ``_held`` maps every task this supervisor has claimed and not yet settled to its claim
 (it is what the lease keeper renews); a task leaves it only after its settlement commits,
 so an outcome is never lost between the child and the database.
+
+A store that cannot take writes (disk full, read-only): outcomes stay in hand (at most
+``procs + prefetch``, the claim limit) and are retried with backoff, no new work is
+claimed meanwhile, running tasks are stopped before their leases can lapse (as for any
+lease that cannot be renewed), and a store still read-only after ``read_only_timeout``
+makes the supervisor give up: it stops, and ``process_tasks`` raises
+:class:`~omniq_mp.errors.StorageReadOnlyError`; what it held runs again elsewhere.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import math
 import os
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -31,6 +40,7 @@ from loguru import logger
 
 from omniq_mp.config import Settings
 from omniq_mp.crashpoints import crash_point
+from omniq_mp.errors import StorageError, StorageReadOnlyError
 from omniq_mp.events import EventRecorder, EventType, SupervisorEvents
 from omniq_mp.file_modes import warn_if_exposed
 from omniq_mp.models import Outcome, OutcomeKind, Settlement, Task, TaskStatus
@@ -96,6 +106,12 @@ class AsyncWorkerPool:
         # so: the observer's clock that judges them (see _dead_leases).
         self._sightings: dict[str, tuple[tuple[str, float | None], float]] = {}
         self._ready: collections.deque[Task] = collections.deque()
+        # Held tasks whose outcome is in hand, waiting for the store: nothing runs for
+        # them any more, so a lease that cannot be renewed is no reason to drop them.
+        self._in_hand: dict[str, Task] = {}
+        self._storing_failed = False  # the last attempt to store outcomes failed
+        self._read_only = ReadOnlyWatch(self.settings.read_only_timeout)
+        self._fatal: StorageReadOnlyError | None = None  # set when we give up on the store
         self._outcomes: asyncio.Queue[tuple[Task, Outcome]] = asyncio.Queue()
         self._wake = asyncio.Event()  # set when claiming may find or start work
         self._idle = asyncio.Event()  # set when nothing is held
@@ -214,6 +230,9 @@ class AsyncWorkerPool:
                 break
             await self._sleep(deadline)
         await self._release_ready()
+        if self._fatal is not None:
+            # The caller's stop() (or the CLI's) then ends the stopped tasks; we say why.
+            raise self._fatal
         if not self._stopping:  # on a stop request, stop() owns the grace period
             await self._drained()
         return self.processed - first
@@ -224,6 +243,10 @@ class AsyncWorkerPool:
         # tasks, and a freed worker takes its next task from the buffer without waiting
         # for the database.
         procs = self.settings.procs
+        if self._storing_failed:
+            # Outcomes are waiting for a store that refuses writes (full, read-only): new
+            # work would only pile up more of them. The settle retries are the probe.
+            return 0
         if len(self._ready) >= procs and self.pool.idle() == 0:
             return 0
         # Every held task counts, outcomes still being stored included: otherwise a slow
@@ -235,9 +258,14 @@ class AsyncWorkerPool:
         if want <= 0:
             return 0
         began = time.monotonic()
-        tasks = await self.queue.claim(
-            self.settings.queues, want, self.worker_id, self.settings.lease_ttl
-        )
+        try:
+            tasks = await self.queue.claim(
+                self.settings.queues, want, self.worker_id, self.settings.lease_ttl
+            )
+        except Exception as exc:
+            self._store_failed(exc)
+            raise
+        self._store_ok()
         self._pacer.claimed(time.monotonic() - began)
         if tasks:
             crash_point("after_claim_commit")
@@ -272,6 +300,7 @@ class AsyncWorkerPool:
         outcome = await self.pool.run(worker, task, lambda: self.events.started(task, worker.pid))
         crash_point("after_result_received")
         self._pacer.ran(outcome.duration)
+        self._in_hand[task.id] = task
         self._outcomes.put_nowait((task, outcome))
         self._dispatch()  # the freed worker takes the next claimed task at once
         self._wake.set()
@@ -318,18 +347,10 @@ class AsyncWorkerPool:
     async def _settle(
         self, pairs: list[tuple[Task, Settlement]], durations: dict[str, float] | None = None
     ) -> None:
-        delay = 0.1
-        while True:
-            try:
-                applied = await self.queue.storage.settle([s for _, s in pairs])
-                break
-            except Exception as exc:  # storage trouble: keep the outcomes and retry
-                logger.bind(action="settle_retry").warning("cannot record outcomes: {}", exc)
-                if delay == 0.1:  # report once per batch, not once per retry
-                    for task, _ in pairs:
-                        self.events.storing_failed(task, str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        applied = await self._store_outcomes(pairs)
+        if applied is None:  # given up on a read-only store
+            self._drop_outcomes(pairs)
+            return
         crash_point("after_settle_commit")
         for (task, settlement), ok in zip(pairs, applied, strict=True):
             self._let_go(task)
@@ -348,12 +369,88 @@ class AsyncWorkerPool:
             self._idle.set()
         self._wake.set()  # a limit may be reached, or more may be claimed
 
+    async def _store_outcomes(self, pairs: list[tuple[Task, Settlement]]) -> list[bool] | None:
+        """Settle ``pairs``, retrying with backoff while the store fails (locked, full,
+        read-only); which were applied, or None once we gave up on a read-only store."""
+        delay = 0.1
+        # Never slower than the renewals: a store back from an outage (space freed) then
+        # gets these outcomes within a renewal period, while our leases still hold them.
+        longest = min(5.0, self.settings.lease_ttl / 4)
+        while True:
+            try:
+                applied = await self.queue.storage.settle([s for _, s in pairs])
+            except Exception as exc:  # storage trouble: keep the outcomes and retry
+                self._storing_failed = True
+                self._store_failed(exc)
+                if self._fatal is not None:  # given up on the store: this was the last try
+                    return None
+                logger.bind(action="settle_retry").warning("cannot record outcomes: {}", exc)
+                if delay == 0.1:  # report once per batch, not once per retry
+                    for task, _ in pairs:
+                        self.events.storing_failed(task, str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, longest)
+                continue
+            if self._storing_failed:
+                self._storing_failed = False
+                logger.bind(action="settle_recovered").warning(
+                    "the store takes writes again: {} waiting outcome(s) stored", len(pairs)
+                )
+            self._store_ok()
+            return applied
+
     def _let_go(self, task: Task) -> None:
         # Forget this attempt once settled, but only this one: the same task may have been
         # claimed again since (after a lapsed lease), and that newer claim stays held.
         if self._held.get(task.id) is task:
             del self._held[task.id]
             self._confirmed.pop(task.id, None)
+        if self._in_hand.get(task.id) is task:
+            del self._in_hand[task.id]
+
+    def _drop_outcomes(self, pairs: list[tuple[Task, Settlement]]) -> None:
+        # We gave up on a read-only store. Nothing is lost: these tasks are still RUNNING
+        # under our leases in the store, so once those lapse the next supervisor runs
+        # them again (as it would after a crash of this one).
+        logger.bind(action="outcomes_dropped").error(
+            "{} outcome(s) not stored (the store is read-only); those tasks will run again",
+            len(pairs),
+        )
+        for task, _ in pairs:
+            self._let_go(task)
+        if not self._held:
+            self._idle.set()
+
+    def _store_ok(self) -> None:
+        # A write went through: whatever read-only spell there was is over.
+        self._read_only.cleared()
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """Count a failed write towards ``read_only_timeout``; past it, give up: stop the
+        running tasks before their leases lapse and make ``process_tasks`` raise."""
+        if self._fatal is not None:
+            return
+        if not _refuses_writes(exc, self.queue.storage):
+            self._read_only.cleared()  # another trouble (full, locked): not read-only time
+            return
+        lasted = self._read_only.failed(time.monotonic())
+        if lasted is None:
+            return
+        self._fatal = StorageReadOnlyError(
+            f"the store has been read-only for {lasted:.1f}s (read_only_timeout "
+            f"{self.settings.read_only_timeout:g}s); stopped its tasks, which will run "
+            f"again: {exc}"
+        )
+        logger.bind(action="store_read_only").error("{}", self._fatal)
+        # Children first: their leases cannot be renewed, and the next supervisor may start
+        # these tasks once they lapse. Claimed, unstarted ones simply lapse too.
+        self.pool.abort_all("the store is read-only")
+        for task in self._ready:  # claimed, never started: their leases just lapse
+            self._let_go(task)
+        self._ready.clear()
+        if not self._held:
+            self._idle.set()
+        self.request_stop()
 
     # -- leases, recovery, heartbeats --------------------------------------------------------
 
@@ -378,6 +475,7 @@ class AsyncWorkerPool:
                     await asyncio.wait({renewal})
             if (exc := renewal.exception()) is not None:
                 logger.bind(action="service_error").warning("lease renewal failed: {}", exc)
+                self._store_failed(exc)
                 self._abandon_unconfirmed()
 
     async def _renew_leases(self) -> None:
@@ -387,6 +485,7 @@ class AsyncWorkerPool:
         began = time.monotonic()
         until = self.queue.clock() + self.settings.lease_ttl
         lost = await self.queue.storage.extend_leases(leases, until)
+        self._store_ok()
         for task_id in leases:
             if task_id in self._confirmed:
                 self._confirmed[task_id] = began
@@ -440,8 +539,12 @@ class AsyncWorkerPool:
                     # Never started: give it back now (fenced by its token, uncharged)
                     # instead of leaving it to lease expiry and a crash charge.
                     self._drop(task_id)
-                else:
+                elif task_id not in self._in_hand:
                     self._held.pop(task_id, None)
+                # else: finished, its outcome waits for the store (disk full, read-only).
+                # Nothing runs, so nothing can overlap; it stays held so that the lease
+                # keeper goes on renewing it and our own recovery scan never re-queues it.
+                # Had it been taken over, the renewal says so and the write is fenced.
             self._confirmed.pop(task_id, None)
         if not self._held:
             self._idle.set()
@@ -537,6 +640,7 @@ class AsyncWorkerPool:
         task = next((t for t in self._ready if t.id == task_id), None)
         if task is not None:
             self._ready.remove(task)
+            self._in_hand[task.id] = task
             self._outcomes.put_nowait((task, Outcome(OutcomeKind.ABORTED)))
 
     async def _watch_loop(self) -> None:
@@ -583,8 +687,18 @@ class AsyncWorkerPool:
         return fired
 
     async def _heartbeat_loop(self) -> None:
+        # The heartbeat is also the supervisor's one write that happens when it is idle:
+        # it keeps the read-only clock going with nothing held, and its commits let
+        # SQLite's automatic checkpoint run once a long reader has gone, which cuts the
+        # WAL back to journal_size_limit (row 21); no checkpoint of our own is needed.
         while True:
-            await _guard("heartbeat", self._beat)
+            try:
+                await self._beat()
+            except Exception as exc:
+                logger.bind(action="service_error").warning("heartbeat failed: {}", exc)
+                self._store_failed(exc)
+            else:
+                self._store_ok()
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     def _counters(self) -> dict[str, Any]:
@@ -629,6 +743,50 @@ class AsyncWorkerPool:
                 }
             )
         return children
+
+
+class ReadOnlyWatch:
+    """How long the store has refused writes for being read-only, without a write going
+    through in between; :meth:`failed` says when that passes ``timeout`` seconds.
+
+    :param timeout: the ``read_only_timeout`` setting.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.since: float | None = None  # monotonic time of the spell's first failure
+
+    def failed(self, now: float) -> float | None:
+        """A write failed as read-only at ``now``; the spell's length once it reaches the
+        timeout, else None."""
+        if self.since is None:
+            self.since = now
+        lasted = now - self.since
+        return lasted if lasted >= self.timeout else None
+
+    def cleared(self) -> None:
+        """A write went through: the spell is over."""
+        self.since = None
+
+
+def _refuses_writes(exc: BaseException, storage: object) -> bool:
+    """The store is read-only: it says so, or a write failed (SQLite reports an I/O error
+    to a connection opened before the file system went read-only, e.g. ext4's
+    ``errors=remount-ro`` after a disk error) and its folder refuses a new file with EROFS.
+    (Such an emergency read-only mount need not show in ``statvfs``: we try.)"""
+    if isinstance(exc, StorageReadOnlyError):
+        return True
+    path = getattr(storage, "path", None)
+    if not isinstance(exc, StorageError) or not isinstance(path, str | os.PathLike):
+        return False
+    folder = os.path.dirname(os.fspath(path)) or "."
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".omniq-write-probe-", dir=folder)
+    except OSError as error:
+        return error.errno == errno.EROFS
+    os.close(fd)
+    os.unlink(probe)
+    return False
 
 
 class Pacer:

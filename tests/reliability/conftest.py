@@ -8,11 +8,13 @@ terminal summary, so it shows without ``-s``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.reliability.harness import Figures, Rig, subreaper, write_json
+from tests.reliability.mounts import Ext4, ext4_image, mount_problem, tmpfs
 
 FIGURES = Figures()
 _FIGURES_FILE: list[Path] = []
@@ -30,6 +32,42 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
         finally:
             setup.close()
             FIGURES.merge(setup.figures)
+
+
+@contextmanager
+def _rig_on(tmp_path: Path) -> Iterator[Rig]:
+    # The rig is closed (its supervisors killed, its connections closed) before the
+    # caller unmounts the store's file system.
+    with subreaper():
+        setup = Rig(tmp_path / "rig")
+        try:
+            yield setup
+        finally:
+            setup.close()
+            FIGURES.merge(setup.figures)
+
+
+@pytest.fixture
+def tmpfs_rig(tmp_path: Path) -> Iterator[Rig]:
+    """A rig whose store folder is a 4 MiB tmpfs (row 18: filled by a ballast file; row 19:
+    remounted read-only). Skipped, saying why, where mounting is not permitted."""
+    if (problem := mount_problem()) is not None:
+        pytest.skip(problem)
+    with tmpfs(tmp_path / "rig" / "store", "4m"), _rig_on(tmp_path) as setup:
+        yield setup
+
+
+@pytest.fixture
+def ext4_rig(tmp_path: Path) -> Iterator[tuple[Rig, Ext4]]:
+    """A rig whose store folder is a loop-mounted ext4 image with ``errors=remount-ro``
+    (row 19 at runtime); skipped, saying why, where that cannot be mounted."""
+    if (problem := mount_problem(ext4=True)) is not None:
+        pytest.skip(problem)
+    with (
+        ext4_image(tmp_path / "rig" / "store", tmp_path / "store.img") as fs,
+        _rig_on(tmp_path) as setup,
+    ):
+        yield setup, fs
 
 
 @pytest.fixture(scope="session", autouse=True)
