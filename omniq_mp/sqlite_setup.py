@@ -2,51 +2,80 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
+import os
 import random
 import sqlite3
+import time
 
 import aiosqlite
 
 from omniq_mp.errors import StorageError, StorageFullError, StorageReadOnlyError
 
-__all__ = ["LOCK_RETRIES", "configure_connection", "is_locked", "storage_error"]
+__all__ = [
+    "LOCK_RETRIES",
+    "connect_async",
+    "is_locked",
+    "open_connection",
+    "storage_error",
+]
 
 LOCK_RETRIES = 20
 
 
-async def configure_connection(
-    conn: aiosqlite.Connection, *, synchronous: str, busy_ms: int = 5000
-) -> str:
-    """Busy timeout, a schema probe, WAL and the synchronous level; returns the journal
-    mode SQLite reports (``"wal"`` unless the file system refuses it).
+def open_connection(
+    path: str | os.PathLike[str], *, synchronous: str, busy_ms: int = 5000
+) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit ``BEGIN IMMEDIATE``)
+    with a busy timeout, WAL and the synchronous level. Call it in the thread that will
+    use the connection.
 
     Several processes opening a new database at once contend for the switch to WAL,
     which SQLite refuses at once (no busy handler) while another connection holds the
     file: the setup is tried again with backoff instead of failing the later process.
 
-    :raises sqlite3.Error: the file is not a database, or stayed locked.
+    :raises sqlite3.Error: the file is not a database, stayed locked, or its file system
+        cannot do WAL.
     """
-    for attempt in range(LOCK_RETRIES):
-        try:
-            return await _configure(conn, synchronous, busy_ms)
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
-    return await _configure(conn, synchronous, busy_ms)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for attempt in range(LOCK_RETRIES):
+            try:
+                _configure(conn, synchronous, busy_ms)
+                return conn
+            except sqlite3.OperationalError as exc:
+                if not is_locked(exc) or attempt == LOCK_RETRIES - 1:
+                    raise
+                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+    except BaseException:
+        conn.close()
+        raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def _configure(conn: aiosqlite.Connection, synchronous: str, busy_ms: int) -> str:
-    await conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
-    # Reading the schema first makes a corrupt file fail here, before any write. The
-    # cursor is closed so no read transaction is left open for the WAL switch.
-    async with conn.execute("SELECT count(*) FROM sqlite_master") as cursor:
-        await cursor.fetchone()
-    async with conn.execute("PRAGMA journal_mode = WAL") as cursor:
-        mode = await cursor.fetchone()
-    await conn.execute(f"PRAGMA synchronous = {synchronous}")
-    return "" if mode is None else str(mode[0]).lower()
+async def connect_async(
+    path: str | os.PathLike[str], *, synchronous: str, busy_ms: int = 5000
+) -> aiosqlite.Connection:
+    """:func:`open_connection` behind aiosqlite (its thread runs the setup too)."""
+    connector = functools.partial(open_connection, path, synchronous=synchronous, busy_ms=busy_ms)
+    return await aiosqlite.Connection(connector, iter_chunk_size=64)
+
+
+def _configure(conn: sqlite3.Connection, synchronous: str, busy_ms: int) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+    # Reading the schema first makes a corrupt file fail here, before any write.
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    row = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    mode = "" if row is None else str(row[0]).lower()
+    if mode != "wal":
+        raise sqlite3.OperationalError(f"cannot switch to WAL mode (got {mode!r})")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    # After each checkpoint the WAL file is cut back to this size, so a burst of writes
+    # does not leave a huge WAL on disk for ever.
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
+
+
+WAL_LIMIT = 64 * 2**20
 
 
 def is_locked(exc: sqlite3.Error) -> bool:

@@ -18,7 +18,7 @@ import aiosqlite
 from omniq_mp.errors import StorageError
 from omniq_mp.eventstore.base import Event, EventType, StoredEvent
 from omniq_mp.file_modes import create_private_file, make_private_dirs
-from omniq_mp.sqlite_setup import configure_connection
+from omniq_mp.sqlite_setup import connect_async
 
 __all__ = ["SQLiteEventStorage"]
 
@@ -53,10 +53,9 @@ class SQLiteEventStorage:
             # files take the database's mode): events name tasks and their errors.
             make_private_dirs(self.path.parent)
             create_private_file(self.path)
-            self._conn = await aiosqlite.connect(self.path, isolation_level=None)
             # NORMAL: events survive a crash of the process; a power cut may lose the
             # last few, which the tasks' own rows do not depend on.
-            await configure_connection(self._conn, synchronous="NORMAL")
+            self._conn = await connect_async(self.path, synchronous="NORMAL")
             for statement in _SCHEMA:
                 await self._conn.execute(statement)
         except (sqlite3.Error, OSError) as exc:

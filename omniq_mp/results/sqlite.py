@@ -27,7 +27,7 @@ from omniq_mp.errors import StorageError
 from omniq_mp.file_modes import create_private_file, make_private_dirs
 from omniq_mp.models import TaskStatus
 from omniq_mp.results.base import TaskResult, check_terminal
-from omniq_mp.sqlite_setup import configure_connection
+from omniq_mp.sqlite_setup import connect_async
 
 __all__ = ["SQLiteResultStorage"]
 
@@ -74,10 +74,9 @@ class SQLiteResultStorage:
             # files take the database's mode): clients unpickle what this store holds.
             make_private_dirs(self.path.parent)
             create_private_file(self.path)
-            self._conn = await aiosqlite.connect(self.path, isolation_level=None)
             # FULL, as the queue store: a result the queue calls finished must survive a
             # power cut too.
-            await configure_connection(self._conn, synchronous="FULL")
+            self._conn = await connect_async(self.path, synchronous="FULL")
             for statement in _SCHEMA:
                 await self._conn.execute(statement)
         except (sqlite3.Error, OSError) as exc:

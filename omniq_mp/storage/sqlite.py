@@ -1,7 +1,9 @@
-"""SQLite storage through aiosqlite: WAL, ``BEGIN IMMEDIATE`` writes, one-statement claims.
+"""SQLite storage: WAL, ``BEGIN IMMEDIATE`` writes, one-statement claims.
 
-One connection per instance, used by one event loop; ``_lock`` serialises its transactions
-so that coroutines sharing the instance never interleave statements of two transactions.
+One connection per instance, in a thread of its own (:class:`SQLiteThread`): each
+transaction is one plain function run there whole, so coroutines sharing the instance
+never interleave statements of two transactions, and a transaction costs one hop between
+the event loop and the thread however many statements it runs.
 Other processes (producers, other supervisors) open their own connections: SQLite's file
 locks and ``busy_timeout`` arbitrate between them, and a write that still meets a lock is
 retried with jitter instead of surfacing "database is locked".
@@ -17,12 +19,11 @@ import random
 import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiosqlite
 from loguru import logger
 
 from omniq_mp.crashpoints import crash_point
@@ -30,7 +31,8 @@ from omniq_mp.errors import StorageError
 from omniq_mp.file_modes import FILE_MODE, create_private_file, make_private_dirs
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
-from omniq_mp.sqlite_setup import LOCK_RETRIES, configure_connection, is_locked, storage_error
+from omniq_mp.sqlite_setup import LOCK_RETRIES, is_locked, open_connection, storage_error
+from omniq_mp.sqlite_thread import SQLiteThread
 from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo
 from omniq_mp.storage.sqlite_codec import (
     COLUMNS,
@@ -70,15 +72,14 @@ class SQLiteStorage:
         self._synchronous = synchronous.upper()
         self._busy_ms = int(busy_timeout * 1000)
         self._synchronous_now = self._synchronous  # the connection's current mode
-        self._conn: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()  # one transaction at a time on self._conn
+        self._thread: SQLiteThread | None = None
         self._reported: set[tuple[str, Any]] = set()  # damaged rows already logged
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Open or create the database; refuse anything that is not an omniq_mp database."""
-        if self._conn is not None:
+        if self._thread is not None:
             return
         _check_path(self.path)
         if _is_created(self.path):
@@ -98,88 +99,84 @@ class SQLiteStorage:
             os.close(lock_fd)  # closing releases the lock
 
     async def _connect(self) -> None:
+        self._thread = SQLiteThread("omniq-sqlite")
+        self._synchronous_now = self._synchronous
         try:
-            self._conn = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._configure(self._conn)
+            await self._thread.open(
+                lambda: open_connection(
+                    self.path, synchronous=self._synchronous, busy_ms=self._busy_ms
+                )
+            )
         except sqlite3.Error as exc:
             await self.close()
             raise StorageError(f"cannot open SQLite store {self.path}: {exc}") from exc
-
-    async def _configure(self, conn: aiosqlite.Connection) -> None:
-        mode = await configure_connection(
-            conn, synchronous=self._synchronous, busy_ms=self._busy_ms
-        )
-        if mode != "wal":
-            raise StorageError(f"{self.path}: cannot switch to WAL mode (got {mode!r})")
-        self._synchronous_now = self._synchronous
-        # After each checkpoint the WAL file is cut back to this size, so a burst of writes
-        # does not leave a huge WAL on disk for ever.
-        await conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT}")
         schema = resources.files("omniq_mp.storage").joinpath("sqlite_schema.sql").read_text()
-        await self._transaction(lambda c: _run_script(c, schema))
+        try:
+            await self._transaction(lambda conn: _run_script(conn, schema))
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.close()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            await thread.close()
 
     # -- transactions ------------------------------------------------------------------------
 
     async def _transaction(
-        self, body: Callable[[aiosqlite.Connection], Awaitable[T]], *, durable: bool = True
+        self, body: Callable[[sqlite3.Connection], T], *, durable: bool = True
     ) -> T:
-        """Run ``body`` in BEGIN IMMEDIATE ... COMMIT, retrying when another process holds
-        the write lock past busy_timeout.
+        """Run ``body`` in BEGIN IMMEDIATE ... COMMIT in the connection's thread (one hop
+        for the whole transaction), retrying when another process holds the write lock
+        past busy_timeout.
 
         :param durable: False for writes that may be lost in a power cut without losing
             work (claims, lease renewals, heartbeats): their commit skips the fsync. A lost
             claim only means the task runs again, which a power cut mid-run causes anyway;
             and the next durable commit syncs the whole WAL, these frames included.
         """
+        thread = self._open_thread()
+        wanted = self._synchronous if durable else "NORMAL"
         for attempt in range(LOCK_RETRIES):
             try:
-                async with self._lock:
-                    await self._set_synchronous(durable)
-                    return await self._once(body)
+                return await thread.run(self._in_transaction, body, wanted)
             except sqlite3.IntegrityError:
                 raise
             except sqlite3.Error as exc:
                 if not is_locked(exc):
                     raise storage_error(self.path, exc) from exc
-                await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+            await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
         raise StorageError(f"{self.path}: database stayed locked through {LOCK_RETRIES} tries")
 
-    async def _set_synchronous(self, durable: bool) -> None:
-        # Only FULL stores have anything to relax; switch only when the mode changes.
-        wanted = self._synchronous if durable else "NORMAL"
-        if wanted != self._synchronous_now:
-            await self._connection().execute(f"PRAGMA synchronous = {wanted}")
-            self._synchronous_now = wanted
-
-    async def _once(self, body: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        conn = self._connection()
-        await conn.execute("BEGIN IMMEDIATE")
+    def _in_transaction(
+        self, conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T], sync: str
+    ) -> T:
+        # In the connection's thread: nothing else runs on the connection meanwhile.
+        if sync != self._synchronous_now:  # only FULL stores have anything to relax
+            conn.execute(f"PRAGMA synchronous = {sync}")
+            self._synchronous_now = sync
         try:
-            result = await body(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            result = body(conn)
+            conn.execute("COMMIT")
         except BaseException:
-            await conn.execute("ROLLBACK")
+            if conn.in_transaction:  # a failed COMMIT (disk full) leaves it open too
+                conn.execute("ROLLBACK")
             raise
-        await conn.execute("COMMIT")
         return result
 
-    async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        async with self._lock:
-            try:
-                cursor = await self._connection().execute(sql, tuple(params))
-                return list(await cursor.fetchall())
-            except sqlite3.Error as exc:
-                raise StorageError(f"{self.path}: {exc}") from exc
+    async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        try:
+            return await self._open_thread().run(_fetchall, sql, tuple(params))
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc) from exc
 
-    def _connection(self) -> aiosqlite.Connection:
-        if self._conn is None:
+    def _open_thread(self) -> SQLiteThread:
+        if self._thread is None:
             raise StorageError(f"SQLite store {self.path} is not open; call open() first")
-        return self._conn
+        return self._thread
 
     # -- the protocol ------------------------------------------------------------------------
 
@@ -187,13 +184,13 @@ class SQLiteStorage:
         """Insert all tasks in one transaction; a task whose ``key`` matches an unfinished
         task is not inserted and that task's id is returned in its place."""
 
-        async def body(conn: aiosqlite.Connection) -> list[str]:
+        def body(conn: sqlite3.Connection) -> list[str]:
             ids: list[str] = []
             fresh: list[tuple[Any, ...]] = []
             taken: dict[str, str] = {}
             for task in tasks:
                 existing = task.key and (
-                    taken.get(task.key) or await _unfinished_with_key(conn, task.key)
+                    taken.get(task.key) or _unfinished_with_key(conn, task.key)
                 )
                 if existing:
                     ids.append(existing)
@@ -202,7 +199,7 @@ class SQLiteStorage:
                     taken[task.key] = task.id
                 ids.append(task.id)
                 fresh.append(task_row(task))
-            await conn.executemany(INSERT, fresh)
+            conn.executemany(INSERT, fresh)
             crash_point("enqueue_before_commit")  # tests: a crash here must leave no row
             return ids
 
@@ -227,13 +224,13 @@ class SQLiteStorage:
         per_queue = [value for q in queues for value in (q, now, limit)]
         params = (token, lease_until, worker_id, now, *per_queue, limit)
 
-        async def body(conn: aiosqlite.Connection) -> list[tuple[Task, int]]:
-            rows = list(await conn.execute_fetchall(sql, params))
+        def body(conn: sqlite3.Connection) -> list[tuple[Task, int]]:
+            rows = list(_fetchall(conn, sql, params))
             # Decoded inside the transaction: a row that cannot be read is set aside in the
             # same commit that claimed it, so it neither strands the rest of the batch nor
             # is claimed again.
             claimed, damaged = _decode_rows(rows)
-            await _quarantine(conn, damaged, now)
+            _quarantine(conn, damaged, now)
             return claimed
 
         claimed = await self._transaction(body, durable=False)
@@ -246,12 +243,11 @@ class SQLiteStorage:
         """Apply outcomes in one transaction; each is fenced by its lease token.
 
         The fence is checked with one SELECT and the writes go out as ``executemany``
-        batches: a handful of round trips to aiosqlite's thread per batch, not one per
-        task, which is what bounds the drain rate.
+        batches, all in one call into the connection's thread.
         """
 
-        async def body(conn: aiosqlite.Connection) -> list[bool]:
-            tokens = await _current_tokens(conn, [s.task_id for s in settlements])
+        def body(conn: sqlite3.Connection) -> list[bool]:
+            tokens = _current_tokens(conn, [s.task_id for s in settlements])
             applied = []
             for s in settlements:
                 # pop: a second settlement of one attempt in the same batch is stale too.
@@ -267,7 +263,7 @@ class SQLiteStorage:
             follow = INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
             for sql, rows in ((REQUEUE, requeue), (FINISH, finish), (follow, follow_ups)):
                 if rows:
-                    await conn.executemany(sql, rows)
+                    conn.executemany(sql, rows)
             return applied
 
         return await self._transaction(body) if settlements else []
@@ -275,12 +271,12 @@ class SQLiteStorage:
     async def extend_leases(self, leases: Mapping[str, str], lease_until: float) -> set[str]:
         """Renew in one transaction; ids whose token no longer matches are reported lost."""
 
-        async def body(conn: aiosqlite.Connection) -> set[str]:
-            tokens = await _current_tokens(conn, list(leases))
+        def body(conn: sqlite3.Connection) -> set[str]:
+            tokens = _current_tokens(conn, list(leases))
             held = [tid for tid, token in leases.items() if tokens.get(tid) == token]
             # Never the value already stored (a holder's clock may stand still or step
             # back): observers see a renewal only as a change (see running_leases).
-            await conn.executemany(
+            conn.executemany(
                 "UPDATE tasks SET lease_until = max(?, coalesce(lease_until, 0) + ?) WHERE id = ?",
                 [(lease_until, RENEWAL_STEP, tid) for tid in held],
             )
@@ -325,13 +321,13 @@ class SQLiteStorage:
     async def cancel(self, task_id: str, now: float) -> Task | None:
         """Cancel a PENDING task at once; flag a RUNNING one for its supervisor to kill."""
 
-        async def body(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "UPDATE tasks SET status = 'CANCELLED', finished_at = ?, "
                 "expires_at = ? + result_ttl WHERE id = ? AND status = 'PENDING'",
                 (now, now, task_id),
             )
-            await conn.execute(
+            conn.execute(
                 "UPDATE tasks SET cancel_requested = 1 WHERE id = ? AND status = 'RUNNING'",
                 (task_id,),
             )
@@ -377,8 +373,9 @@ class SQLiteStorage:
             )
             params = list(task_ids)
 
-        async def body(conn: aiosqlite.Connection) -> list[str]:
-            rows = await conn.execute_fetchall(
+        def body(conn: sqlite3.Connection) -> list[str]:
+            rows = _fetchall(
+                conn,
                 "UPDATE tasks SET status = 'PENDING', attempts = 0, crashes = 0, eta = ?, "
                 "finished_at = NULL, expires_at = NULL, cancel_requested = 0 "
                 f"{where} RETURNING id",
@@ -404,8 +401,8 @@ class SQLiteStorage:
         )
 
     async def _delete(self, where: str, params: list[Any], limit: int) -> int:
-        async def body(conn: aiosqlite.Connection) -> int:
-            cursor = await conn.execute(
+        def body(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
                 f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks {where} LIMIT ?)",
                 [*params, limit],
             )
@@ -430,12 +427,13 @@ class SQLiteStorage:
         """Quarantine the task rows ``seqs`` that still fail to decode (read again inside
         the write transaction, so a row rewritten meanwhile is left alone)."""
 
-        async def body(conn: aiosqlite.Connection) -> None:
-            rows = await conn.execute_fetchall(
+        def body(conn: sqlite3.Connection) -> None:
+            rows = _fetchall(
+                conn,
                 f"SELECT {COLUMNS}, seq FROM tasks WHERE seq IN ({', '.join('?' * len(seqs))})",
                 list(seqs),
             )
-            await _quarantine(conn, _decode_rows(rows)[1], time.time())
+            _quarantine(conn, _decode_rows(rows)[1], time.time())
 
         await self._transaction(body)
 
@@ -470,8 +468,8 @@ class SQLiteStorage:
     async def add_schedule(self, schedule: Schedule) -> None:
         """Insert a schedule."""
 
-        async def body(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 INSERT_SCHEDULE,
                 schedule_row(schedule),
             )
@@ -486,10 +484,8 @@ class SQLiteStorage:
     async def set_paused(self, schedule_id: str, paused: bool) -> Schedule | None:
         """Pause or resume a schedule."""
 
-        async def body(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
-                "UPDATE schedules SET paused = ? WHERE id = ?", (int(paused), schedule_id)
-            )
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE schedules SET paused = ? WHERE id = ?", (int(paused), schedule_id))
 
         await self._transaction(body)
         rows = await self._read(
@@ -500,8 +496,8 @@ class SQLiteStorage:
     async def remove_schedule(self, schedule_id: str) -> bool:
         """Delete a schedule."""
 
-        async def body(conn: aiosqlite.Connection) -> bool:
-            cursor = await conn.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,))
+        def body(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute("DELETE FROM schedules WHERE id = ?", (schedule_id,))
             return cursor.rowcount == 1
 
         return await self._transaction(body)
@@ -512,16 +508,17 @@ class SQLiteStorage:
         """Fire due schedules inside one BEGIN IMMEDIATE transaction: a second supervisor
         waits for it, then finds ``next_run`` already moved on."""
 
-        async def body(conn: aiosqlite.Connection) -> list[str]:
-            rows = await conn.execute_fetchall(
+        def body(conn: sqlite3.Connection) -> list[str]:
+            rows = _fetchall(
+                conn,
                 f"SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE paused = 0 AND next_run <= ?",
                 (now,),
             )
             fired = []
             for schedule in self._readable_schedules(rows):
                 task = schedule.task_for(schedule.next_run)
-                await conn.execute(INSERT, task_row(task))
-                await conn.execute(
+                conn.execute(INSERT, task_row(task))
+                conn.execute(
                     "UPDATE schedules SET next_run = ?, last_task_id = ? WHERE id = ?",
                     (next_run(schedule, now), task.id, schedule.id),
                 )
@@ -551,18 +548,16 @@ class SQLiteStorage:
             json.dumps(dict(info.details)),
         )
 
-        async def body(conn: aiosqlite.Connection) -> None:
-            await conn.execute(
-                "INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row
-            )
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
 
         await self._transaction(body, durable=False)
 
     async def remove_worker(self, worker_id: str) -> None:
         """Delete the supervisor's row."""
 
-        async def body(conn: aiosqlite.Connection) -> None:
-            await conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
 
         await self._transaction(body)
 
@@ -625,15 +620,14 @@ def _refuse_empty(path: Path) -> None:
         )
 
 
-async def _run_script(conn: aiosqlite.Connection, script: str) -> None:
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
     # executescript would COMMIT our BEGIN IMMEDIATE; run statement by statement instead.
     for statement in script.split("\n\n"):
         lines = [ln for ln in statement.splitlines() if not ln.lstrip().startswith("--")]
         if "".join(lines).strip():
-            await conn.execute("\n".join(lines))
+            conn.execute("\n".join(lines))
 
 
-_WAL_LIMIT = 64 * 2**20
 _IN_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
 _STATUSES = frozenset(s.value for s in TaskStatus)
 # What _tasks does with a row that does not decode.
@@ -654,8 +648,8 @@ def _decode_rows(
     return found, damaged
 
 
-async def _quarantine(
-    conn: aiosqlite.Connection, damaged: Sequence[tuple[Sequence[Any], str]], now: float
+def _quarantine(
+    conn: sqlite3.Connection, damaged: Sequence[tuple[Sequence[Any], str]], now: float
 ) -> None:
     """Inside the caller's write transaction: make each damaged row DEAD, readable, and
     named as damaged in its error (see sqlite_codec.quarantine_update)."""
@@ -663,19 +657,24 @@ async def _quarantine(
         update = quarantine_update(r, now)
         if update is not None:
             sql, params, reason = update
-            await conn.execute(sql, params)
+            conn.execute(sql, params)
             logger.bind(action="storage_damaged_row").warning(
                 "task row {!r} set aside as DEAD: stored row is damaged: {}", r[0], reason
             )
 
 
-async def _current_tokens(conn: aiosqlite.Connection, ids: Sequence[str]) -> dict[str, str]:
+def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+    return conn.execute(sql, params).fetchall()
+
+
+def _current_tokens(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
     """Lease tokens of those ``ids`` that are RUNNING (read inside the write transaction,
     so nothing can change them before our writes)."""
     tokens: dict[str, str] = {}
     for i in range(0, len(ids), _IN_CHUNK):
         chunk = ids[i : i + _IN_CHUNK]
-        rows = await conn.execute_fetchall(
+        rows = _fetchall(
+            conn,
             "SELECT id, lease_token FROM tasks WHERE status = 'RUNNING' "
             f"AND id IN ({', '.join('?' * len(chunk))})",
             chunk,
@@ -684,9 +683,10 @@ async def _current_tokens(conn: aiosqlite.Connection, ids: Sequence[str]) -> dic
     return tokens
 
 
-async def _unfinished_with_key(conn: aiosqlite.Connection, key: str) -> str | None:
+def _unfinished_with_key(conn: sqlite3.Connection, key: str) -> str | None:
     rows = list(
-        await conn.execute_fetchall(
+        _fetchall(
+            conn,
             "SELECT id FROM tasks WHERE unique_key = ? AND status IN ('PENDING', 'RUNNING')",
             (key,),
         )
