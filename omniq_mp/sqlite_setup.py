@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import random
 import sqlite3
+import tempfile
 import time
 
 import aiosqlite
@@ -15,8 +17,10 @@ from omniq_mp.errors import StorageError, StorageFullError, StorageReadOnlyError
 __all__ = [
     "LOCK_RETRIES",
     "connect_async",
+    "folder_is_read_only",
     "is_locked",
     "open_connection",
+    "os_storage_error",
     "storage_error",
 ]
 
@@ -85,7 +89,7 @@ def is_locked(exc: sqlite3.Error) -> bool:
     )
 
 
-def storage_error(path: object, exc: sqlite3.Error) -> StorageError:
+def storage_error(path: str | os.PathLike[str], exc: sqlite3.Error) -> StorageError:
     """The StorageError a failed statement or commit stands for, by SQLite's result code:
     no room (``SQLITE_FULL``: disk full, file size limit, ``max_page_count``) and
     read-only stores get their own types, because callers treat them differently (wait
@@ -95,7 +99,34 @@ def storage_error(path: object, exc: sqlite3.Error) -> StorageError:
         return StorageFullError(f"{path}: no room to write: {exc}")
     if code == sqlite3.SQLITE_READONLY or "readonly" in str(exc):
         return StorageReadOnlyError(f"{path}: the store is read-only: {exc}")
+    # A file system that turned read-only under an open connection (ext4's
+    # errors=remount-ro after a disk error) reaches SQLite as an I/O error, and one that
+    # was read-only before the open as "unable to open": ask the folder itself.
+    if code in (sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN) and folder_is_read_only(path):
+        return StorageReadOnlyError(f"{path}: the store's file system is read-only: {exc}")
     return StorageError(f"{path}: {exc}")
+
+
+def os_storage_error(path: str | os.PathLike[str], exc: OSError, what: str) -> StorageError:
+    """The StorageError for an OSError met creating or opening a store's files."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return StorageFullError(f"cannot {what} {path}: no room: {exc.strerror}")
+    if exc.errno == errno.EROFS:
+        return StorageReadOnlyError(f"cannot {what} {path}: read-only file system")
+    return StorageError(f"cannot {what} {path}: {exc.strerror or exc}")
+
+
+def folder_is_read_only(path: str | os.PathLike[str]) -> bool:
+    """Whether the folder of ``path`` refuses a new file with EROFS. An emergency
+    read-only mount need not show in ``statvfs``, so this tries (and removes) one."""
+    folder = os.path.dirname(os.fspath(path)) or "."
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".omniq-write-probe-", dir=folder)
+    except OSError as error:
+        return error.errno == errno.EROFS
+    os.close(fd)
+    os.unlink(probe)
+    return False
 
 
 def _primary_code(exc: sqlite3.Error) -> int | None:

@@ -26,11 +26,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import errno
 import math
 import os
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -40,7 +38,7 @@ from loguru import logger
 
 from omniq_mp.config import Settings
 from omniq_mp.crashpoints import crash_point
-from omniq_mp.errors import StorageError, StorageReadOnlyError
+from omniq_mp.errors import StorageReadOnlyError
 from omniq_mp.events import EventRecorder, EventType, SupervisorEvents
 from omniq_mp.file_modes import warn_if_exposed
 from omniq_mp.models import Outcome, OutcomeKind, Settlement, Task, TaskStatus
@@ -430,7 +428,7 @@ class AsyncWorkerPool:
         running tasks before their leases lapse and make ``process_tasks`` raise."""
         if self._fatal is not None:
             return
-        if not _refuses_writes(exc, self.queue.storage):
+        if not isinstance(exc, StorageReadOnlyError):
             self._read_only.cleared()  # another trouble (full, locked): not read-only time
             return
         lasted = self._read_only.failed(time.monotonic())
@@ -767,26 +765,6 @@ class ReadOnlyWatch:
     def cleared(self) -> None:
         """A write went through: the spell is over."""
         self.since = None
-
-
-def _refuses_writes(exc: BaseException, storage: object) -> bool:
-    """The store is read-only: it says so, or a write failed (SQLite reports an I/O error
-    to a connection opened before the file system went read-only, e.g. ext4's
-    ``errors=remount-ro`` after a disk error) and its folder refuses a new file with EROFS.
-    (Such an emergency read-only mount need not show in ``statvfs``: we try.)"""
-    if isinstance(exc, StorageReadOnlyError):
-        return True
-    path = getattr(storage, "path", None)
-    if not isinstance(exc, StorageError) or not isinstance(path, str | os.PathLike):
-        return False
-    folder = os.path.dirname(os.fspath(path)) or "."
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".omniq-write-probe-", dir=folder)
-    except OSError as error:
-        return error.errno == errno.EROFS
-    os.close(fd)
-    os.unlink(probe)
-    return False
 
 
 class Pacer:

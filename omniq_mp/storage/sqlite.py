@@ -31,7 +31,13 @@ from omniq_mp.errors import StorageError
 from omniq_mp.file_modes import FILE_MODE, create_private_file, make_private_dirs
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
-from omniq_mp.sqlite_setup import LOCK_RETRIES, is_locked, open_connection, storage_error
+from omniq_mp.sqlite_setup import (
+    LOCK_RETRIES,
+    is_locked,
+    open_connection,
+    os_storage_error,
+    storage_error,
+)
 from omniq_mp.sqlite_thread import SQLiteThread
 from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo
 from omniq_mp.storage.sqlite_codec import (
@@ -87,13 +93,20 @@ class SQLiteStorage:
             return
         # A new store: processes creating it at the same moment take turns, so none
         # mistakes another's half-written file for a stranger's empty one.
-        lock_fd = os.open(f"{self.path}-init.lock", os.O_CREAT | os.O_RDWR, FILE_MODE)
+        lock_path = f"{self.path}-init.lock"
+        try:
+            lock_fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, FILE_MODE)
+        except OSError as exc:
+            raise os_storage_error(lock_path, exc, "create") from exc
         try:
             await asyncio.to_thread(fcntl.flock, lock_fd, fcntl.LOCK_EX)
             _refuse_empty(self.path)
             # Created 0600 before SQLite opens it, so others never get a moment to open
             # it; its -wal, -shm and -journal files then take the same mode.
-            create_private_file(self.path)
+            try:
+                create_private_file(self.path)
+            except OSError as exc:
+                raise os_storage_error(self.path, exc, "create") from exc
             await self._connect()
         finally:
             os.close(lock_fd)  # closing releases the lock
@@ -109,7 +122,8 @@ class SQLiteStorage:
             )
         except sqlite3.Error as exc:
             await self.close()
-            raise StorageError(f"cannot open SQLite store {self.path}: {exc}") from exc
+            error = storage_error(self.path, exc)
+            raise type(error)(f"cannot open SQLite store {error}") from exc
         schema = resources.files("omniq_mp.storage").joinpath("sqlite_schema.sql").read_text()
         try:
             await self._transaction(lambda conn: _run_script(conn, schema))

@@ -176,12 +176,6 @@ def test_a_read_only_store_is_refused_at_start_in_one_line_and_nothing_is_create
     assert_clean(rig)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SQLiteStorage._connect reports a store it cannot open on a read-only file "
-    "system as a plain StorageError ('unable to open database file'); it should raise "
-    "StorageReadOnlyError (see the report of rows 18/19/21)",
-)
 def test_enqueue_on_a_read_only_store_raises_storage_read_only(tmpfs_rig: Rig) -> None:
     """Row 19: ``enqueue`` on a store whose file system is read-only says so by type."""
     rig = tmpfs_rig
