@@ -9,6 +9,7 @@ producer: it enqueues and reads results while workers run elsewhere
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -131,6 +132,7 @@ class AsyncOmniQ:
         self.watcher = ResultWatcher(self.storage.get_many)
         wake_dir = self.settings.wake_dir
         self._supervisors = None if wake_dir is None else Poker(wake_dir, SUPERVISORS)
+        self._notes: set[asyncio.Task[None]] = set()  # dedup log lines of thread enqueues
         self._wakes = (
             None if wake_dir is None else WakeListener(wake_dir, CLIENTS, self.watcher.poke)
         )
@@ -165,6 +167,8 @@ class AsyncOmniQ:
     async def close(self) -> None:
         """Stop the embedded supervisor, if any, and close the store."""
         await self.watcher.close()
+        if self._notes:  # log lines of keys deduplicated by thread enqueues
+            await asyncio.gather(*self._notes, return_exceptions=True)
         if self._workers is not None:
             workers, self._workers = self._workers, None
             await workers.stop()
@@ -386,21 +390,77 @@ class AsyncOmniQ:
         """Store tasks built with :meth:`build`, all in one transaction."""
         await self.open()
         ids = await self.queue.enqueue_tasks(tasks)
-        for task, task_id in zip(tasks, ids, strict=True):
-            if task_id == task.id:
-                logger.bind(task_id=task.id, action="task_enqueued").debug(
-                    "task {} ({}) enqueued on {}", task.id, task.func_name, task.queue
-                )
-                if self.recorder is not None:
-                    for event in enqueued_events(task, time.time()):
-                        self.recorder.emit(event)
-            else:
-                await self._log_duplicate(task, task_id)
+        emit = None if self.recorder is None else self.recorder.emit_many
+        for task, existing_id in self._note_enqueued(tasks, ids, emit):
+            await self._log_duplicate(task, existing_id)
         if self._workers is not None:
             self._workers.wake()
         if self._supervisors is not None:
             self._supervisors.poke()
         return ids
+
+    def enqueue_from_thread(
+        self, tasks: Sequence[Task], loop: asyncio.AbstractEventLoop
+    ) -> list[str] | None:
+        """Store tasks from a thread other than ``loop``'s (the one this client runs on),
+        without a trip through the loop, when the store can (SQLite); None when it cannot
+        or is not open yet, and the caller goes through :meth:`enqueue_tasks` instead.
+
+        Supervisors are woken from the calling thread at once. The loop is only involved
+        for what lives there: the events (handed over once per linger period), an
+        embedded supervisor's wake-up and the log line of a deduplicated key."""
+        # Not isinstance(.., BlockingEnqueue): a runtime Protocol check costs more than a
+        # getattr, on a path measured in microseconds.
+        enqueue_blocking = getattr(self.storage, "enqueue_blocking", None)
+        if not self._open or enqueue_blocking is None:
+            return None
+        ids: list[str] = enqueue_blocking(tasks)
+        if self._supervisors is not None:
+            self._supervisors.poke()
+        recorder = self.recorder
+        emit: Callable[[Sequence[Event]], None] | None = None
+        if recorder is not None and self._workers is None:
+            emit = functools.partial(recorder.emit_from_thread, loop=loop)
+        elif recorder is not None:
+            # Queued at once: ahead of the STARTED event our own supervisor emits next.
+            def emit(events: Sequence[Event]) -> None:
+                loop.call_soon_threadsafe(recorder.emit_many, events)
+
+        duplicates = self._note_enqueued(tasks, ids, emit)
+        if duplicates or self._workers is not None:
+            loop.call_soon_threadsafe(self._after_thread_enqueue, duplicates)
+        return ids
+
+    def _after_thread_enqueue(self, duplicates: list[tuple[Task, str]]) -> None:
+        if self._workers is not None:
+            self._workers.wake()
+        for task, existing_id in duplicates:
+            note = asyncio.create_task(self._log_duplicate(task, existing_id))
+            self._notes.add(note)  # held until done: the loop keeps only weak references
+            note.add_done_callback(self._notes.discard)
+
+    def _note_enqueued(
+        self,
+        tasks: Sequence[Task],
+        ids: Sequence[str],
+        emit: Callable[[Sequence[Event]], None] | None,
+    ) -> list[tuple[Task, str]]:
+        """Log lines and ENQUEUED events (through ``emit``) of committed tasks; returns
+        (task, existing id) of those a key deduplicated."""
+        now = time.time()
+        duplicates, events = [], []
+        for task, task_id in zip(tasks, ids, strict=True):
+            if task_id != task.id:
+                duplicates.append((task, task_id))
+                continue
+            logger.bind(task_id=task.id, action="task_enqueued").debug(
+                "task {} ({}) enqueued on {}", task.id, task.func_name, task.queue
+            )
+            if emit is not None:
+                events += enqueued_events(task, now)
+        if events and emit is not None:
+            emit(events)
+        return duplicates
 
     # -- reading -----------------------------------------------------------------------------
 

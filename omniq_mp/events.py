@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -82,6 +83,10 @@ class EventRecorder:
         self._writer: asyncio.Task[None] | None = None
         self._outages = OutageWriter("event store")
         self._give_up_at: float | None = None  # set by stop(): an outage must not hang it
+        # Events emitted by other threads, taken into the queue by the loop (see
+        # emit_from_thread); _lock guards the list, the only state two threads share.
+        self._foreign: list[Event] = []
+        self._lock = threading.Lock()
 
     @property
     def failures(self) -> int:
@@ -105,6 +110,26 @@ class EventRecorder:
                     self.capacity,
                 )
             self.dropped += 1
+
+    def emit_many(self, events: Sequence[Event]) -> None:
+        """Queue several events for writing (from the loop's thread)."""
+        for event in events:
+            self.emit(event)
+
+    def emit_from_thread(self, events: Sequence[Event], loop: asyncio.AbstractEventLoop) -> None:
+        """Queue events from a thread other than ``loop``'s. The loop is woken once per
+        linger period, not once per call: a script enqueueing in a tight loop must not
+        pay a thread switch per task for its events."""
+        with self._lock:
+            first = not self._foreign
+            self._foreign.extend(events)
+        if first:
+            loop.call_soon_threadsafe(loop.call_later, _LINGER, self._take_foreign)
+
+    def _take_foreign(self) -> None:
+        with self._lock:
+            events, self._foreign = self._foreign, []
+        self.emit_many(events)
 
     async def _write_loop(self) -> None:
         stopping = False
@@ -152,6 +177,7 @@ class EventRecorder:
         if writer is None:
             return
         self._give_up_at = asyncio.get_running_loop().time() + _STOP_PATIENCE
+        self._take_foreign()  # emitted by other threads before this call: not lost
         try:
             await self._queue.put(None)
             await writer

@@ -28,7 +28,11 @@ LOCK_RETRIES = 20
 
 
 def open_connection(
-    path: str | os.PathLike[str], *, synchronous: str, busy_ms: int = 5000
+    path: str | os.PathLike[str],
+    *,
+    synchronous: str,
+    busy_ms: int = 5000,
+    check_same_thread: bool = True,
 ) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit ``BEGIN IMMEDIATE``)
     with a busy timeout, WAL and the synchronous level. Call it in the thread that will
@@ -41,7 +45,7 @@ def open_connection(
     :raises sqlite3.Error: the file is not a database, stayed locked, or its file system
         cannot do WAL.
     """
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread)
     try:
         for attempt in range(LOCK_RETRIES):
             try:

@@ -92,7 +92,10 @@ class OmniQ:
         if "cron" in kwargs:
             return self.schedule(func, *args, **kwargs)
         task = self._async.build(func, *args, **kwargs)
-        return self._loop.call(self._async.enqueue_tasks([task]))[0]
+        ids = self._async.enqueue_from_thread([task], self._loop.loop)
+        if ids is None:  # not a store that can, or not open yet (this call opens it)
+            ids = self._loop.call(self._async.enqueue_tasks([task]))
+        return ids[0]
 
     def get_result(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait for and return the task's value; see :meth:`AsyncOmniQ.get_result`."""
