@@ -12,14 +12,13 @@ died, and then the whole channel is discarded with the process: no shared lock, 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Frame", "encode", "read_frame", "recv_frame", "send_frame"]
+__all__ = ["Frame", "FrameParser", "encode", "recv_frame", "send_frame"]
 
 _HEADER = struct.Struct("!IQ")
 
@@ -52,15 +51,37 @@ def _decode(head: bytes, body: bytes) -> Frame:
     return Frame(meta.pop("kind"), meta, body)
 
 
-async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
-    """Read one frame; None at end of stream (the peer closed or died)."""
-    try:
-        head_len, body_len = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-        head = await reader.readexactly(head_len)
-        body = await reader.readexactly(body_len) if body_len else b""
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return None
-    return _decode(head, body)
+class FrameParser:
+    """Frames out of a byte stream that arrives in arbitrary pieces (the supervisor's
+    side: every piece the event loop reads is fed in, and every frame it completes comes
+    out at once, with no await per header and body)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add ``data``; return the frames it completed, in order."""
+        buf = self._buffer
+        buf += data
+        frames = []
+        start = 0
+        while len(buf) - start >= _HEADER.size:
+            head_len, body_len = _HEADER.unpack_from(buf, start)
+            head_at = start + _HEADER.size
+            body_at = head_at + head_len
+            end = body_at + body_len
+            if len(buf) < end:
+                break
+            frames.append(_decode(bytes(buf[head_at:body_at]), bytes(buf[body_at:end])))
+            start = end
+        if start:
+            del buf[:start]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a frame not yet complete."""
+        return len(self._buffer)
 
 
 def send_frame(

@@ -3,8 +3,8 @@
     ProcessPool ──_idle (asyncio.Queue of ready workers)──> acquire()
       │
       ├── WorkerProcess: Process + socketpair + pidfd
-      │     _pump task:  frames from the child ──> inbox
-      │     pidfd reader: the process exited   ──> inbox (None)
+      │     _Channel:     frames from the child ──> inbox
+      │     pidfd reader: the process exited    ──> inbox (None)
       │
       run(worker, task): RUN ──> await STARTED ──> deadline timer ──> await DONE | death
                          timer fires: SIGTERM the group, grace, SIGKILL the tree
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from multiprocessing import spawn
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, cast
 
 import psutil
 from loguru import logger
@@ -68,15 +68,15 @@ class WorkerProcess:
         self.abort_kind = OutcomeKind.ABORTED
         self.retiring = False
         self.tasks_run = 0
-        self._writer: asyncio.StreamWriter | None = None
-        self._pump_task: asyncio.Task[None] | None = None
+        self._channel: _Channel | None = None
         self._exit_fd = -1
         self._end_job: asyncio.Task[None] | None = None
 
     async def connect(self, ready_timeout: float) -> None:
         """Attach the channel and the exit watcher, then wait for the child's READY."""
-        reader, self._writer = await asyncio.open_unix_connection(sock=self.sock)
-        self._pump_task = asyncio.create_task(self._pump(reader), name=f"pump-{self.pid}")
+        channel = _Channel(self.inbox)
+        await asyncio.get_running_loop().create_unix_connection(lambda: channel, sock=self.sock)
+        self._channel = channel
         self._watch_exit()
         try:
             frame = await asyncio.wait_for(self.inbox.get(), ready_timeout)
@@ -85,11 +85,6 @@ class WorkerProcess:
         if frame is None or frame.kind != ipc.READY:
             await self.kill(0.1)
             raise WorkerStartError(f"worker {self.pid} did not start: {await self.exit_text()}")
-
-    async def _pump(self, reader: asyncio.StreamReader) -> None:
-        while (frame := await ipc.read_frame(reader)) is not None:
-            self.inbox.put_nowait(frame)
-        self.inbox.put_nowait(None)
 
     def _watch_exit(self) -> None:
         # A pidfd becomes readable when the process exits, whoever else holds its pipes
@@ -110,10 +105,10 @@ class WorkerProcess:
 
     async def _end_inbox(self) -> None:
         # The exit can be seen in the same loop turn as the child's last frame (a retiring
-        # worker sends DONE, then exits): let the pump deliver that frame first. The
+        # worker sends DONE, then exits): let the channel deliver that frame first. The
         # timeout covers a grandchild that inherited the socket and keeps it open.
-        if self._pump_task is not None:
-            await asyncio.wait({self._pump_task}, timeout=0.1)
+        if self._channel is not None:
+            await asyncio.wait({self._channel.closed}, timeout=0.1)
         self.inbox.put_nowait(None)
 
     @property
@@ -128,13 +123,10 @@ class WorkerProcess:
     ) -> Outcome:
         """Run one task to an outcome. Never raises for anything the task does."""
         begin = time.monotonic()
-        try:
-            assert self._writer is not None
-            self._writer.writelines(
-                ipc.encode(ipc.RUN, {"task_id": task.id, "attempt": task.attempts}, task.payload)
-            )
-            await self._writer.drain()
-        except (ConnectionError, OSError):
+        frame_out = ipc.encode(
+            ipc.RUN, {"task_id": task.id, "attempt": task.attempts}, task.payload
+        )
+        if not self._send(frame_out):
             return await self._died(begin)
         crash_point("after_send_to_child")
         frame = await self._next_frame()
@@ -155,6 +147,11 @@ class WorkerProcess:
         if frame is None or frame.kind != ipc.DONE:
             return await self._died(begin)
         return self._done(frame, begin)
+
+    def _send(self, parts: list[bytes]) -> bool:
+        """Queue a frame for the child (the transport writes it as the socket takes it,
+        and holds the rest meanwhile); False when the channel is already gone."""
+        return self._channel is not None and self._channel.send(parts)
 
     async def _next_frame(self) -> ipc.Frame | None:
         """The next frame that is not a relayed log record."""
@@ -233,10 +230,8 @@ class WorkerProcess:
 
     async def stop(self) -> None:
         """Ask an idle worker to exit; kill it if it does not."""
-        if self.alive and self._writer is not None:
-            with contextlib.suppress(ConnectionError, OSError):
-                self._writer.writelines(ipc.encode(ipc.STOP))
-                await self._writer.drain()
+        if self.alive:
+            self._send(ipc.encode(ipc.STOP))
         if not await self._await_exit(1.0):
             await self.kill(0.5)
 
@@ -268,12 +263,51 @@ class WorkerProcess:
         if self._exit_fd >= 0:
             os.close(self._exit_fd)
             self._exit_fd = -1
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-        if self._writer is not None:
-            self._writer.close()
+        if self._channel is not None:
+            self._channel.close()
         with contextlib.suppress(ValueError):
             self.process.close()
+
+
+class _Channel(asyncio.Protocol):
+    """The supervisor's end of one worker's socket: every frame the child sends goes to
+    the worker's inbox as soon as its last byte is read, then ``None`` at end of stream.
+
+    A protocol, not a StreamReader: one callback per read parses every frame the read
+    completed, where reading frame by frame cost an await per header, meta and body.
+    """
+
+    def __init__(self, inbox: asyncio.Queue[ipc.Frame | None]) -> None:
+        self._inbox = inbox
+        self._parser = ipc.FrameParser()
+        self._transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but have its methods.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        for frame in self._parser.feed(data):
+            self._inbox.put_nowait(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._inbox.put_nowait(None)
+
+    def send(self, parts: list[bytes]) -> bool:
+        """Write one frame; False if the channel is closed or closing."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.writelines(parts)
+        return True
+
+    def close(self) -> None:
+        """Close the socket (idempotent)."""
+        if self._transport is not None:
+            self._transport.close()
 
 
 class ProcessPool:
