@@ -154,12 +154,17 @@ class EventRecorder:
     async def _write(self, batch: list[Event]) -> None:
         # While the store is down the batch waits here and later events fill the bounded
         # queue behind it; a write that partly landed before failing may repeat some events.
-        stored = await self._outages.write(lambda: self.storage.append(batch), self._giving_up)
+        stored = await self._outages.write(
+            lambda: self.storage.append(batch), self._giving_up, self._is_stopping
+        )
         if not stored:
             self.dropped += len(batch)
             logger.bind(action="events_dropped").error(
                 "{} events not stored: the event store stayed unreachable", len(batch)
             )
+
+    def _is_stopping(self) -> bool:
+        return self._give_up_at is not None
 
     def _giving_up(self) -> bool:
         loop = asyncio.get_running_loop()

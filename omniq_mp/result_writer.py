@@ -103,7 +103,7 @@ class ResultWriter:
                 await asyncio.sleep(_LINGER)
             ids = list(self._pending)[:_BATCH]
             copy = functools.partial(self._copy, ids)
-            if not await self._outages.write(copy, self._giving_up):
+            if not await self._outages.write(copy, self._giving_up, self._is_stopping):
                 logger.bind(action="results_not_copied").error(
                     "{} results not copied to the result store (they stay in the queue store)",
                     len(self._pending),
@@ -118,6 +118,9 @@ class ResultWriter:
         done = [result_of(t) for t in tasks if t.status.is_terminal]
         if done:
             await self.results.store(done)
+
+    def _is_stopping(self) -> bool:
+        return self._give_up_at is not None
 
     def _giving_up(self) -> bool:
         at = self._give_up_at

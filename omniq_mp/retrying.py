@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 
 from loguru import logger
 
+from omniq_mp.errors import StorageReadOnlyError
+
 __all__ = ["OutageWriter"]
 
 _FIRST_DELAY = 0.1
@@ -26,9 +28,14 @@ class OutageWriter:
         self.in_outage = False
 
     async def write(
-        self, attempt: Callable[[], Awaitable[None]], give_up: Callable[[], bool]
+        self,
+        attempt: Callable[[], Awaitable[None]],
+        give_up: Callable[[], bool],
+        stopping: Callable[[], bool] = lambda: False,
     ) -> bool:
-        """Run ``attempt`` until it succeeds (True) or ``give_up()`` (False)."""
+        """Run ``attempt`` until it succeeds (True) or ``give_up()`` (False). While
+        ``stopping()``, a store that says it is read-only is given up at once: it will not
+        turn writable in the seconds a stop waits, and the stop should not wait for it."""
         delay = _FIRST_DELAY
         while True:
             try:
@@ -40,7 +47,7 @@ class OutageWriter:
                     logger.bind(action="store_unreachable").warning(
                         "{} unreachable, retrying with backoff: {}", self.what, exc
                     )
-                if give_up():
+                if give_up() or (stopping() and isinstance(exc, StorageReadOnlyError)):
                     return False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_DELAY)

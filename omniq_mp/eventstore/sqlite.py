@@ -18,7 +18,7 @@ import aiosqlite
 from omniq_mp.errors import StorageError
 from omniq_mp.eventstore.base import Event, EventType, StoredEvent
 from omniq_mp.file_modes import create_private_file, make_private_dirs
-from omniq_mp.sqlite_setup import connect_async
+from omniq_mp.sqlite_setup import connect_async, storage_error
 
 __all__ = ["SQLiteEventStorage"]
 
@@ -90,7 +90,7 @@ class SQLiteEventStorage:
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     await conn.execute("ROLLBACK")
-                raise StorageError(f"{self.path}: {exc}") from exc
+                raise storage_error(self.path, exc) from exc
 
     async def read(
         self,

@@ -27,7 +27,7 @@ from omniq_mp.errors import StorageError
 from omniq_mp.file_modes import create_private_file, make_private_dirs
 from omniq_mp.models import TaskStatus
 from omniq_mp.results.base import TaskResult, check_terminal
-from omniq_mp.sqlite_setup import connect_async
+from omniq_mp.sqlite_setup import connect_async, storage_error
 
 __all__ = ["SQLiteResultStorage"]
 
@@ -177,7 +177,8 @@ class SQLiteResultStorage:
                 with contextlib.suppress(sqlite3.Error):
                     await conn.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    raise StorageError(f"{self.path}: {_one_line(exc)}") from exc
+                    error = storage_error(self.path, exc)
+                    raise type(error)(_one_line(error)) from exc
                 raise
 
     def _decode(self, row: Sequence[Any]) -> TaskResult:
