@@ -54,7 +54,9 @@ class Settings:
     :param default_timeout: default per-task timeout in seconds; None means no limit.
     :param lease_ttl: seconds a claim stays valid without renewal; a dead supervisor's
         tasks return to the queue this long after its last renewal.
-    :param poll_interval: seconds between store polls when idle.
+    :param poll_interval: seconds between store polls when idle; the poll slows to 8x
+        this while it finds nothing. Enqueues on this host (and PostgreSQL's NOTIFY)
+        wake supervisors at once, so it bounds only how late an ETA or a retry starts.
     :param kill_grace: seconds between SIGTERM and SIGKILL of an overrunning task.
     :param shutdown_grace: seconds running tasks get to finish on a graceful stop.
     :param read_only_timeout: seconds a supervisor whose store has turned read-only keeps
