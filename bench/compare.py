@@ -160,6 +160,27 @@ def omniq_durable(n: int) -> tuple[float, float, float, float]:
         return run(main(base_dir))
 
 
+def omniq_enqueue_sync(n: int) -> float:
+    """Tasks/s of one ``OmniQ.enqueue`` call and one fully synced commit each: the
+    synchronous client of scripts and notebooks, which commits from the caller's thread."""
+    from anchor_tasks import noop
+
+    from omniq_mp import OmniQ
+
+    with scratch_dir() as base_dir:
+        q = OmniQ(base_dir=base_dir, event_storage_type="sqlite")
+        try:
+            q.enqueue(noop)  # opens the stores
+            began = time.perf_counter()
+            for _ in range(n):
+                q.enqueue(noop)
+            rate = n / (time.perf_counter() - began)
+            check(q.stats().pending, n + 1, "omniq_mp sync enqueues")
+        finally:
+            q.close()
+    return rate
+
+
 def omniq_enqueue_many(n: int) -> float:
     """Tasks/s stored by ``OmniQ.enqueue_many`` (1,000 per transaction, pickling of the
     next batch overlapping the commit of the previous one), pickling included."""
@@ -204,16 +225,17 @@ def omniq_cpu(count: int, seconds: float) -> float:
         return run(main(base_dir))
 
 
-def omniq_latency(samples: int) -> list[float]:
-    """Enqueue-to-result milliseconds from this process to ``omniq-mp workers`` (idle)."""
+def omniq_latency(samples: int, synchronous: str = "FULL") -> list[float]:
+    """Enqueue-to-result milliseconds from this process to ``omniq-mp workers`` (idle),
+    both sides with the given ``sqlite_synchronous``."""
     from anchor_tasks import noop
 
     from omniq_mp import OmniQ
 
     with scratch_dir() as base_dir:
         command = [sys.executable, "-m", "omniq_mp", "workers", "--procs", str(PROCS)]
-        with background(command, env_for(base_dir)):
-            q = OmniQ(base_dir=base_dir)
+        with background(command, env_for(base_dir, OMNIQ_SQLITE_SYNCHRONOUS=synchronous)):
+            q = OmniQ(base_dir=base_dir, sqlite_synchronous=synchronous)
             try:
                 wait_until(lambda: bool(q.get_worker_stats()), 30, "omniq-mp workers to start")
                 q.get_result(q.enqueue(noop), timeout=30)  # warm
@@ -512,11 +534,15 @@ def measure(quick: bool) -> list[Row]:
     rows = {
         "drain": Row(f"durable no-op drain, {n:,} tasks (stored results/s)", "tasks/s", True),
         "e2e": Row(f"durable no-op end to end, {n:,} tasks", "tasks/s", True),
-        "enqueue": Row("enqueue, one call and one commit each", "tasks/s", True),
+        "enqueue": Row("enqueue, one call and one commit each, sync client", "tasks/s", True),
+        "enqueue_async": Row(
+            "enqueue, one call and one commit each, asyncio client", "tasks/s", True
+        ),
         "batched": Row("enqueue in batches of 1,000", "tasks/s", True),
         "many": Row(f"enqueue_many, {many:,} tasks", "tasks/s", True),
         "lat50": Row("idle enqueue-to-result, p50", "ms", False),
         "lat99": Row("idle enqueue-to-result, p99", "ms", False),
+        "lat50_normal": Row("idle enqueue-to-result, p50, synchronous=NORMAL", "ms", False),
         "cpu": Row(
             f"CPU-bound {cpu_count} x {cpu_seconds * 1000:.0f} ms, wall / ideal", "x", False
         ),
@@ -532,15 +558,18 @@ def measure(quick: bool) -> list[Row]:
         batched, single, drain, e2e = omniq_durable(n)
         for key, value in (
             ("batched", batched),
-            ("enqueue", single),
+            ("enqueue_async", single),
             ("drain", drain),
             ("e2e", e2e),
         ):
             rows[key].add("omniq_mp", value)
+        rows["enqueue"].add("omniq_mp", omniq_enqueue_sync(n))
         rows["many"].add("omniq_mp", omniq_enqueue_many(many))
         times = omniq_latency(latency_samples)
         rows["lat50"].add("omniq_mp", percentile(times, 50))
         rows["lat99"].add("omniq_mp", percentile(times, 99))
+        times = omniq_latency(latency_samples, synchronous="NORMAL")
+        rows["lat50_normal"].add("omniq_mp", percentile(times, 50))
         rows["cpu"].add("omniq_mp", omniq_cpu(cpu_count, cpu_seconds))
         late = omniq_timeout(timeout_samples)
         rows["tmo50"].add("omniq_mp", percentile(late, 50))
@@ -558,6 +587,7 @@ def measure(quick: bool) -> list[Row]:
         rows["tmo99"].add("pebble", percentile(late, 99))
         h_single, h_drain, h_e2e = huey_durable(n)
         rows["enqueue"].add("huey", h_single)
+        rows["enqueue_async"].add("huey", h_single)
         rows["drain"].add("huey", h_drain)
         rows["e2e"].add("huey", h_e2e)
         times = huey_latency(latency_samples, fast_poll=False)
