@@ -310,6 +310,28 @@ def omniq_memory(backlog: int) -> tuple[float, float, float]:
     return idle_rss, child_uss, busy_rss
 
 
+def omniq_idle_cpu(seconds: float) -> float:
+    """Percent of one core used by an idle ``omniq-mp workers`` (supervisor and children)
+    over ``seconds``, after it has settled."""
+    command = [sys.executable, "-m", "omniq_mp", "workers", "--procs", str(PROCS)]
+    with scratch_dir() as base_dir, background(command, env_for(base_dir)) as process:
+        supervisor = psutil.Process(process.pid)
+        wait_until(lambda: len(supervisor.children()) >= PROCS, 30, "workers to start")
+        time.sleep(3.0)  # past start-up and the first heartbeats
+
+        def used() -> float:
+            total = 0.0
+            for p in [supervisor, *supervisor.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = p.cpu_times()
+                    total += times.user + times.system
+            return total
+
+        before, began = used(), time.monotonic()
+        time.sleep(seconds)
+        return 100 * (used() - before) / (time.monotonic() - began)
+
+
 # -- the in-memory pools ---------------------------------------------------------------------
 
 
@@ -548,6 +570,7 @@ def measure(quick: bool) -> list[Row]:
         ),
         "tmo50": Row("timeout: deadline to outcome recorded, p50", "ms", False),
         "tmo99": Row("timeout: deadline to outcome recorded, p99", "ms", False),
+        "idle_cpu": Row("idle supervisor and workers, CPU", "% of a core", False),
         "rss": Row("supervisor/parent RSS, idle", "MiB", False),
         "uss": Row("worker process USS, idle", "MiB", False),
         "rss_backlog": Row(f"supervisor/parent RSS, {backlog:,} tasks queued", "MiB", False),
@@ -594,7 +617,8 @@ def measure(quick: bool) -> list[Row]:
         rows["lat50"].add("huey", percentile(times, 50))
         rows["lat99"].add("huey", percentile(times, 99))
         rows["cpu"].add("huey", huey_cpu(cpu_count, cpu_seconds))
-        if repeat == 0:  # memory does not vary between repeats
+        if repeat == 0:  # memory and idle CPU do not vary between repeats
+            rows["idle_cpu"].add("omniq_mp", omniq_idle_cpu(3.0 if quick else 10.0))
             for key, value in zip(
                 ("rss", "uss", "rss_backlog"), omniq_memory(backlog), strict=True
             ):
