@@ -37,7 +37,7 @@ from loguru import logger
 from omniq_mp import ipc
 from omniq_mp.errors import SignatureError
 from omniq_mp.models import ErrorKind, TaskError
-from omniq_mp.serialization import VersionSkewError, dumps_result, loads_call
+from omniq_mp.serialization import VersionSkewError, dumps_result, loads_call, resolve
 from omniq_mp.signing import PAYLOAD, RESULT, Signer, open_blob
 
 __all__ = ["main"]
@@ -45,11 +45,17 @@ __all__ = ["main"]
 _PR_SET_PDEATHSIG = 1
 
 
-def main(sock: socket.socket, max_tasks: int | None, signer: Signer | None = None) -> None:
+def main(
+    sock: socket.socket,
+    max_tasks: int | None,
+    signer: Signer | None = None,
+    worker_init: str | None = None,
+) -> None:
     """Entry point of a worker process (the target given to multiprocessing).
 
     :param signer: the keys payloads must be signed with, and results are signed with
         (None: signing off).
+    :param worker_init: dotted path of a function to call once before taking tasks.
     """
     _die_with_parent()
     # Own process group: a kill of the group also reaches grandchildren the task started.
@@ -63,6 +69,14 @@ def main(sock: socket.socket, max_tasks: int | None, signer: Signer | None = Non
     faulthandler.enable()
     send = _sender(sock)
     _forward_logs(send)
+    if worker_init is not None:
+        try:
+            resolve(worker_init)()
+        except BaseException as exc:  # reported, never raised: the supervisor decides
+            error = TaskError.from_exception(exc, kind=ErrorKind.EXCEPTION)
+            send(ipc.INIT_FAILED, {"error": error.to_dict()}, b"")
+            sock.close()
+            return
     send(ipc.READY, {"pid": os.getpid()}, b"")
     served = 0
     while (frame := ipc.recv_frame(sock)) is not None and frame.kind == ipc.RUN:

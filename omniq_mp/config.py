@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -64,6 +65,16 @@ class Settings:
         tasks and exits non-zero; the tasks it held run again under the next supervisor.
         A full disk has no such limit: the supervisor waits for space.
     :param max_tasks_per_child: recycle a worker process after this many tasks.
+    :param worker_init: dotted path (``"package.module.function"``) of a function each
+        worker process calls once before its first task: load a model, open a
+        connection. A worker whose call raises, or outlasts ``worker_init_timeout``, does
+        not start: at start-up the supervisor fails with that error; later, the worker is
+        started again with backoff (1 s doubling to 30 s) and, after
+        ``max_start_failures`` failed starts in a row, the supervisor stops and exits 1.
+    :param worker_init_timeout: seconds a new worker may take to start, ``worker_init``
+        included.
+    :param max_start_failures: failed worker starts in a row before the supervisor gives
+        up.
     :param prefetch: most tasks claimed beyond one per worker, to hide claim latency; the
         supervisor claims fewer when tasks take long compared with a claim.
     :param start_method: ``"forkserver"`` or ``"spawn"``.
@@ -119,6 +130,9 @@ class Settings:
     shutdown_grace: float = 10.0
     read_only_timeout: float = 60.0
     max_tasks_per_child: int | None = None
+    worker_init: str | None = None
+    worker_init_timeout: float = 60.0
+    max_start_failures: int = 5
     prefetch: int = 32
     start_method: str = field(default_factory=_default_start_method)
     sqlite_synchronous: str = "FULL"
@@ -159,8 +173,14 @@ class Settings:
             ("max_retries", 0),
             ("prefetch", 0),
             ("max_crashes", 1),
+            ("max_start_failures", 1),
         ):
             _check_int(name, getattr(self, name), minimum=minimum)
+        if self.worker_init is not None and not _DOTTED_PATH.fullmatch(self.worker_init):
+            raise ConfigError(
+                "worker_init must be a dotted path like 'package.module.function' or "
+                f"'package.module:function', got {self.worker_init!r}"
+            )
         if self.max_tasks_per_child is not None:
             _check_int("max_tasks_per_child", self.max_tasks_per_child, minimum=1)
         for name in _DURATIONS:
@@ -280,12 +300,23 @@ _DURATIONS = (
     "kill_grace",
     "shutdown_grace",
     "read_only_timeout",
+    "worker_init_timeout",
     "purge_interval",
     "retry_delay",
     "retry_delay_max",
 )
 _OPTIONAL_DURATIONS = ("default_timeout", "result_ttl", "event_ttl")
-_INT_MINIMUMS = (("procs", 1), ("max_retries", 0), ("prefetch", 0), ("max_crashes", 1))
+_INT_MINIMUMS = (
+    ("procs", 1),
+    ("max_retries", 0),
+    ("prefetch", 0),
+    ("max_crashes", 1),
+    ("max_start_failures", 1),
+)
+_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
+_DOTTED_PATH = re.compile(
+    rf"{_IDENTIFIER}(\.{_IDENTIFIER})*(:{_IDENTIFIER}(\.{_IDENTIFIER})*|\.{_IDENTIFIER})"
+)
 
 
 def check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:

@@ -50,6 +50,11 @@ class StorageReadOnlyError(StorageError):
     """The store refuses writes (a read-only file, folder or mount); nothing was stored."""
 
 
+class WorkerStartError(OmniqError, RuntimeError):
+    """A worker process did not come up: its ``worker_init`` raised or outlasted
+    ``worker_init_timeout``, or the process died while starting; the message says which."""
+
+
 class TaskNotFoundError(OmniqError, KeyError):
     """No task with this id exists in the store."""
 

@@ -23,7 +23,8 @@ __all__ = ["Frame", "FrameParser", "encode", "recv_frame", "send_frame"]
 _HEADER = struct.Struct("!IQ")
 
 # Frame kinds, stable names.
-READY = "ready"  # child -> parent: imports done, waiting for work
+READY = "ready"  # child -> parent: imports and worker_init done, waiting for work
+INIT_FAILED = "init_failed"  # child -> parent: meta {error}: worker_init raised; it exits
 RUN = "run"  # parent -> child: meta {task_id, attempt}, body = call payload
 STARTED = "started"  # child -> parent: the task is running now; the timeout clock starts
 DONE = "done"  # child -> parent: meta {ok, error?, retire?}, body = result bytes

@@ -35,18 +35,15 @@ from loguru import logger
 
 from omniq_mp import child, ipc
 from omniq_mp.crashpoints import crash_point
+from omniq_mp.errors import WorkerStartError
 from omniq_mp.models import ErrorKind, Outcome, OutcomeKind, Task, TaskError
 from omniq_mp.proctree import descendants, describe_exit, signal_tree
 from omniq_mp.signing import Signer
 
-__all__ = ["ProcessPool", "WorkerProcess"]
+__all__ = ["ProcessPool", "WorkerProcess", "WorkerStartError"]
 
 _NAME_PREFIX = "omniq-worker"
 _EXIT_WAIT = 5.0  # seconds to wait for a SIGKILLed process to be reaped
-
-
-class WorkerStartError(RuntimeError):
-    """A worker process did not come up."""
 
 
 class WorkerProcess:
@@ -81,7 +78,17 @@ class WorkerProcess:
         try:
             frame = await asyncio.wait_for(self.inbox.get(), ready_timeout)
         except TimeoutError:
-            frame = None
+            await self.kill(0.1)
+            raise WorkerStartError(
+                f"worker {self.pid} did not report ready within {ready_timeout:g}s "
+                "(worker_init_timeout): its start-up or worker_init is still running"
+            ) from None
+        if frame is not None and frame.kind == ipc.INIT_FAILED:
+            await self.kill(0.1)
+            error = TaskError.from_dict(frame.meta["error"])
+            raise WorkerStartError(
+                f"worker_init failed in worker {self.pid}: {error.error_type}: {error.message}"
+            )
         if frame is None or frame.kind != ipc.READY:
             await self.kill(0.1)
             raise WorkerStartError(f"worker {self.pid} did not start: {await self.exit_text()}")
@@ -322,6 +329,10 @@ class ProcessPool:
         after its current task.
     :param signer: signing keys for the workers, which verify payloads and sign results
         with them (None: signing off). The pool only hands them over; it never signs.
+    :param worker_init: dotted path of a function each worker calls once before its first
+        task; a worker whose call raises or outlasts ``ready_timeout`` does not start.
+    :param max_start_failures: replacement starts failing this many times in a row make
+        the pool give up (``on_give_up`` is called) instead of retrying for ever.
     """
 
     def __init__(
@@ -334,8 +345,14 @@ class ProcessPool:
         ready_timeout: float = 60.0,
         max_memory_per_child: int | None = None,
         signer: Signer | None = None,
+        worker_init: str | None = None,
+        max_start_failures: int = 5,
     ) -> None:
         self.size = size
+        self.worker_init = worker_init
+        self.max_start_failures = max_start_failures
+        self.start_failures = 0  # replacement starts failed in a row (0 once one works)
+        self.on_give_up: Callable[[WorkerStartError], None] | None = None
         self._signer = signer
         self.max_memory_per_child = max_memory_per_child
         self.kill_grace = kill_grace
@@ -350,9 +367,19 @@ class ProcessPool:
         self.on_respawn: Callable[[int, int], None] | None = None  # (old pid, new pid)
 
     async def start(self) -> None:
-        """Start every worker and wait until all are ready."""
-        workers = await asyncio.gather(*(self._spawn(slot) for slot in range(self.size)))
-        for worker in workers:
+        """Start every worker and wait until all are ready.
+
+        :raises WorkerStartError: one did not start (those that did are stopped again).
+        """
+        started = await asyncio.gather(
+            *(self._spawn(slot) for slot in range(self.size)), return_exceptions=True
+        )
+        failures = [r for r in started if isinstance(r, BaseException)]
+        if failures:
+            await self.close()
+            raise failures[0]
+        for worker in started:
+            assert isinstance(worker, WorkerProcess)
             self._idle.put_nowait(worker)
 
     def idle(self) -> int:
@@ -362,6 +389,10 @@ class ProcessPool:
     def busy(self) -> int:
         """Workers running a task."""
         return len(self._running)
+
+    def healthy(self) -> int:
+        """Workers up and taking tasks (idle or busy), not those being (re)started."""
+        return self.idle() + self.busy()
 
     def pids(self) -> list[int]:
         """Pids of the live workers."""
@@ -465,15 +496,24 @@ class ProcessPool:
         # A worker that crashed on its own may leave grandchildren in its process group.
         signal_tree(old.pid, signal.SIGKILL, [])
         self._forget(old)
-        delay = 0.5
+        delay = 1.0
         while not self._closing:
             try:
                 new = await self._spawn(old.slot)
             except WorkerStartError as exc:
+                self.start_failures += 1
+                if self.start_failures >= self.max_start_failures:
+                    logger.bind(action="worker_start_gave_up").error(
+                        "{}; {} worker starts failed in a row: giving up", exc, self.start_failures
+                    )
+                    if self.on_give_up is not None:
+                        self.on_give_up(exc)
+                    return
                 logger.bind(action="worker_start_failed").error("{}; retrying in {}s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
+            self.start_failures = 0
             logger.bind(action="worker_replaced").debug(
                 "worker {} replaced by {}", old.pid, new.pid
             )
@@ -488,7 +528,7 @@ class ProcessPool:
             target=child.main,
             # The keys travel in the start arguments: through the pipe multiprocessing
             # starts the process with, never its environment or command line.
-            args=(child_end, self.max_tasks_per_child, self._signer),
+            args=(child_end, self.max_tasks_per_child, self._signer, self.worker_init),
             name=f"{_NAME_PREFIX}-{slot}",
             daemon=True,
         )

@@ -38,7 +38,7 @@ from loguru import logger
 
 from omniq_mp.config import Settings
 from omniq_mp.crashpoints import crash_point
-from omniq_mp.errors import StorageReadOnlyError
+from omniq_mp.errors import OmniqError, StorageReadOnlyError, WorkerStartError
 from omniq_mp.events import EventRecorder, EventType, SupervisorEvents
 from omniq_mp.file_modes import warn_if_exposed
 from omniq_mp.models import Outcome, OutcomeKind, Settlement, Task, TaskStatus
@@ -95,7 +95,11 @@ class AsyncWorkerPool:
             max_tasks_per_child=self.settings.max_tasks_per_child,
             max_memory_per_child=_as_bytes(self.settings.max_memory_per_child),
             signer=Signer.from_settings(self.settings),  # only handed to the workers
+            worker_init=self.settings.worker_init,
+            ready_timeout=self.settings.worker_init_timeout,
+            max_start_failures=self.settings.max_start_failures,
         )
+        self.pool.on_give_up = self._workers_failed
         self.on_settled: list[SettledCallback] = []
         self.processed = 0  # attempts settled by this supervisor
         self._held: dict[str, Task] = {}
@@ -109,7 +113,9 @@ class AsyncWorkerPool:
         self._in_hand: dict[str, Task] = {}
         self._storing_failed = False  # the last attempt to store outcomes failed
         self._read_only = ReadOnlyWatch(self.settings.read_only_timeout)
-        self._fatal: StorageReadOnlyError | None = None  # set when we give up on the store
+        # Set when we give up (a store read-only too long, workers that cannot start):
+        # process_tasks raises it once what we hold is handled.
+        self._fatal: OmniqError | None = None
         self._outcomes: asyncio.Queue[tuple[Task, Outcome]] = asyncio.Queue()
         self._wake = asyncio.Event()  # set when claiming may find or start work
         self._empty_polls = 0  # claims in a row that found nothing (idle backoff)
@@ -249,6 +255,10 @@ class AsyncWorkerPool:
             # work would only pile up more of them. The settle retries are the probe.
             return 0
         if len(self._ready) >= procs and self.pool.idle() == 0:
+            return 0
+        if self.pool.healthy() == 0:
+            # Every worker is being (re)started, perhaps failing to: tasks claimed now
+            # would only sit under our lease, or churn through lease expiry.
             return 0
         # Every held task counts, outcomes still being stored included: otherwise a slow
         # store lets the supervisor run far ahead of what it has recorded, and a crash
@@ -426,6 +436,12 @@ class AsyncWorkerPool:
             self._let_go(task)
         if not self._held:
             self._idle.set()
+
+    def _workers_failed(self, exc: WorkerStartError) -> None:
+        """The pool gave up starting workers: stop, and make process_tasks raise."""
+        if self._fatal is None:
+            self._fatal = exc
+            self.request_stop()
 
     def _store_ok(self) -> None:
         # A write went through: whatever read-only spell there was is over.
@@ -714,6 +730,9 @@ class AsyncWorkerPool:
             "queues": list(self.settings.queues),
             "procs": self.settings.procs,
             "active": self.pool.busy(),
+            # "degraded": fewer workers up than procs (some are being started again).
+            "health": "ok" if self.pool.healthy() >= self.settings.procs else "degraded",
+            "start_failures": self.pool.start_failures,
             "processed": self.processed,
             "uptime": round(time.time() - self._started_at, 3),
         }
