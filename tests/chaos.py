@@ -8,8 +8,10 @@ store; a producer keeps them at about half their capacity with a mixed workload 
 CPU spins, tasks failing once, timeouts, a rare poison task); and every 3-8 s a fault
 drawn with the seed hits them: a worker SIGKILLed mid-task (row 1), a segfaulting task
 (row 3), a task leaking memory past its limit (row 8), a supervisor SIGKILLed and
-restarted (row 12), a supervisor SIGSTOPped for longer than its lease (row 13), or
-another process holding the store's write lock longer than the lease (row 20).
+restarted (row 12), a supervisor SIGSTOPped for longer than its lease (row 13),
+another process holding the store's write lock longer than the lease (row 20), or a
+third supervisor started armed with a crash point (row 16: ``OMNIQ_CRASHPOINT`` at a
+random lifecycle step and hit count), which dies there and is not restarted.
 
 At the end the producer stops, the faults stop, the queue drains, the supervisors are
 stopped, and the invariant checker (tests/reliability/invariants.py) joins the ledger
@@ -34,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omniq_mp.crashpoints import CRASH_EXIT_STATUS, CRASHPOINT_ENV, NAMES
 from omniq_mp.errors import StorageError
 from tests.reliability import ledger
 from tests.reliability.harness import (
@@ -45,6 +48,7 @@ from tests.reliability.harness import (
     Row,
     Supervisor,
     WriteLock,
+    now_ns,
     subreaper,
     write_json,
 )
@@ -60,7 +64,10 @@ FAULTS = {  # kind -> weight
     "supervisor SIGKILL": 3,
     "supervisor SIGSTOP": 2,
     "store write-locked": 2,
+    "crash point": 3,
 }
+# The supervisor's steps (enqueue_before_commit is the producer's, tested apart).
+SUPERVISOR_POINTS = tuple(n for n in NAMES if n != "enqueue_before_commit")
 
 
 class Thaw:
@@ -120,6 +127,7 @@ class Chaos:
     produced: float = 0.0
     serial: int = 0
     poison: list[str] = field(default_factory=list)
+    armed: dict[str, str] = field(default_factory=dict)  # supervisor name -> its crash point
     timed: list[tuple[str, float, float, float]] = field(
         default_factory=list
     )  # figure, from, to, s
@@ -173,15 +181,29 @@ class Chaos:
         self.names[slot] = self.rig.supervisor(name=name, wait=False)
 
     def check_supervisors(self) -> None:
-        """A supervisor that died without being killed is a finding (I6); restart it."""
-        for slot, sup in self.names.items():
-            if not sup.running():
-                self.rig.findings.append(f"{sup.name} died on its own:\n{sup.stderr()}")
-                self.start(slot)
+        """A supervisor that died without being killed is a finding (I6); restart it. One
+        armed with a crash point that died there is the fault itself: record it."""
+        for slot, sup in list(self.names.items()):
+            if sup.running():
+                continue
+            point = self.armed.pop(sup.name, None)
+            if point is not None and sup.proc.returncode == CRASH_EXIT_STATUS:
+                died = now_ns()  # within a tick of the crash: the window covers it
+                self.rig.faults.faults.append(Fault("crash point", died - 10**9, sup.name, died))
+                self.rig.figures.count(f"crash point {point} hit")
+                del self.names[slot]
+                continue
+            self.rig.findings.append(f"{sup.name} died on its own:\n{sup.stderr()}")
+            self.start(slot)
 
     def live(self) -> list[str]:
-        """Slots whose supervisor runs and is not frozen."""
-        return [s for s, sup in self.names.items() if sup.running() and s not in self.stopped]
+        """Slots whose supervisor runs and is not frozen (nor armed with a crash point:
+        that one's end is its own fault)."""
+        return [
+            s
+            for s, sup in self.names.items()
+            if sup.running() and s not in self.stopped and sup.name not in self.armed
+        ]
 
     # -- the workload ------------------------------------------------------------------------
 
@@ -316,6 +338,18 @@ class Chaos:
         self.rig.faults.add(kind, until=self.lock.acquired_ns + int(seconds * 1e9))
 
     # -- timing ------------------------------------------------------------------------------
+
+    def fault_crash_point(self, kind: str) -> None:
+        """Row 16: a third supervisor, armed to die (os._exit, as a crash) at a random
+        lifecycle step on a random hit; what it held must be recovered like any crash."""
+        if self.armed:
+            return  # the last one armed has not hit its point yet
+        point = self.rng.choice(SUPERVISOR_POINTS)
+        name = f"C{self.restarts}"
+        self.restarts += 1
+        env = {CRASHPOINT_ENV: f"{point}:{self.rng.randint(1, 8)}"}
+        self.names["C"] = self.rig.supervisor(name=name, env=env, wait=False)
+        self.armed[name] = point
 
     def id_of(self, key: str) -> str:
         """The task id of ``key``."""
