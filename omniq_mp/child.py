@@ -35,10 +35,11 @@ from typing import Any
 from loguru import logger
 
 from omniq_mp import ipc
-from omniq_mp.errors import SignatureError
+from omniq_mp.errors import ResultTooLarge, SignatureError
 from omniq_mp.models import ErrorKind, TaskError
 from omniq_mp.serialization import VersionSkewError, dumps_result, loads_call, resolve
 from omniq_mp.signing import PAYLOAD, RESULT, Signer, open_blob
+from omniq_mp.units import format_bytes
 
 __all__ = ["main"]
 
@@ -50,12 +51,14 @@ def main(
     max_tasks: int | None,
     signer: Signer | None = None,
     worker_init: str | None = None,
+    max_result_size: int | None = None,
 ) -> None:
     """Entry point of a worker process (the target given to multiprocessing).
 
     :param signer: the keys payloads must be signed with, and results are signed with
         (None: signing off).
     :param worker_init: dotted path of a function to call once before taking tasks.
+    :param max_result_size: pickled results larger than this fail instead of being sent.
     """
     _die_with_parent()
     # Own process group: a kill of the group also reaches grandchildren the task started.
@@ -83,7 +86,9 @@ def main(
         task_id = frame.meta["task_id"]
         send(ipc.STARTED, {"task_id": task_id, "pid": os.getpid()}, b"")
         with logger.contextualize(task_id=task_id, correlation_id=task_id):
-            meta, body = _execute(task_id, frame.body, frame.meta.get("attempt", 1), signer)
+            meta, body = _execute(
+                task_id, frame.body, frame.meta.get("attempt", 1), signer, max_result_size
+            )
         served += 1
         meta["retire"] = max_tasks is not None and served >= max_tasks
         send(ipc.DONE, meta, body)
@@ -167,7 +172,7 @@ def _kill_group_at_eof(sentinel: int) -> None:
 
 
 def _execute(
-    task_id: str, payload: bytes, attempt: int, signer: Signer | None
+    task_id: str, payload: bytes, attempt: int, signer: Signer | None, max_result: int | None
 ) -> tuple[dict[str, Any], bytes]:
     """Run one call; return DONE meta and the pickled (and signed) result, empty on failure."""
     call = _load(task_id, payload, attempt, signer)
@@ -184,6 +189,14 @@ def _execute(
         body = dumps_result(value)
     except BaseException as exc:
         return _failure(exc, ErrorKind.SERIALIZATION, attempt, f"the result ({_type(value)})"), b""
+    if max_result is not None and len(body) > max_result:
+        # Measured here and never sent: a runaway result must not reach the supervisor.
+        too_large = ResultTooLarge(
+            f"the result ({_type(value)}) pickles to {format_bytes(len(body))}, over "
+            f"max_result_size ({format_bytes(max_result)}); write it to a file and return "
+            "its path instead"
+        )
+        return _failure(too_large, ErrorKind.SERIALIZATION, attempt), b""
     return {"ok": True}, body if signer is None else signer.seal(task_id, RESULT, body)
 
 

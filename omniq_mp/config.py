@@ -65,6 +65,12 @@ class Settings:
         tasks and exits non-zero; the tasks it held run again under the next supervisor.
         A full disk has no such limit: the supervisor waits for space.
     :param max_tasks_per_child: recycle a worker process after this many tasks.
+    :param max_payload_size: largest pickled call ``enqueue`` accepts (``"256MB"``);
+        a larger one raises SerializationError and stores nothing. None: no limit (but
+        SQLite refuses values over 1e9 bytes).
+    :param max_result_size: largest pickled result a worker sends back; a larger one
+        fails the attempt as ``ResultTooLarge`` (not retried) without being sent, so a
+        runaway result never reaches the supervisor's memory. None: no limit.
     :param worker_init: dotted path (``"package.module.function"``) of a function each
         worker process calls once before its first task: load a model, open a
         connection. A worker whose call raises, or outlasts ``worker_init_timeout``, does
@@ -130,6 +136,8 @@ class Settings:
     shutdown_grace: float = 10.0
     read_only_timeout: float = 60.0
     max_tasks_per_child: int | None = None
+    max_payload_size: int | str | None = "256MB"
+    max_result_size: int | str | None = "256MB"
     worker_init: str | None = None
     worker_init_timeout: float = 60.0
     max_start_failures: int = 5
@@ -217,9 +225,9 @@ class Settings:
             set_(self, "event_storage_type", default)
         if self.event_storage_path is not None:
             set_(self, "event_storage_path", Path(self.event_storage_path))
-        if self.max_memory_per_child is not None:
-            limit = parse_bytes("max_memory_per_child", self.max_memory_per_child)
-            set_(self, "max_memory_per_child", limit)
+        for name in ("max_memory_per_child", "max_payload_size", "max_result_size"):
+            if getattr(self, name) is not None:
+                set_(self, name, parse_bytes(name, getattr(self, name)))
 
     def task_queue(self, storage: Storage) -> AsyncTaskQueue:
         """An :class:`AsyncTaskQueue` over ``storage`` with this retry and crash policy, and

@@ -253,6 +253,7 @@ class AsyncOmniQ:
             max_memory=max_memory,
             result_ttl=self.settings.result_ttl if result_ttl is None else result_ttl,
             signer=self.queue.signer,
+            max_payload_size=_size(self.settings.max_payload_size),
         )
 
     async def schedule(
@@ -688,3 +689,8 @@ def task_value(task: Task, signer: Signer | None = None) -> Any:
         history = [str(e) for e in task.history]
         raise TaskDeadError(task.id, error.error_type, error.message, error.traceback, history)
     raise TaskFailedError(task.id, error.error_type, error.message, error.traceback)
+
+
+def _size(value: int | str | None) -> int | None:
+    # Settings has already parsed sizes; this only narrows the type.
+    return None if value is None else int(value)

@@ -50,6 +50,11 @@ class StorageReadOnlyError(StorageError):
     """The store refuses writes (a read-only file, folder or mount); nothing was stored."""
 
 
+class ResultTooLarge(OmniqError):
+    """A task's pickled result is over ``max_result_size``; the worker did not send it.
+    Raised in the worker, and stored as the task's error (it is not retried)."""
+
+
 class WorkerStartError(OmniqError, RuntimeError):
     """A worker process did not come up: its ``worker_init`` raised or outlasted
     ``worker_init_timeout``, or the process died while starting; the message says which."""

@@ -331,6 +331,8 @@ class ProcessPool:
         with them (None: signing off). The pool only hands them over; it never signs.
     :param worker_init: dotted path of a function each worker calls once before its first
         task; a worker whose call raises or outlasts ``ready_timeout`` does not start.
+    :param max_result_size: bytes of pickled result past which a worker fails the task
+        instead of sending it.
     :param max_start_failures: replacement starts failing this many times in a row make
         the pool give up (``on_give_up`` is called) instead of retrying for ever.
     """
@@ -347,9 +349,11 @@ class ProcessPool:
         signer: Signer | None = None,
         worker_init: str | None = None,
         max_start_failures: int = 5,
+        max_result_size: int | None = None,
     ) -> None:
         self.size = size
         self.worker_init = worker_init
+        self.max_result_size = max_result_size
         self.max_start_failures = max_start_failures
         self.start_failures = 0  # replacement starts failed in a row (0 once one works)
         self.on_give_up: Callable[[WorkerStartError], None] | None = None
@@ -528,7 +532,13 @@ class ProcessPool:
             target=child.main,
             # The keys travel in the start arguments: through the pipe multiprocessing
             # starts the process with, never its environment or command line.
-            args=(child_end, self.max_tasks_per_child, self._signer, self.worker_init),
+            args=(
+                child_end,
+                self.max_tasks_per_child,
+                self._signer,
+                self.worker_init,
+                self.max_result_size,
+            ),
             name=f"{_NAME_PREFIX}-{slot}",
             daemon=True,
         )

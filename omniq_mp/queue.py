@@ -31,7 +31,7 @@ from omniq_mp.retry import RetryPolicy
 from omniq_mp.serialization import callable_name, dumps_call, dumps_result
 from omniq_mp.signing import ANY, PAYLOAD, RESULT, Signer, strip
 from omniq_mp.storage.base import QueueStats, Storage
-from omniq_mp.units import parse_bytes, parse_duration
+from omniq_mp.units import format_bytes, parse_bytes, parse_duration
 
 __all__ = ["AsyncTaskQueue", "build_task", "sign_payload"]
 
@@ -58,6 +58,7 @@ def build_task(
     result_ttl: timedelta | float | None = None,
     now: float | None = None,
     signer: Signer | None = None,
+    max_payload_size: int | None = None,
 ) -> Task:
     """Validate options and pickle the call into a new :class:`Task`, signed with
     ``signer`` when given (see :func:`sign_payload`).
@@ -85,6 +86,13 @@ def build_task(
         _check_int64("max_memory", memory, 1)
     ttl = None if result_ttl is None else parse_duration("result_ttl", result_ttl)
     payload = dumps_call(target, tuple(args), dict(kwargs or {}))
+    if max_payload_size is not None and len(payload) > max_payload_size:
+        raise SerializationError(
+            f"cannot enqueue {callable_name(target)}: the call pickles to "
+            f"{format_bytes(len(payload))}, over max_payload_size "
+            f"({format_bytes(max_payload_size)}); pass a file path or a URL to the data "
+            "and load it inside the task"
+        )
     warn_if_large(target, tuple(args), dict(kwargs or {}), len(payload))
     task = Task(
         func_name=callable_name(target),

@@ -96,6 +96,7 @@ class AsyncWorkerPool:
             max_memory_per_child=_as_bytes(self.settings.max_memory_per_child),
             signer=Signer.from_settings(self.settings),  # only handed to the workers
             worker_init=self.settings.worker_init,
+            max_result_size=_as_bytes(self.settings.max_result_size),
             ready_timeout=self.settings.worker_init_timeout,
             max_start_failures=self.settings.max_start_failures,
         )

@@ -173,6 +173,12 @@ def ignore(*args: Any, **kwargs: Any) -> None:
     return None
 
 
+def random_block(size: int) -> tuple[str, bytes]:
+    """``size`` random bytes and their SHA-256, as the worker made them."""
+    block = os.urandom(size)
+    return hashlib.sha256(block).hexdigest(), block
+
+
 def digest_and_echo(data: bytes) -> tuple[str, bytes]:
     """The SHA-256 of ``data`` as the worker received it, and ``data`` itself."""
     return hashlib.sha256(data).hexdigest(), data

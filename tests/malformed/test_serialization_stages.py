@@ -356,6 +356,43 @@ def test_a_50_mib_argument_round_trips_byte_identical(tmp_path: Path) -> None:
     assert hashlib.sha256(echoed).hexdigest() == digest
 
 
+def test_a_result_over_max_result_size_fails_unsent_and_is_not_retried(tmp_path: Path) -> None:
+    """Row 30: the worker measures the pickled result and never sends one over the
+    limit; the task fails as ResultTooLarge, once, and the worker takes the next task."""
+    with OmniQ(worker_settings(tmp_path, max_result_size="1MiB")) as q:
+        big = q.enqueue(os.urandom, 2 * 10**6, max_retries=3)
+        with pytest.raises(TaskFailedError) as failed:
+            q.get_result(big, timeout=30)
+        assert failed.value.error_type == "ResultTooLarge"
+        assert "over max_result_size (1.0 MiB)" in str(failed.value)
+        task = q.get_task(big)
+        assert task is not None and task.status is TaskStatus.FAILED and task.attempts == 1
+        assert len(q.get_result(q.enqueue(os.urandom, 10**5), timeout=30)) == 10**5
+
+
+def test_a_call_over_max_payload_size_is_refused_at_enqueue_and_nothing_is_stored(
+    tmp_path: Path,
+) -> None:
+    q = OmniQ(Settings(base_dir=tmp_path, max_payload_size="1MiB"))
+    try:
+        with pytest.raises(SerializationError, match=r"over max_payload_size \(1.0 MiB\)"):
+            q.enqueue(len, b"x" * 2 * 10**6)
+        assert q.stats().pending == 0
+        q.enqueue(len, b"x" * 1000)  # under the limit: stored
+        assert q.stats().pending == 1
+    finally:
+        q.close()
+
+
+@pytest.mark.slow
+def test_a_100_mib_result_round_trips_byte_identical(tmp_path: Path) -> None:
+    """Row 30: a result under the default 256 MB limit is stored and returned whole."""
+    with OmniQ(worker_settings(tmp_path)) as q:
+        task_id = q.enqueue(objects.random_block, 100 * 2**20)
+        digest, block = q.get_result(task_id, timeout=120)
+    assert hashlib.sha256(block).hexdigest() == digest
+
+
 @pytest.fixture(autouse=True)
 def _no_stray_module_paths() -> Iterator[None]:
     """Temp modules must never leak onto this process's import path."""
