@@ -27,6 +27,13 @@ Named steps, in the order a task meets them:
     a batch of outcomes holding a retry is about to be written.
 ``after_settle_commit``
     the outcomes' transaction committed, before the supervisor forgets the tasks.
+
+And inside the file store's every write, whoever makes it (producer or supervisor):
+
+``file_before_fsync``
+    an entry's temp file is written, not yet fsync'ed.
+``file_before_rename``
+    a file is about to be renamed into place (an entry, a link, a state change).
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ NAMES = (
     "after_result_received",
     "in_retry_scheduling",
     "after_settle_commit",
+    "file_before_fsync",
+    "file_before_rename",
 )
 
 

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from omniq_mp.crashpoints import CRASH_EXIT_STATUS, CRASHPOINT_ENV, NAMES
 from omniq_mp.errors import StorageError
 from tests.reliability import ledger
@@ -55,6 +57,7 @@ from tests.reliability.harness import (
 from tests.reliability.invariants import Report
 
 TICK = 0.02
+USAGE_EVERY = 10.0  # seconds between RSS / fd samples of the supervisors (row 38)
 LOAD = 4.0  # tasks per second: about half of 2 supervisors x 2 children at ~0.45 s a task
 TIMEOUT = 0.5
 FAULTS = {  # kind -> weight
@@ -128,6 +131,9 @@ class Chaos:
     serial: int = 0
     poison: list[str] = field(default_factory=list)
     armed: dict[str, str] = field(default_factory=dict)  # supervisor name -> its crash point
+    # Row 38: (monotonic s, RSS bytes, open fds) of each supervisor, every USAGE_EVERY s.
+    usage: dict[str, list[tuple[float, int, int]]] = field(default_factory=dict)
+    next_usage: float = 0.0
     timed: list[tuple[str, float, float, float]] = field(
         default_factory=list
     )  # figure, from, to, s
@@ -163,6 +169,33 @@ class Chaos:
             self.next_fault = now + self.rng.uniform(3, 8)
         self.check_watches()
         self.check_supervisors()
+        if now >= self.next_usage:
+            self.sample_usage(now)
+            self.next_usage = now + USAGE_EVERY
+
+    def sample_usage(self, now: float) -> None:
+        """Row 38: each running supervisor's RSS and open file descriptors."""
+        for sup in self.names.values():
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(sup.pid)
+                sample = (now, proc.memory_info().rss, proc.num_fds())
+                self.usage.setdefault(sup.name, []).append(sample)
+
+    def usage_growth(self) -> str | None:
+        """RSS and fd growth of the longest-lived supervisor, from a sixth into its life
+        (past start-up) to its last sample: the soak's leak check, as a figure."""
+        spans = [(samples[-1][0] - samples[0][0], name, samples)
+                 for name, samples in self.usage.items() if len(samples) >= 6]  # fmt: skip
+        if not spans:
+            return None
+        span, name, samples = max(spans)
+        early = samples[len(samples) // 6]
+        last = samples[-1]
+        return (
+            f"supervisor {name} over {span / 60:.1f} min: RSS {early[1] / 2**20:.1f} -> "
+            f"{last[1] / 2**20:.1f} MiB ({100 * (last[1] - early[1]) / early[1]:+.1f}%), "
+            f"open fds {early[2]} -> {last[2]}"
+        )
 
     def calm(self) -> None:
         """Stop the faults: thaw, unlock."""
@@ -418,6 +451,7 @@ def report_text(chaos: Chaos, report: Report, seed: int, minutes: float) -> str:
         + ", ".join(f"{k} {v}" for k, v in counts.items())
         + ")",
         f"poison task: at most {poison_starts} starts (budget {MAX_CRASHES})",
+        f"growth (row 38): {chaos.usage_growth() or 'no supervisor lived long enough'}",
         *(f"  {line}" for line in rig.figures.summary()),
         *(f"  {k}: {v}" for k, v in sorted(report.counts.items())),
         f"violations: {len(report.violations)}",

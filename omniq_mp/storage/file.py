@@ -46,6 +46,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from pathlib import Path
 from typing import TypeVar
 
+from omniq_mp.crashpoints import crash_point
 from omniq_mp.errors import StorageError
 from omniq_mp.file_modes import FILE_MODE, make_private_dirs
 from omniq_mp.models import Settlement, Task, TaskStatus
@@ -338,6 +339,7 @@ class _Tree:
         with os.fdopen(os.open(tmp, flags, FILE_MODE), "wb") as f:
             f.write(data)
             f.flush()
+            crash_point("file_before_fsync")  # tests: the entry must stay invisible
             os.fsync(f.fileno())
         return tmp
 
@@ -351,6 +353,7 @@ class _Tree:
 
     def move(self, src: Path, dst: Path) -> None:
         self.mkdir(dst.parent)
+        crash_point("file_before_rename")  # tests: the old entry or the new, never half
         os.replace(src, dst)
         self.dirty |= {src.parent, dst.parent}
 
