@@ -1,0 +1,79 @@
+"""Enqueue while the workers run flat out (fault matrix row 32).
+
+``omniq-mp workers --procs 2`` is kept busy with CPU-bound tasks of 5 s, while this
+process enqueues no-op tasks one call at a time at 200 a second for 60 s (10 s with
+``--quick``), each a fully synced commit. Printed: how many enqueues succeeded (all must),
+their latency p50 / p99 / max, and the time until every no-op had run once the CPU tasks
+were done (they start as the workers free up).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import Figure, parse_args, percentile, report, scratch_dir
+from anchor_tasks import burn, noop
+
+from omniq_mp import OmniQ, Settings
+
+BENCH = "enqueue_under_load"
+HERE = Path(__file__).resolve().parent
+RATE = 200  # enqueues per second
+BURN = 5.0  # seconds of CPU per busy task
+
+
+def measure(quick: bool) -> list[Figure]:
+    seconds = 10 if quick else 60
+    with scratch_dir() as base_dir:
+        q = OmniQ(Settings(base_dir=base_dir, event_storage_type="none"))
+        busy = [q.enqueue(burn, BURN) for _ in range(2 * int(seconds / BURN))]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_")}
+        path = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+        env.update(OMNIQ_BASE_DIR=str(base_dir), OMNIQ_EVENT_STORAGE_TYPE="none", PYTHONPATH=path)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "omniq_mp", "workers", "--procs", "2"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            while q.stats().running < 2:  # both workers on a CPU task
+                time.sleep(0.05)
+            latencies, failures, ids = [], 0, []
+            began = time.monotonic()
+            for i in range(RATE * seconds):
+                time.sleep(max(0.0, began + i / RATE - time.monotonic()))
+                t0 = time.perf_counter()
+                try:
+                    ids.append(q.enqueue(noop))
+                except Exception:
+                    failures += 1
+                latencies.append((time.perf_counter() - t0) * 1000)
+            for task_id in busy + ids:
+                q.get_result(task_id, timeout=300)
+            finished = time.monotonic() - began
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            q.close()
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    print(f"{len(ids):,} of {RATE * seconds:,} enqueues stored ({failures} failed) while 2 "
+          f"workers burned CPU: latency p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+          f"max {max(latencies):.1f} ms; all done {finished:.1f} s after the start")  # fmt: skip
+    return [
+        Figure(BENCH, "enqueues stored", len(ids), "tasks"),
+        Figure(BENCH, "enqueues failed", failures, "tasks"),
+        Figure(BENCH, "enqueue p50 under full load", p50, "ms"),
+        Figure(BENCH, "enqueue p99 under full load", p99, "ms", headline=True),
+    ]
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    report(measure(args.quick), args.json)
+
+
+if __name__ == "__main__":
+    main()
