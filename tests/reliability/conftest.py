@@ -22,11 +22,13 @@ _FIGURES_FILE: list[Path] = []
 
 @pytest.fixture
 def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Rig]:
-    """A store (SQLite; another backend by indirect parametrization) with its ledger,
-    DeathWatch, producer and fault log; every process the test starts is killed
-    afterwards if it is still running."""
+    """A store (SQLite; by indirect parametrization another backend, or ``"sqlite+spawn"``
+    for workers started with spawn rather than forkserver) with its ledger, DeathWatch,
+    producer and fault log; every process the test starts is killed afterwards if it is
+    still running."""
+    backend, _, start_method = getattr(request, "param", "sqlite").partition("+")
     with subreaper():
-        setup = Rig(tmp_path / "rig", backend=getattr(request, "param", "sqlite"))
+        setup = Rig(tmp_path / "rig", backend=backend, start_method=start_method)
         try:
             yield setup
         finally:

@@ -696,7 +696,7 @@ class Rig:
     the fault log and the figures: what a matrix test (or the chaos runner) drives, and
     what :meth:`finish` hands to the invariant checker."""
 
-    def __init__(self, root: Path, backend: str = "sqlite") -> None:
+    def __init__(self, root: Path, backend: str = "sqlite", start_method: str = "") -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.base_dir = root / "store"
@@ -704,6 +704,8 @@ class Rig:
         self.ledger.touch()
         self.backend = backend
         self.env = {"OMNIQ_BACKEND": backend}
+        if start_method:  # row 36: the supervisors' workers under another start method
+            self.env["OMNIQ_START_METHOD"] = start_method
         self.watch = DeathWatch(self.ledger).start()
         self.faults = FaultLog()
         self.figures = Figures()

@@ -137,6 +137,7 @@ class ChildDeaths:
                 del self.refills[pid]
 
 
+@pytest.mark.parametrize("rig", ["sqlite", "sqlite+spawn"], indirect=True)
 def test_child_deaths_are_settled_fast_and_lose_nothing(rig: Rig) -> None:
     """Row 1: SIGKILL of a child mid-task (random 0-500 ms after its start), 50 times;
     row 2: ``os._exit(0|1|7)``; row 3: two kinds of segfault; row 10: a poison task. Each
@@ -316,6 +317,7 @@ def wait_claimable(rig: Rig, held: dict[str, str], killed_at: float, figure: str
     poll_rows(rig, list(held), step, within=3 * T_RECOVER)
 
 
+@pytest.mark.parametrize("rig", ["sqlite", "sqlite+spawn"], indirect=True)
 def test_a_killed_supervisors_tasks_are_runnable_again_within_lease_plus_1s(rig: Rig) -> None:
     """Row 12, five times: supervisor A is SIGKILLed with both children busy and tasks
     prefetched while supervisor B runs beside it. A's worker processes die with it (well
