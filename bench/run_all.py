@@ -23,7 +23,15 @@ from _common import (
     scratch_dir,
 )
 
-BENCHMARKS = ("throughput", "cpu_bound", "timeout_kill", "scale_out")
+BENCHMARKS = (
+    "throughput",
+    "cpu_bound",
+    "timeout_kill",
+    "scale_out",
+    "shared_sqlite",
+    "backlog",
+    "enqueue_under_load",
+)
 HERE = Path(__file__).resolve().parent
 
 
