@@ -55,34 +55,70 @@ def _decode(head: bytes, body: bytes) -> Frame:
 class FrameParser:
     """Frames out of a byte stream that arrives in arbitrary pieces (the supervisor's
     side: every piece the event loop reads is fed in, and every frame it completes comes
-    out at once, with no await per header and body)."""
+    out at once, with no await per header and body).
+
+    A large body (a big result) is read straight into a buffer of its exact size, and
+    comes out as that ``bytearray``: growing one stream buffer and slicing the body out
+    of it held it three times over at the peak, this holds it once.
+    """
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self._head = b""  # kind and meta of the frame whose large body is arriving
+        self._body: bytearray | None = None
+        self._filled = 0
 
     def feed(self, data: bytes) -> list[Frame]:
         """Add ``data``; return the frames it completed, in order."""
-        buf = self._buffer
-        buf += data
-        frames = []
-        start = 0
-        while len(buf) - start >= _HEADER.size:
-            head_len, body_len = _HEADER.unpack_from(buf, start)
-            head_at = start + _HEADER.size
-            body_at = head_at + head_len
-            end = body_at + body_len
-            if len(buf) < end:
-                break
-            frames.append(_decode(bytes(buf[head_at:body_at]), bytes(buf[body_at:end])))
-            start = end
-        if start:
-            del buf[:start]
+        frames: list[Frame] = []
+        while data:
+            if self._body is not None:
+                data = self._fill(data, frames)
+                continue
+            buf = self._buffer
+            buf += data
+            data = b""
+            start = 0
+            while len(buf) - start >= _HEADER.size:
+                head_len, body_len = _HEADER.unpack_from(buf, start)
+                head_at = start + _HEADER.size
+                body_at = head_at + head_len
+                end = body_at + body_len
+                if body_len >= LARGE_BODY and len(buf) >= body_at:
+                    # The body goes to a buffer of its own; what is left of the stream
+                    # goes through _fill on the next turn of the outer loop.
+                    self._head = bytes(buf[head_at:body_at])
+                    self._body, self._filled = bytearray(body_len), 0
+                    data = bytes(buf[body_at:])
+                    start = len(buf)
+                    break
+                if len(buf) < end:
+                    break
+                frames.append(_decode(bytes(buf[head_at:body_at]), bytes(buf[body_at:end])))
+                start = end
+            if start:
+                del buf[:start]
         return frames
+
+    def _fill(self, data: bytes, frames: list[Frame]) -> bytes:
+        """Copy the large body's share of ``data`` into place; return what follows."""
+        body = self._body
+        assert body is not None
+        take = min(len(body) - self._filled, len(data))
+        body[self._filled : self._filled + take] = memoryview(data)[:take]
+        self._filled += take
+        if self._filled == len(body):
+            frames.append(_decode(self._head, body))  # type: ignore[arg-type]
+            self._body, self._head, self._filled = None, b"", 0
+        return data[take:]
 
     @property
     def pending(self) -> int:
         """Bytes of a frame not yet complete."""
-        return len(self._buffer)
+        return len(self._buffer) + self._filled
+
+
+LARGE_BODY = 1 << 20  # bodies from this size get a buffer of their own
 
 
 def send_frame(

@@ -17,6 +17,8 @@ FRAMES = [
     (ipc.DONE, {"ok": True}, os.urandom(300_000)),  # larger than one read of the loop
     (ipc.LOG, {"level": "INFO", "message": "héllo"}, b""),
     (ipc.DONE, {"ok": False, "error": {"error_type": "ValueError"}}, b"x"),
+    (ipc.DONE, {"ok": True}, os.urandom(ipc.LARGE_BODY + 12_345)),  # its own buffer
+    (ipc.STARTED, {"task_id": "t2", "pid": 8}, b""),
 ]
 STREAM = b"".join(b"".join(ipc.encode(kind, meta, body)) for kind, meta, body in FRAMES)
 
