@@ -18,7 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -181,6 +181,13 @@ def parse_args(description: str | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     return parser.parse_args()
+
+
+def main_of(measure: Callable[[bool], list[Figure]], description: str | None) -> None:
+    """The command line of a benchmark script: measure (``--quick`` or not), then print
+    the figures and write them where ``--json`` says."""
+    args = parse_args(description)
+    report(measure(args.quick), args.json)
 
 
 def report(figures: Sequence[Figure], json_path: Path | None) -> None:

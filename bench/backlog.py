@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import Figure, format_number, parse_args, percentile, report, scratch_dir
+from _common import Figure, format_number, main_of, percentile, scratch_dir
 from anchor_tasks import noop
 
 from omniq_mp import AsyncOmniQ, OmniQ, Settings
@@ -123,10 +123,5 @@ def measure(quick: bool) -> list[Figure]:
     ]
 
 
-def main() -> None:
-    args = parse_args(__doc__)
-    report(measure(args.quick), args.json)
-
-
 if __name__ == "__main__":
-    main()
+    main_of(measure, __doc__)

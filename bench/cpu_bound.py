@@ -15,7 +15,7 @@ import concurrent.futures
 import statistics
 import time
 
-from _common import Figure, Timer, fresh_store, parse_args, report
+from _common import Figure, Timer, fresh_store, main_of
 
 from omniq_mp.runtime import run
 
@@ -98,10 +98,5 @@ def measure(quick: bool) -> list[Figure]:
     ]
 
 
-def main() -> None:
-    args = parse_args(__doc__)
-    report(measure(args.quick), args.json)
-
-
 if __name__ == "__main__":
-    main()
+    main_of(measure, __doc__)

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import Figure, parse_args, percentile, report, scratch_dir
+from _common import Figure, main_of, percentile, scratch_dir
 from anchor_tasks import burn, noop
 
 from omniq_mp import OmniQ, Settings
@@ -70,10 +70,5 @@ def measure(quick: bool) -> list[Figure]:
     ]
 
 
-def main() -> None:
-    args = parse_args(__doc__)
-    report(measure(args.quick), args.json)
-
-
 if __name__ == "__main__":
-    main()
+    main_of(measure, __doc__)

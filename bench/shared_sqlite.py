@@ -24,7 +24,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from _common import Figure, format_number, markdown_table, parse_args, report, scratch_dir, spread
+from _common import (
+    Figure,
+    format_number,
+    main_of,
+    markdown_table,
+    scratch_dir,
+    spread,
+)
 from anchor_tasks import burn, sleep
 
 from omniq_mp import AsyncOmniQ, Settings, TaskStatus
@@ -142,10 +149,5 @@ def measure(quick: bool) -> list[Figure]:
     return figures
 
 
-def main() -> None:
-    args = parse_args(__doc__)
-    report(measure(args.quick), args.json)
-
-
 if __name__ == "__main__":
-    main()
+    main_of(measure, __doc__)

@@ -24,7 +24,7 @@ import concurrent.futures
 import statistics
 from dataclasses import dataclass
 
-from _common import Figure, Timer, fresh_store, parse_args, report, spread
+from _common import Figure, Timer, fresh_store, main_of, spread
 
 from omniq_mp import AsyncOmniQ
 from omniq_mp.models import Task
@@ -167,10 +167,5 @@ def measure(quick: bool) -> list[Figure]:
     return figures
 
 
-def main() -> None:
-    args = parse_args(__doc__)
-    report(measure(args.quick), args.json)
-
-
 if __name__ == "__main__":
-    main()
+    main_of(measure, __doc__)

@@ -23,7 +23,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from _common import Figure, fresh_store, parse_args, percentile, report
+from _common import Figure, fresh_store, main_of, percentile
 
 from omniq_mp import TaskStatus
 from omniq_mp.models import OutcomeKind
@@ -149,10 +149,5 @@ def measure(quick: bool) -> list[Figure]:
     ]
 
 
-def main() -> None:
-    args = parse_args(__doc__)
-    report(measure(args.quick), args.json)
-
-
 if __name__ == "__main__":
-    main()
+    main_of(measure, __doc__)
