@@ -327,6 +327,12 @@ _DOTTED_PATH = re.compile(
 )
 
 
+def size_setting(value: int | str | None) -> int | None:
+    """A size field of Settings as bytes: Settings has already parsed ``"256MB"`` and the
+    like, so this only narrows the type."""
+    return None if value is None else int(value)
+
+
 def check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
     """Validate a duration in seconds: a finite, positive number (or zero if allowed)."""
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -18,7 +18,7 @@ from typing import Any
 
 from loguru import logger
 
-from omniq_mp.config import Settings
+from omniq_mp.config import Settings, size_setting
 from omniq_mp.decorator import TaskFunction
 from omniq_mp.dsn import redact
 from omniq_mp.errors import (
@@ -253,7 +253,7 @@ class AsyncOmniQ:
             max_memory=max_memory,
             result_ttl=self.settings.result_ttl if result_ttl is None else result_ttl,
             signer=self.queue.signer,
-            max_payload_size=_size(self.settings.max_payload_size),
+            max_payload_size=size_setting(self.settings.max_payload_size),
         )
 
     async def schedule(
@@ -410,8 +410,8 @@ class AsyncOmniQ:
         Supervisors are woken from the calling thread at once. The loop is only involved
         for what lives there: the events (handed over once per linger period), an
         embedded supervisor's wake-up and the log line of a deduplicated key."""
-        # Not isinstance(.., BlockingEnqueue): a runtime Protocol check costs more than a
-        # getattr, on a path measured in microseconds.
+        # An optional capability of a store (SQLiteStorage.enqueue_blocking: the same
+        # contract as enqueue, from any thread), looked up as wait_for_work is.
         enqueue_blocking = getattr(self.storage, "enqueue_blocking", None)
         if not self._open or enqueue_blocking is None:
             return None
@@ -689,8 +689,3 @@ def task_value(task: Task, signer: Signer | None = None) -> Any:
         history = [str(e) for e in task.history]
         raise TaskDeadError(task.id, error.error_type, error.message, error.traceback, history)
     raise TaskFailedError(task.id, error.error_type, error.message, error.traceback)
-
-
-def _size(value: int | str | None) -> int | None:
-    # Settings has already parsed sizes; this only narrows the type.
-    return None if value is None else int(value)

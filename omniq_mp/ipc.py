@@ -108,6 +108,7 @@ class FrameParser:
         body[self._filled : self._filled + take] = memoryview(data)[:take]
         self._filled += take
         if self._filled == len(body):
+            # The bytearray itself, not a bytes copy: the store binds any buffer.
             frames.append(_decode(self._head, body))  # type: ignore[arg-type]
             self._body, self._head, self._filled = None, b"", 0
         return data[take:]

@@ -78,20 +78,23 @@ class WorkerProcess:
         try:
             frame = await asyncio.wait_for(self.inbox.get(), ready_timeout)
         except TimeoutError:
-            await self.kill(0.1)
-            raise WorkerStartError(
+            timed_out, frame = True, None
+        else:
+            timed_out = False
+        if frame is not None and frame.kind == ipc.READY:
+            return
+        await self.kill(0.1)
+        if timed_out:
+            why = (
                 f"worker {self.pid} did not report ready within {ready_timeout:g}s "
                 "(worker_init_timeout): its start-up or worker_init is still running"
-            ) from None
-        if frame is not None and frame.kind == ipc.INIT_FAILED:
-            await self.kill(0.1)
-            error = TaskError.from_dict(frame.meta["error"])
-            raise WorkerStartError(
-                f"worker_init failed in worker {self.pid}: {error.error_type}: {error.message}"
             )
-        if frame is None or frame.kind != ipc.READY:
-            await self.kill(0.1)
-            raise WorkerStartError(f"worker {self.pid} did not start: {await self.exit_text()}")
+        elif frame is not None and frame.kind == ipc.INIT_FAILED:
+            error = TaskError.from_dict(frame.meta["error"])
+            why = f"worker_init failed in worker {self.pid}: {error.error_type}: {error.message}"
+        else:
+            why = f"worker {self.pid} did not start: {await self.exit_text()}"
+        raise WorkerStartError(why)
 
     def _watch_exit(self) -> None:
         # A pidfd becomes readable when the process exits, whoever else holds its pipes

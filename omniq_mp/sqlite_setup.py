@@ -9,6 +9,7 @@ import random
 import sqlite3
 import tempfile
 import time
+from collections.abc import Iterator
 
 import aiosqlite
 
@@ -19,6 +20,7 @@ __all__ = [
     "connect_async",
     "folder_is_read_only",
     "is_locked",
+    "lock_pauses",
     "open_connection",
     "os_storage_error",
     "storage_error",
@@ -47,18 +49,26 @@ def open_connection(
     """
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread)
     try:
-        for attempt in range(LOCK_RETRIES):
+        for pause in lock_pauses():
             try:
                 _configure(conn, synchronous, busy_ms)
                 return conn
             except sqlite3.OperationalError as exc:
-                if not is_locked(exc) or attempt == LOCK_RETRIES - 1:
+                if not is_locked(exc):
                     raise
-                time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+            time.sleep(pause)
+        _configure(conn, synchronous, busy_ms)  # the last try: its error is the one raised
     except BaseException:
         conn.close()
         raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    return conn
+
+
+def lock_pauses() -> Iterator[float]:
+    """Pauses between tries of something that met another process's lock past
+    busy_timeout: LOCK_RETRIES of them, growing, with jitter so contenders spread out."""
+    for attempt in range(LOCK_RETRIES):
+        yield random.uniform(0.01, 0.05) * (attempt + 1)
 
 
 async def connect_async(

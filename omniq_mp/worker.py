@@ -36,7 +36,7 @@ from typing import Any
 
 from loguru import logger
 
-from omniq_mp.config import Settings
+from omniq_mp.config import Settings, size_setting
 from omniq_mp.crashpoints import crash_point
 from omniq_mp.errors import OmniqError, StorageReadOnlyError, WorkerStartError
 from omniq_mp.events import EventRecorder, EventType, SupervisorEvents
@@ -93,10 +93,10 @@ class AsyncWorkerPool:
             start_method=self.settings.start_method,
             kill_grace=self.settings.kill_grace,
             max_tasks_per_child=self.settings.max_tasks_per_child,
-            max_memory_per_child=_as_bytes(self.settings.max_memory_per_child),
+            max_memory_per_child=size_setting(self.settings.max_memory_per_child),
             signer=Signer.from_settings(self.settings),  # only handed to the workers
             worker_init=self.settings.worker_init,
-            max_result_size=_as_bytes(self.settings.max_result_size),
+            max_result_size=size_setting(self.settings.max_result_size),
             ready_timeout=self.settings.worker_init_timeout,
             max_start_failures=self.settings.max_start_failures,
         )
@@ -833,11 +833,6 @@ class Pacer:
 
 def _ewma(previous: float | None, sample: float, weight: float = 0.2) -> float:
     return sample if previous is None else previous + weight * (sample - previous)
-
-
-def _as_bytes(value: int | str | None) -> int | None:
-    # Settings has already parsed sizes; this only narrows the type.
-    return None if value is None else int(value)
 
 
 async def _guard(what: str, step: Callable[[], Coroutine[Any, Any, Any]]) -> None:

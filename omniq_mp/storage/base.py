@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
 
-__all__ = ["RENEWAL_STEP", "BlockingEnqueue", "Lease", "QueueStats", "Storage", "WorkerInfo"]
+__all__ = ["RENEWAL_STEP", "Lease", "QueueStats", "Storage", "WorkerInfo"]
 
 
 @dataclass(frozen=True)
@@ -78,16 +78,6 @@ class Lease:
     task_id: str
     token: str
     until: float | None
-
-
-@runtime_checkable
-class BlockingEnqueue(Protocol):
-    """A store that can also enqueue from any thread without an event loop (SQLite): the
-    synchronous client's fast path. Same contract as :meth:`Storage.enqueue`."""
-
-    def enqueue_blocking(self, tasks: Sequence[Task]) -> list[str]:
-        """Store ``tasks`` in one transaction from the calling thread; returns their ids."""
-        ...
 
 
 @runtime_checkable

@@ -15,7 +15,6 @@ import asyncio
 import fcntl
 import json
 import os
-import random
 import sqlite3
 import threading
 import time
@@ -35,6 +34,7 @@ from omniq_mp.schedule import Schedule
 from omniq_mp.sqlite_setup import (
     LOCK_RETRIES,
     is_locked,
+    lock_pauses,
     open_connection,
     os_storage_error,
     storage_error,
@@ -160,7 +160,7 @@ class SQLiteStorage:
         """
         thread = self._open_thread()
         wanted = self._synchronous if durable else "NORMAL"
-        for pause in _lock_pauses():
+        for pause in lock_pauses():
             try:
                 return await thread.run(self._in_transaction, body, wanted)
             except sqlite3.Error as exc:
@@ -207,7 +207,7 @@ class SQLiteStorage:
         """
         conn = self._caller_connection()
         try:
-            for pause in _lock_pauses():
+            for pause in lock_pauses():
                 try:
                     return _commit(conn, _enqueue_body(tasks))
                 except sqlite3.Error as exc:
@@ -718,13 +718,6 @@ def _commit(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -
             conn.execute("ROLLBACK")
         raise
     return result
-
-
-def _lock_pauses() -> Iterator[float]:
-    """Pauses between tries of a transaction that met another process's lock past
-    busy_timeout: growing, with jitter so contenders spread out."""
-    for attempt in range(LOCK_RETRIES):
-        yield random.uniform(0.01, 0.05) * (attempt + 1)
 
 
 def _raise_unless_locked(path: Path, exc: sqlite3.Error) -> None:
