@@ -151,6 +151,22 @@ def print_figures(figures: Sequence[Figure], *, with_bench: bool = False) -> Non
 # -- stores ----------------------------------------------------------------------------------
 
 
+def env_for(base_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of an ``omniq-mp workers`` (or producer) process a benchmark
+    starts on ``base_dir``: none of the caller's OMNIQ_* settings, errors-only logs, this
+    folder and the repository importable (the task functions live here); ``extra``
+    overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_")}
+    here = Path(__file__).resolve().parent
+    env.update(
+        OMNIQ_BASE_DIR=str(base_dir),
+        OMNIQ_LOG_LEVEL="ERROR",
+        PYTHONPATH=os.pathsep.join([str(here), str(here.parent)]),
+    )
+    env.update(extra)
+    return env
+
+
 @contextmanager
 def scratch_dir() -> Iterator[Path]:
     """A temporary directory (under ``$TMPDIR``), removed afterwards."""

@@ -12,20 +12,18 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import Figure, format_number, main_of, percentile, scratch_dir
+from _common import Figure, env_for, format_number, main_of, percentile, scratch_dir
 from anchor_tasks import noop
 
 from omniq_mp import AsyncOmniQ, OmniQ, Settings
 from omniq_mp.runtime import run
 
 BENCH = "backlog"
-HERE = Path(__file__).resolve().parent
 CLAIMS = 200
 
 
@@ -64,9 +62,7 @@ def claim_times(base_dir: Path) -> list[float]:
 
 def drain(base_dir: Path, n: int) -> tuple[float, float, float]:
     """(seconds, peak supervisor RSS MiB, largest WAL MiB) of a burst drain of ``n``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_")}
-    path = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
-    env.update(OMNIQ_BASE_DIR=str(base_dir), OMNIQ_EVENT_STORAGE_TYPE="none", PYTHONPATH=path)
+    env = env_for(base_dir, OMNIQ_EVENT_STORAGE_TYPE="none")
     wal = base_dir / "omniq.db-wal"
     peak_wal = 0
     began = time.perf_counter()

@@ -37,10 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from _common import format_number, machine_line, markdown_table, percentile, scratch_dir
+from _common import (
+    env_for,
+    format_number,
+    machine_line,
+    markdown_table,
+    percentile,
+    scratch_dir,
+)
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 PROCS = 2
 SYSTEMS = ("omniq_mp", "ProcessPoolExecutor", "pebble", "huey")
 ANCHORS = SYSTEMS[1:]
@@ -72,17 +78,6 @@ class Row:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def env_for(base_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_")}
-    env.update(
-        OMNIQ_BASE_DIR=str(base_dir),
-        OMNIQ_LOG_LEVEL="ERROR",
-        PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]),
-        **extra,
-    )
-    return env
 
 
 @contextmanager

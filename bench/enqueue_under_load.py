@@ -9,19 +9,16 @@ were done (they start as the workers free up).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-from _common import Figure, main_of, percentile, scratch_dir
+from _common import Figure, env_for, main_of, percentile, scratch_dir
 from anchor_tasks import burn, noop
 
 from omniq_mp import OmniQ, Settings
 
 BENCH = "enqueue_under_load"
-HERE = Path(__file__).resolve().parent
 RATE = 200  # enqueues per second
 BURN = 5.0  # seconds of CPU per busy task
 
@@ -31,9 +28,7 @@ def measure(quick: bool) -> list[Figure]:
     with scratch_dir() as base_dir:
         q = OmniQ(Settings(base_dir=base_dir, event_storage_type="none"))
         busy = [q.enqueue(burn, BURN) for _ in range(2 * int(seconds / BURN))]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_")}
-        path = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
-        env.update(OMNIQ_BASE_DIR=str(base_dir), OMNIQ_EVENT_STORAGE_TYPE="none", PYTHONPATH=path)
+        env = env_for(base_dir, OMNIQ_EVENT_STORAGE_TYPE="none")
         proc = subprocess.Popen(
             [sys.executable, "-m", "omniq_mp", "workers", "--procs", "2"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import statistics
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from _common import (
     Figure,
+    env_for,
     format_number,
     main_of,
     markdown_table,
@@ -39,7 +39,6 @@ from omniq_mp.runtime import run
 
 BENCH = "shared_sqlite"
 CONFIGS = ((1, 2), (2, 1), (3, 1))  # (supervisors, worker processes each)
-HERE = Path(__file__).resolve().parent
 START_BOUND = 60.0
 DRAIN_BOUND = 300.0
 
@@ -47,13 +46,8 @@ DRAIN_BOUND = 300.0
 @contextlib.contextmanager
 def supervisors(count: int, procs: int, base_dir: Path) -> Iterator[list[Path]]:
     """``count`` supervisors on ``base_dir`` for the block; yields their log files."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_")}
-    env.update(
-        OMNIQ_BASE_DIR=str(base_dir),
-        OMNIQ_EVENT_STORAGE_TYPE="none",
-        OMNIQ_LOG_LEVEL="WARNING",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")])),
-    )
+    # WARNING: the "locked" lines counted below are those a user would see.
+    env = env_for(base_dir, OMNIQ_EVENT_STORAGE_TYPE="none", OMNIQ_LOG_LEVEL="WARNING")
     command = [sys.executable, "-m", "omniq_mp", "workers", "--procs", str(procs)]
     running: list[subprocess.Popen[bytes]] = []
     logs = [base_dir.parent / f"{base_dir.name}-{i}.log" for i in range(count)]
