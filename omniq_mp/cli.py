@@ -87,6 +87,12 @@ def cli(ctx: click.Context, log_level: str | None, config: Path | None) -> None:
 )
 @click.option("--start-method", type=click.Choice(START_METHODS), default=None)
 @click.option(
+    "--worker-init",
+    default=None,
+    metavar="PACKAGE.MODULE.FUNCTION",
+    help="Run this in each worker process once, before its first task (load a model...).",
+)
+@click.option(
     "--shutdown-grace",
     type=click.FloatRange(min=0),
     default=None,

@@ -27,11 +27,14 @@ def _env(base_dir: Path, **settings: str) -> dict[str, str]:
     return env
 
 
-def _workers(base_dir: Path, timeout: float, **settings: str) -> tuple[int, str, float]:
-    """Run ``omniq-mp workers --procs 1`` to its end; (exit code, stderr, seconds)."""
+def _workers(
+    base_dir: Path, timeout: float, *options: str, **settings: str
+) -> tuple[int, str, float]:
+    """Run ``omniq-mp workers --procs 1 [options]`` to its end; (exit code, stderr,
+    seconds)."""
     began = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "omniq_mp", "workers", "--procs", "1"],
+        [sys.executable, "-m", "omniq_mp", "workers", "--procs", "1", *options],
         env=_env(base_dir, **settings),
         capture_output=True,
         text=True,
@@ -64,7 +67,7 @@ def test_a_raising_worker_init_stops_the_supervisor_at_start_and_claims_nothing(
     q = OmniQ(Settings(base_dir=tmp_path))
     task_id = q.enqueue("math.sqrt", 4)
     q.close()
-    code, stderr, took = _workers(tmp_path, 60, OMNIQ_WORKER_INIT=f"{HELPERS}.fail")
+    code, stderr, took = _workers(tmp_path, 60, "--worker-init", f"{HELPERS}.fail")
     assert code == 1
     line = _error_line(stderr)
     assert "worker_init failed" in line and "ValueError: model file missing" in line
