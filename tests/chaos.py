@@ -15,8 +15,11 @@ random lifecycle step and hit count), which dies there and is not restarted.
 
 At the end the producer stops, the faults stop, the queue drains, the supervisors are
 stopped, and the invariant checker (tests/reliability/invariants.py) joins the ledger
-with the store. Printed: the seed, the faults injected by kind, the figures, and the
-violations; the exit status is 1 if there is any. Everything (store, ledger, logs, a
+with the store. Row 38's leak check is part of it: the longest-lived supervisor's RSS and
+open fds, sampled every 10 s, may grow at most 10% from its 10th minute to its last
+(gated once that span reaches 10 minutes; shorter runs print the figure). Printed: the
+seed, the faults injected by kind, the figures, and the violations; the exit status is 1
+if there is any. Everything (store, ledger, logs, a
 ``chaos.json`` summary) stays in ``--workdir`` (default: a new temporary folder).
 """
 
@@ -27,11 +30,12 @@ import contextlib
 import os
 import random
 import signal
+import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,10 @@ from tests.reliability.invariants import Report
 
 TICK = 0.02
 USAGE_EVERY = 10.0  # seconds between RSS / fd samples of the supervisors (row 38)
+WINDOW = 6  # samples (a minute) whose median stands for one point of a supervisor's life
+GROWTH_FROM = 600.0  # s into a supervisor's life its growth is measured from (row 38)
+GROWTH_LIMIT = 0.10  # most RSS / fd growth allowed over a gated span
+GATED_SPAN = 10.0  # minutes of measured life below which growth is printed, not gated
 LOAD = 4.0  # tasks per second: about half of 2 supervisors x 2 children at ~0.45 s a task
 TIMEOUT = 0.5
 FAULTS = {  # kind -> weight
@@ -181,20 +189,27 @@ class Chaos:
                 sample = (now, proc.memory_info().rss, proc.num_fds())
                 self.usage.setdefault(sup.name, []).append(sample)
 
-    def usage_growth(self) -> str | None:
-        """RSS and fd growth of the longest-lived supervisor, from a sixth into its life
-        (past start-up) to its last sample: the soak's leak check, as a figure."""
+    def usage_growth(self) -> Growth | None:
+        """RSS and fd growth of the longest-lived supervisor (row 38's leak check): the
+        median of a minute of samples from its 10th minute (or a sixth into a shorter life,
+        past start-up) against the median of its last minute. Medians, so a sample taken
+        while a worker is being replaced (its old and new sockets both open) is not a
+        leak."""
         spans = [(samples[-1][0] - samples[0][0], name, samples)
-                 for name, samples in self.usage.items() if len(samples) >= 6]  # fmt: skip
+                 for name, samples in self.usage.items() if len(samples) >= 2 * WINDOW]  # fmt: skip
         if not spans:
             return None
         span, name, samples = max(spans)
-        early = samples[len(samples) // 6]
-        last = samples[-1]
-        return (
-            f"supervisor {name} over {span / 60:.1f} min: RSS {early[1] / 2**20:.1f} -> "
-            f"{last[1] / 2**20:.1f} MiB ({100 * (last[1] - early[1]) / early[1]:+.1f}%), "
-            f"open fds {early[2]} -> {last[2]}"
+        began = samples[0][0]
+        settled = min(GROWTH_FROM, span / 6)
+        start = next(i for i, s in enumerate(samples) if s[0] - began >= settled)
+        start = min(start, len(samples) - 2 * WINDOW)
+        early, late = samples[start : start + WINDOW], samples[-WINDOW:]
+        return Growth(
+            name,
+            minutes=(late[-1][0] - early[0][0]) / 60,
+            rss=(_median(s[1] for s in early), _median(s[1] for s in late)),
+            fds=(_median(s[2] for s in early), _median(s[2] for s in late)),
         )
 
     def calm(self) -> None:
@@ -420,6 +435,44 @@ class Chaos:
         return True
 
 
+@dataclass(frozen=True)
+class Growth:
+    """RSS and open fds of one supervisor at two points of its life (early, late)."""
+
+    name: str
+    minutes: float
+    rss: tuple[float, float]
+    fds: tuple[float, float]
+
+    def ratios(self) -> dict[str, float]:
+        """Relative growth of each measure, e.g. 0.03 for +3%."""
+        return {"RSS": self.rss[1] / self.rss[0] - 1, "open fds": self.fds[1] / self.fds[0] - 1}
+
+    def violations(self) -> list[str]:
+        """Row 38's gate: over a long enough span, neither measure grows past the limit."""
+        if self.minutes < GATED_SPAN:
+            return []
+        return [
+            f"row 38: supervisor {self.name}'s {what} grew {100 * grew:+.1f}% over "
+            f"{self.minutes:.1f} min (limit {100 * GROWTH_LIMIT:g}%)"
+            for what, grew in self.ratios().items()
+            if grew > GROWTH_LIMIT
+        ]
+
+    def __str__(self) -> str:
+        rss, fds = self.ratios()["RSS"], self.ratios()["open fds"]
+        gate = "gated" if self.minutes >= GATED_SPAN else "too short to gate"
+        return (
+            f"supervisor {self.name} over {self.minutes:.1f} min ({gate}): RSS "
+            f"{self.rss[0] / 2**20:.1f} -> {self.rss[1] / 2**20:.1f} MiB ({100 * rss:+.1f}%), "
+            f"open fds {self.fds[0]:g} -> {self.fds[1]:g} ({100 * fds:+.1f}%)"
+        )
+
+
+def _median(values: Iterable[float]) -> float:
+    return float(statistics.median(values))
+
+
 STALLS = ("store write-locked", "supervisor SIGSTOP")  # faults that hold every clock back
 
 
@@ -444,6 +497,7 @@ def report_text(chaos: Chaos, report: Report, seed: int, minutes: float) -> str:
     attempts = ledger.parse(rig.ledger).attempts
     poison_starts = max((len(attempts.get(k, [])) for k in chaos.poison), default=0)
     rig.figures.count("poison tasks", len(chaos.poison))
+    growth = chaos.usage_growth()
     lines = [
         f"chaos: seed {seed}, {minutes:g} min, 2 supervisors on {rig.base_dir / 'omniq.db'}",
         f"faults injected: {sum(counts.values())} "
@@ -451,7 +505,7 @@ def report_text(chaos: Chaos, report: Report, seed: int, minutes: float) -> str:
         + ", ".join(f"{k} {v}" for k, v in counts.items())
         + ")",
         f"poison task: at most {poison_starts} starts (budget {MAX_CRASHES})",
-        f"growth (row 38): {chaos.usage_growth() or 'no supervisor lived long enough'}",
+        f"growth (row 38): {growth or 'no supervisor lived long enough'}",
         *(f"  {line}" for line in rig.figures.summary()),
         *(f"  {k}: {v}" for k, v in sorted(report.counts.items())),
         f"violations: {len(report.violations)}",
@@ -488,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
             chaos.tail.close()
             rig.close()
     record_figures(chaos)
+    if (growth := chaos.usage_growth()) is not None:
+        report.violations.extend(growth.violations())
     text = report_text(chaos, report, seed, args.minutes)
     print(text, flush=True)
     summary = {
