@@ -144,7 +144,10 @@ def _stats_text(totals: Any, queues: Any, workers: Any) -> str:
         f"supervisors alive: {totals.supervisors}, worker processes: {totals.worker_processes}"
     )
     for w in workers:
-        lines.append(f"  {w.worker_id}  active {w.active}/{w.procs}  processed {w.processed}")
+        lines.append(
+            f"  {w.worker_id}  active {w.active}/{w.procs}  processed {w.processed}  "
+            f"health {w.health_text()}  loop lag {w.loop_lag * 1000:.0f} ms"
+        )
         for c in w.children:
             lines.append(
                 f"    pid {c.pid}  task {c.task_id}  {c.running_for:.1f}s  "

@@ -73,7 +73,13 @@ class ChildStatistics:
 
 @dataclass(frozen=True)
 class WorkerStatistics:
-    """A live supervisor and its busy worker processes."""
+    """A live supervisor and its busy worker processes.
+
+    ``health`` is "ok" while all ``procs`` workers are up, "degraded" while some are being
+    started again; ``start_failures`` counts the failed starts in a row (0 once one works);
+    ``loop_lag`` is the supervisor's worst event-loop lag in seconds between its last two
+    heartbeats. A heartbeat from a version that did not report them reads as "ok", 0, 0.0.
+    """
 
     worker_id: str
     hostname: str
@@ -85,6 +91,15 @@ class WorkerStatistics:
     active: int
     processed: int
     children: tuple[ChildStatistics, ...]
+    health: str = "ok"
+    start_failures: int = 0
+    loop_lag: float = 0.0
+
+    def health_text(self) -> str:
+        """``ok``, or ``degraded`` with the failed starts, for the CLI's displays."""
+        if self.health == "ok":
+            return "ok"
+        return f"{self.health} ({self.start_failures} failed start(s) in a row)"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -146,6 +161,9 @@ def _worker_row(info: WorkerInfo, now: float) -> WorkerStatistics:
         active=int(details.get("active", len(children))),
         processed=int(details.get("processed", 0)),
         children=children,
+        health=str(details.get("health", "ok")),
+        start_failures=int(details.get("start_failures", 0)),
+        loop_lag=float(details.get("loop_lag", 0.0)),
     )
 
 

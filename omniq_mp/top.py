@@ -61,8 +61,14 @@ def _worker_table(workers: list[WorkerStatistics], totals: GlobalStatistics) -> 
         title=f"{totals.supervisors} supervisor(s), {totals.worker_processes} process(es)",
     )  # fmt: skip
     for w in workers:
+        # Red so that a supervisor whose workers cannot start stands out in a long list.
+        health = w.health_text() if w.health == "ok" else f"[bold red]{w.health_text()}[/]"
         table.add_row(
-            f"[bold]{w.worker_id}[/]", f"{w.active}/{w.procs} busy, {w.processed} done", "", "", ""
+            f"[bold]{w.worker_id}[/]",
+            f"{w.active}/{w.procs} busy, {w.processed} done, {health}",
+            "",
+            "",
+            "",
         )
         for c in w.children:
             table.add_row(

@@ -41,6 +41,7 @@ from omniq_mp.crashpoints import crash_point
 from omniq_mp.errors import OmniqError, StorageReadOnlyError, WorkerStartError
 from omniq_mp.events import EventRecorder, EventType, SupervisorEvents
 from omniq_mp.file_modes import warn_if_exposed
+from omniq_mp.looplag import LoopLagProbe
 from omniq_mp.models import Outcome, OutcomeKind, Settlement, Task, TaskStatus
 from omniq_mp.pool import ProcessPool, WorkerProcess
 from omniq_mp.queue import AsyncTaskQueue
@@ -128,6 +129,7 @@ class AsyncWorkerPool:
         self._pacer = Pacer(self.settings.procs, self.settings.prefetch)
         self.watch = TaskWatch(self.pool, self.queue.storage, lambda: self._held, self._drop)
         self._services: list[asyncio.Task[None]] = []
+        self.loop_lag = LoopLagProbe()  # read and reset by each heartbeat (_counters)
         wake_dir = self.settings.wake_dir
         # Producers in other processes poke us when they enqueue; we poke their clients
         # when we store outcomes (see wakeup.py): millisecond reactions without polling.
@@ -158,6 +160,7 @@ class AsyncWorkerPool:
             ("watch", self._watch_loop),
             ("purge", self._purge_loop),
             ("schedules", self._schedule_loop),
+            ("loop-lag", self.loop_lag.run),
         ):
             self._services.append(asyncio.create_task(loop(), name=f"omniq-{name}"))
         if self._listener is not None:
@@ -734,6 +737,9 @@ class AsyncWorkerPool:
             # "degraded": fewer workers up than procs (some are being started again).
             "health": "ok" if self.pool.healthy() >= self.settings.procs else "degraded",
             "start_failures": self.pool.start_failures,
+            # Worst lag since the previous report: a stall between two heartbeats shows
+            # in the next one instead of being averaged away.
+            "loop_lag": round(self.loop_lag.take(), 3),
             "processed": self.processed,
             "uptime": round(time.time() - self._started_at, 3),
         }

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from omniq_mp import ConfigError, OmniQ, Settings, TaskStatus
+from omniq_mp.stats import WorkerStatistics
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.process
 
@@ -131,6 +133,76 @@ def test_workers_that_stop_starting_make_the_supervisor_give_up_without_claiming
             task = q.get_task(task_id)
             assert task is not None and task.status is TaskStatus.PENDING
             assert task.attempts == 0
+    finally:
+        q.close()
+
+
+def _only_supervisor(q: OmniQ) -> WorkerStatistics | None:
+    """The one supervisor's statistics from its last heartbeat (None before the first)."""
+    workers = q.get_worker_stats()
+    assert len(workers) <= 1, workers
+    return workers[0] if workers else None
+
+
+def test_worker_stats_say_degraded_while_a_worker_that_cannot_start_is_retried(
+    tmp_path: Path,
+) -> None:
+    """What an operator reads from another process (``get_worker_stats``, which ``omniq-mp
+    stats`` and ``top`` print): "ok" with no failed start while the one worker is up; once
+    it died and its replacement cannot start, the heartbeats taken while the supervisor is
+    still retrying say "degraded" and count the failed starts."""
+    settings = {
+        "OMNIQ_WORKER_INIT": f"{HELPERS}.works_once",
+        # Far more than the test waits for (backoff 1 s, 2 s, 4 s ...): the supervisor is
+        # still retrying, not giving up, when its heartbeats are read.
+        "OMNIQ_MAX_START_FAILURES": "20",
+        "OMNIQ_TEST_INIT_LOG": str(tmp_path / "seat"),
+    }
+    q = OmniQ(Settings(base_dir=tmp_path))
+    stderr = tmp_path / "stderr"
+    try:
+        with stderr.open("w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "omniq_mp", "workers", "--procs", "1"],
+                env=_env(tmp_path, **settings),
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        try:
+            wait_for(lambda: _only_supervisor(q) is not None, 30, "the first heartbeat")
+            healthy = _only_supervisor(q)
+            assert healthy is not None
+            assert (healthy.health, healthy.start_failures) == ("ok", 0)
+
+            q.enqueue(f"{HELPERS}.die")  # its worker dies; no replacement can start
+            wait_for(lambda: "retrying in" in stderr.read_text(), 30, "a failed worker start")
+            failed_at = time.time()
+
+            def beat_since_failure() -> bool:
+                w = _only_supervisor(q)
+                return w is not None and w.last_heartbeat > failed_at
+
+            wait_for(beat_since_failure, 10, "a heartbeat after the failed start")
+            degraded = _only_supervisor(q)
+            assert proc.poll() is None, "the supervisor gave up instead of retrying"
+            assert degraded is not None
+            assert degraded.health == "degraded" and degraded.start_failures >= 1
+            assert degraded.active == 0
+            shown = subprocess.run(
+                [sys.executable, "-m", "omniq_mp", "stats"],
+                env=_env(tmp_path),
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+            assert "health degraded (" in shown, shown  # what `omniq-mp stats` prints
+            proc.terminate()  # a degraded supervisor still stops gracefully
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
     finally:
         q.close()
 
