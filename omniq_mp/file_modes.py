@@ -78,14 +78,15 @@ def exposed(path: str | Path) -> int | None:
 
 def store_paths(storage: object) -> list[Path]:
     """The folders and files whose permissions decide who can write ``storage``, its
-    folder first: a SQLite store's folder, database, ``-wal`` and ``-shm``; a file store's
+    folder first: a SQLite store's folder, database, ``-wal``, ``-shm`` and the folder of
+    large results (``-results``); a file store's
     folder and the folders in it. Empty for stores that are not local files."""
     from omniq_mp.storage.file import FileStorage
     from omniq_mp.storage.sqlite import SQLiteStorage
 
     if isinstance(storage, SQLiteStorage):
         db = storage.path
-        return [db.parent, db, Path(f"{db}-wal"), Path(f"{db}-shm")]
+        return [db.parent, db, Path(f"{db}-wal"), Path(f"{db}-shm"), Path(f"{db}-results")]
     if isinstance(storage, FileStorage):
         base = storage.base_dir
         with contextlib.suppress(OSError):

@@ -12,6 +12,7 @@ retried with jitter instead of surfacing "database is locked".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -41,12 +42,14 @@ from omniq_mp.sqlite_setup import (
 )
 from omniq_mp.sqlite_thread import SQLiteThread
 from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo
+from omniq_mp.storage.result_files import SIDE_FILE_MIN, ResultFiles
 from omniq_mp.storage.sqlite_codec import (
     COLUMNS,
     FINISH,
     INSERT,
     INSERT_SCHEDULE,
     REQUEUE,
+    RESULT,
     SCHEDULE_COLUMNS,
     claim_statement,
     quarantine_update,
@@ -84,6 +87,7 @@ class SQLiteStorage:
         self._callers = threading.local()
         self._caller_conns: list[sqlite3.Connection] = []
         self._reported: set[tuple[str, Any]] = set()  # damaged rows already logged
+        self._files = ResultFiles.beside(self.path)  # results too large for a row
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -134,6 +138,19 @@ class SQLiteStorage:
         except BaseException:
             await self.close()
             raise
+        if self._files.exists():
+            await self._sweep_result_files()
+
+    async def _sweep_result_files(self) -> None:
+        # Files a crash left between writing a result file and committing its row. Only
+        # old ones: a younger one may be another supervisor's, about to be committed.
+        rows = await self._read("SELECT result FROM tasks WHERE typeof(result) = 'text'")
+        referenced = {str(r[0]) for r in rows}
+        removed = await asyncio.to_thread(self._files.sweep, referenced, _SIDE_FILE_GRACE)
+        if removed:
+            logger.bind(action="result_files_swept").info(
+                "{}: removed {} result file(s) no task refers to", self.path, removed
+            )
 
     async def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -266,9 +283,55 @@ class SQLiteStorage:
         """Apply outcomes in one transaction; each is fenced by its lease token.
 
         The fence is checked with one SELECT and the writes go out as ``executemany``
-        batches, all in one call into the connection's thread.
+        batches, all in one call into the connection's thread. Results of
+        ``SIDE_FILE_MIN`` bytes or more are first written to files of their own
+        (result_files.py) and the rows refer to them.
         """
+        files = await self._to_side_files(settlements)
+        try:
+            applied = await self._settle(settlements, files)
+        except BaseException:
+            await asyncio.to_thread(self._files.remove, files.values())
+            raise
+        if files:
+            await self._remove_unused(settlements, files)
+        return applied
 
+    async def _remove_unused(
+        self, settlements: Sequence[Settlement], files: Mapping[int, str]
+    ) -> None:
+        # Fenced attempts, and results a cancel discarded, leave their files unused. The
+        # outcomes are committed: a failure here only leaves files for the next sweep.
+        ids = list({s.task_id for s in settlements if id(s) in files})
+        try:
+            rows = await self._read(
+                "SELECT result FROM tasks WHERE typeof(result) = 'text' "
+                f"AND id IN ({', '.join('?' * len(ids))})",
+                ids,
+            )
+            unused = set(files.values()) - {str(r[0]) for r in rows}
+            await asyncio.to_thread(self._files.remove, unused)
+        except (StorageError, OSError) as exc:
+            logger.bind(action="result_files_left").warning(
+                "{}: unused result files left for the next sweep: {}", self.path, exc
+            )
+
+    async def _to_side_files(self, settlements: Sequence[Settlement]) -> dict[int, str]:
+        """Write each result of ``SIDE_FILE_MIN`` bytes or more to a file of its own;
+        returns the file names by ``id()`` of their settlement."""
+        files: dict[int, str] = {}
+        try:
+            for s in settlements:
+                if s.result is not None and len(s.result) >= SIDE_FILE_MIN:
+                    files[id(s)] = await asyncio.to_thread(self._files.write, s.result)
+        except BaseException:
+            await asyncio.to_thread(self._files.remove, files.values())
+            raise
+        return files
+
+    async def _settle(
+        self, settlements: Sequence[Settlement], files: Mapping[int, str]
+    ) -> list[bool]:
         def body(conn: sqlite3.Connection) -> list[bool]:
             tokens = _current_tokens(conn, [s.task_id for s in settlements])
             applied = []
@@ -280,6 +343,10 @@ class SQLiteStorage:
                 applied.append(ok)
             chosen = [s for s, ok in zip(settlements, applied, strict=True) if ok]
             requeue, finish = settlement_rows(chosen, time.time())
+            if files:  # those results are in files: the rows hold the files' names (TEXT)
+                names = {s.task_id: files[id(s)] for s in chosen if id(s) in files}
+                for row in finish:
+                    row["result"] = names.get(row["id"], row["result"])
             follow_ups = [task_row(s.follow_up) for s in chosen if s.follow_up is not None]
             # A follow-up whose key another unfinished task already holds is skipped
             # (OR IGNORE), never allowed to fail the whole batch of outcomes.
@@ -424,19 +491,30 @@ class SQLiteStorage:
         )
 
     async def _delete(self, where: str, params: list[Any], limit: int) -> int:
-        def body(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks {where} LIMIT ?)",
+        def body(conn: sqlite3.Connection) -> list[Any]:
+            return _fetchall(
+                conn,
+                f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks {where} LIMIT ?) "
+                "RETURNING CASE WHEN typeof(result) = 'text' THEN result END",
                 [*params, limit],
             )
-            return int(cursor.rowcount)
 
-        return await self._transaction(body)
+        deleted = await self._transaction(body)
+        # After the commit: a crash before this line leaves files for the next sweep.
+        files = [str(r[0]) for r in deleted if r[0] is not None]
+        if files:
+            await asyncio.to_thread(self._files.remove, files)
+        return len(deleted)
 
     async def _tasks(self, where: str, params: Sequence[Any], *, damaged: str) -> list[Task]:
         """The decodable tasks ``where`` selects; ``damaged`` says what becomes of the rest:
         _RAISE (StorageError naming the row), _SKIP (logged once), or _QUARANTINE."""
-        rows = await self._read(f"SELECT {COLUMNS}, seq FROM tasks {where}", params)
+        try:
+            rows = await self._open_thread().run(
+                self._rows_with_results, f"SELECT {COLUMNS}, seq FROM tasks {where}", params
+            )
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc) from exc
         if damaged == _RAISE:
             return [row_task(r) for r in rows]
         found, bad = _decode_rows(rows)
@@ -451,7 +529,7 @@ class SQLiteStorage:
         the write transaction, so a row rewritten meanwhile is left alone)."""
 
         def body(conn: sqlite3.Connection) -> None:
-            rows = _fetchall(
+            rows = self._rows_with_results(
                 conn,
                 f"SELECT {COLUMNS}, seq FROM tasks WHERE seq IN ({', '.join('?' * len(seqs))})",
                 list(seqs),
@@ -459,6 +537,19 @@ class SQLiteStorage:
             _quarantine(conn, _decode_rows(rows)[1], time.time())
 
         await self._transaction(body)
+
+    def _rows_with_results(
+        self, conn: sqlite3.Connection, sql: str, params: Sequence[Any]
+    ) -> list[Any]:
+        """Task rows as ``_fetchall`` gives them, but each result kept in a side file read
+        back in its place (here, in the store's thread, not in the event loop). A file that
+        cannot be read leaves its name, which the codec reports as damage."""
+        rows = _fetchall(conn, sql, params)
+        for i, row in enumerate(rows):
+            if isinstance(name := row[RESULT], str):
+                with contextlib.suppress(StorageError):
+                    rows[i] = (*row[:RESULT], self._files.read(name), *row[RESULT + 1 :])
+        return rows
 
     def _report(self, key: tuple[str, Any], message: str) -> None:
         # Once per row and connection: a damaged row is met again on every scan.
@@ -652,6 +743,9 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
 
 
 _IN_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
+# Unreferenced result files younger than this are left alone by the sweep: they may be
+# another supervisor's, written a moment before its settle commits.
+_SIDE_FILE_GRACE = 3600.0
 _STATUSES = frozenset(s.value for s in TaskStatus)
 # What _tasks does with a row that does not decode.
 _RAISE, _SKIP, _QUARANTINE = "raise", "skip", "quarantine"

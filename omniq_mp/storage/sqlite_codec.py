@@ -22,6 +22,7 @@ __all__ = [
     "INSERT",
     "INSERT_SCHEDULE",
     "REQUEUE",
+    "RESULT",
     "SCHEDULE_COLUMNS",
     "claim_statement",
     "quarantine_update",
@@ -76,6 +77,7 @@ _FIELDS = [field for _, field, _ in _MAPPING]
 _GET_FIELDS = operator.attrgetter(*_FIELDS)
 _STATUS, _ERROR = _FIELDS.index("status"), _FIELDS.index("error")
 _CANCEL, _HISTORY = _FIELDS.index("cancel_requested"), _FIELDS.index("history")
+RESULT = _FIELDS.index("result")  # the result column's place in a row
 INSERT = f"INSERT INTO tasks ({COLUMNS}) VALUES ({', '.join('?' * len(_MAPPING))})"
 
 # Settling an attempt. A task whose cancellation was requested ends CANCELLED whatever
@@ -192,6 +194,10 @@ def _expect(value: Any, kinds: tuple[type, ...], column: str = "") -> None:
 
 
 def _column_value(name: str, kinds: tuple[type, ...], value: Any) -> Any:
+    if name == "result" and isinstance(value, str):
+        # The name of a side file (result_files.py) the store could not read back; one it
+        # could read was replaced by its bytes before the row got here.
+        raise ValueError(f"its side file {value!r} is missing or unreadable")
     # Checked before any conversion: bytes(n) of an INTEGER in a BLOB column would make
     # n zero bytes, and text in a number column would only fail later, in a sort.
     _expect(value, kinds)
