@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from omniq_mp.crashpoints import crash_point
-from omniq_mp.errors import StorageError
+from omniq_mp.errors import StorageError, StorageFullError
 from omniq_mp.file_modes import FILE_MODE, make_private_dirs
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
@@ -75,6 +75,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 _Entry = tuple[Path, Task, int]  # where an entry is, its task, its FIFO sequence number
 _TMP = ".tmp"
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # StorageFullError, as for SQLite
 _FOLDERS = (
     "pending",
     "running",
@@ -125,6 +126,8 @@ class FileStorage:
         task already holding its ``key`` where there is one (that task is not inserted).
 
         :raises ValueError: when a task's id is already stored or repeats in the batch.
+        :raises StorageFullError: when the disk runs out of room; no task of the batch is
+            stored (a partial temp file may stay until the next :meth:`open`).
         """
         batch = list(tasks)
         return await self._run(lambda t: t.insert(batch))
@@ -302,6 +305,8 @@ def _locked(base: Path, op: Callable[[_Tree], T]) -> T:
         finally:
             os.close(fd)  # also releases the flock
     except OSError as exc:
+        if exc.errno in _NO_ROOM:  # every write is staged first: nothing half-written shows
+            raise StorageFullError(f"file store {base}: no room to write: {exc.strerror}") from exc
         raise StorageError(f"file store {base}: {exc}") from exc
 
 
