@@ -4,6 +4,9 @@
     supervisor <--STARTED(pid)----------- child   (timeout clock starts here)
     supervisor <--DONE(ok | error, body)- child
 
+With short tasks the supervisor sends the next RUN before the current task is DONE; the
+child starts it right after, unless a SKIP for it arrived first (then: SKIPPED).
+
 The child never touches storage and never decides retries: it only runs code and reports
 what happened as plain data. Anything a task does wrong (raises, returns something that
 cannot be pickled, calls sys.exit) becomes a DONE frame with an error and the child lives
@@ -18,6 +21,7 @@ unpickled, and signs each result for the same task id.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import faulthandler
@@ -82,8 +86,12 @@ def main(
             return
     send(ipc.READY, {"pid": os.getpid()}, b"")
     served = 0
-    while (frame := ipc.recv_frame(sock)) is not None and frame.kind == ipc.RUN:
+    frames = _Frames(sock)
+    while (frame := frames.next_run()) is not None:
         task_id = frame.meta["task_id"]
+        if frames.withdrawn(frame):
+            send(ipc.SKIPPED, {"task_id": task_id, "n": frame.meta.get("n")}, b"")
+            continue
         send(ipc.STARTED, {"task_id": task_id, "pid": os.getpid()}, b"")
         with logger.contextualize(task_id=task_id, correlation_id=task_id):
             meta, body = _execute(
@@ -95,6 +103,56 @@ def main(
         if meta["retire"]:
             break
     sock.close()
+
+
+class _Frames:
+    """The supervisor's frames, with a look ahead before each task starts.
+
+    The supervisor may send a worker its next task while the current one runs (so the
+    worker never waits a round trip for it), and may then take it back with SKIP. A task
+    is started only after every frame that has already arrived was read: a SKIP sent
+    before that moment always wins, and one sent after finds the task started (the
+    supervisor then learns so from STARTED and treats it as a running task).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._ahead: collections.deque[ipc.Frame] = collections.deque()
+        self._skips: set[int] = set()  # numbers of RUN frames taken back
+        self._started = 0  # number of the last RUN started (SKIPs at or below it are late)
+
+    def next_run(self) -> ipc.Frame | None:
+        """The next RUN frame; None at STOP or end of stream."""
+        while True:
+            frame = self._ahead.popleft() if self._ahead else ipc.recv_frame(self._sock)
+            if frame is None or frame.kind == ipc.STOP:
+                return None
+            if frame.kind == ipc.SKIP:
+                self._note_skip(frame)
+            elif frame.kind == ipc.RUN:
+                return frame
+
+    def withdrawn(self, run: ipc.Frame) -> bool:
+        """Whether ``run`` was taken back; if not, it counts as started from here on."""
+        while ipc.pending(self._sock):
+            frame = ipc.recv_frame(self._sock)
+            if frame is None:
+                break
+            if frame.kind == ipc.SKIP:
+                self._note_skip(frame)
+            else:
+                self._ahead.append(frame)
+        number = int(run.meta.get("n", 0))
+        if number in self._skips:
+            self._skips.discard(number)
+            return True
+        self._started = max(self._started, number)
+        return False
+
+    def _note_skip(self, frame: ipc.Frame) -> None:
+        number = int(frame.meta.get("n", 0))
+        if number > self._started:  # a SKIP of a task already started changes nothing
+            self._skips.add(number)
 
 
 Send = Callable[[str, dict[str, Any], bytes], None]

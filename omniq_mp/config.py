@@ -83,6 +83,10 @@ class Settings:
         up.
     :param prefetch: most tasks claimed beyond one per worker, to hide claim latency; the
         supervisor claims fewer when tasks take long compared with a claim.
+    :param send_ahead_below: while tasks take less than this many seconds on average,
+        each worker is sent its next task as it starts one, so it never waits a round
+        trip to the supervisor between short tasks. A task sent ahead waits behind the
+        one running, so longer tasks are not sent ahead; 0 turns this off.
     :param start_method: ``"forkserver"`` or ``"spawn"``.
     :param sqlite_synchronous: ``"FULL"`` (an acknowledged enqueue survives power loss) or
         ``"NORMAL"`` (survives process crashes only).
@@ -142,6 +146,7 @@ class Settings:
     worker_init_timeout: float = 60.0
     max_start_failures: int = 5
     prefetch: int = 32
+    send_ahead_below: float = 0.05
     start_method: str = field(default_factory=_default_start_method)
     sqlite_synchronous: str = "FULL"
     max_crashes: int = 3
@@ -192,7 +197,8 @@ class Settings:
         if self.max_tasks_per_child is not None:
             _check_int("max_tasks_per_child", self.max_tasks_per_child, minimum=1)
         for name in _DURATIONS:
-            check_seconds(name, getattr(self, name), allow_zero=name == "shutdown_grace")
+            allow_zero = name in ("shutdown_grace", "send_ahead_below")
+            check_seconds(name, getattr(self, name), allow_zero=allow_zero)
         for name in _OPTIONAL_DURATIONS:
             if getattr(self, name) is not None:
                 check_seconds(name, getattr(self, name))
@@ -310,6 +316,7 @@ _DURATIONS = (
     "read_only_timeout",
     "worker_init_timeout",
     "purge_interval",
+    "send_ahead_below",
     "retry_delay",
     "retry_delay_max",
 )

@@ -13,22 +13,26 @@ died, and then the whole channel is discarded with the process: no shared lock, 
 from __future__ import annotations
 
 import json
+import select
 import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Frame", "FrameParser", "encode", "recv_frame", "send_frame"]
+__all__ = ["Frame", "FrameParser", "encode", "pending", "recv_frame", "send_frame"]
 
 _HEADER = struct.Struct("!IQ")
 
 # Frame kinds, stable names.
 READY = "ready"  # child -> parent: imports and worker_init done, waiting for work
 INIT_FAILED = "init_failed"  # child -> parent: meta {error}: worker_init raised; it exits
-RUN = "run"  # parent -> child: meta {task_id, attempt}, body = call payload
+RUN = "run"  # parent -> child: meta {task_id, attempt}, body = call payload; a second
+# RUN may arrive while a task runs: the child starts it once the first one is DONE
 STARTED = "started"  # child -> parent: the task is running now; the timeout clock starts
 DONE = "done"  # child -> parent: meta {ok, error?, retire?}, body = result bytes
 STOP = "stop"  # parent -> child: exit cleanly
+SKIP = "skip"  # parent -> child: meta {task_id}: do not start that queued task after all
+SKIPPED = "skipped"  # child -> parent: meta {task_id}: the queued task was not started
 LOG = "log"  # child -> parent: a log record written by the task (relayed to the parent's sinks)
 
 
@@ -142,6 +146,12 @@ def recv_frame(sock: socket.socket) -> Frame | None:
     if head is None or body is None:
         return None
     return _decode(head, body)
+
+
+def pending(sock: socket.socket) -> bool:
+    """Whether data waits to be read (the worker side; never blocks)."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable)
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:

@@ -264,6 +264,9 @@ class OutcomeKind(enum.StrEnum):
     TIMED_OUT = "timed_out"  # killed at its deadline
     CRASHED = "crashed"  # its process died on its own
     ABORTED = "aborted"  # the supervisor stopped it (shutdown, lost lease): not the task's fault
+    # Sent ahead to a worker that ended before starting it: it never ran, and is run again
+    # elsewhere under the same claim (the pool's caller never stores this outcome).
+    NOT_STARTED = "not_started"
 
 
 @dataclass(frozen=True)

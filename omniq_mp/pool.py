@@ -52,6 +52,9 @@ class WorkerProcess:
     ``inbox`` receives every frame the child sends, then ``None`` once the channel closes
     or the process exits; it is the only thing ``run`` waits on, so a timeout or a death
     can never leave a half-read frame behind.
+
+    A worker holds at most two tasks: the one running and, with short tasks, the next one
+    (sent ahead, queued in the child). Their ``run`` calls read the inbox in turn.
     """
 
     def __init__(self, slot: int, process: BaseProcess, sock: socket.socket) -> None:
@@ -65,6 +68,14 @@ class WorkerProcess:
         self.abort_kind = OutcomeKind.ABORTED
         self.retiring = False
         self.tasks_run = 0
+        self.held: list[str] = []  # ids of the tasks sent to this worker, in order
+        self.current: str | None = None  # the task that is running (STARTED, not DONE)
+        self.started_at = 0.0  # monotonic time the current task started
+        self._sent = 0  # RUN frames sent: each is numbered, so a SKIP names exactly one
+        self._numbers: dict[str, int] = {}  # task id -> its RUN frame's number
+        self._withdrawn: dict[str, tuple[TaskError, float, OutcomeKind]] = {}
+        self._turn = asyncio.Lock()  # FIFO: the tasks held read their frames in order
+        self._ended = False  # the inbox gave its final None
         self._channel: _Channel | None = None
         self._exit_fd = -1
         self._end_job: asyncio.Task[None] | None = None
@@ -131,20 +142,59 @@ class WorkerProcess:
     async def run(
         self, task: Task, kill_grace: float, on_started: Callable[[], None] | None = None
     ) -> Outcome:
-        """Run one task to an outcome. Never raises for anything the task does."""
+        """Run one task to an outcome. Never raises for anything the task does.
+
+        Called while another task runs here, the task is sent at once and waits in the
+        child: its outcome is then NOT_STARTED if the worker ends first, or, if it was
+        taken back (:meth:`withdraw`) before it started, the withdrawal's outcome.
+        """
         begin = time.monotonic()
-        frame_out = ipc.encode(
-            ipc.RUN, {"task_id": task.id, "attempt": task.attempts}, task.payload
-        )
-        if not self._send(frame_out):
-            return await self._died(begin)
-        crash_point("after_send_to_child")
+        if task.id not in self.held:  # not reserved by the pool beforehand
+            self.held.append(task.id)
+        behind = self.held[0] != task.id
+        self._sent += 1
+        self._numbers[task.id] = self._sent
+        try:
+            if task.id in self._withdrawn:  # taken back before it was even sent
+                return self._not_started(task, begin)
+            meta = {"task_id": task.id, "attempt": task.attempts, "n": self._sent}
+            sent = self._send(ipc.encode(ipc.RUN, meta, task.payload))
+            if sent:
+                crash_point("after_send_to_child")
+            async with self._turn:
+                if not sent:
+                    return self._not_started(task, begin) if behind else await self._died(begin)
+                return await self._take_turn(task, kill_grace, on_started, begin, behind)
+        finally:
+            self.held.remove(task.id)
+            self._numbers.pop(task.id, None)
+            self._withdrawn.pop(task.id, None)
+            if self.current == task.id:
+                self.current = None
+
+    async def _take_turn(
+        self,
+        task: Task,
+        kill_grace: float,
+        on_started: Callable[[], None] | None,
+        begin: float,
+        behind: bool,
+    ) -> Outcome:
         frame = await self._next_frame()
+        # A task sent ahead may find frames of the one before it that outran its timeout.
+        while behind and frame is not None and frame.kind == ipc.DONE:
+            frame = await self._next_frame()
+        if frame is not None and frame.kind == ipc.SKIPPED:
+            return self._not_started(task, begin)
         if frame is None or frame.kind != ipc.STARTED:
-            return await self._died(begin)
+            return self._not_started(task, begin) if behind else await self._died(begin)
+        self.current = task.id
+        self.started_at = begin = time.monotonic()  # durations count from the start
         crash_point("after_started")
         if on_started is not None:
             on_started()
+        if (late := self._withdrawn.pop(task.id, None)) is not None:
+            self.abort(*late)  # taken back too late: it had started, so it is stopped
         # The timeout clock starts at the child's acknowledgement, on the monotonic clock.
         started = asyncio.get_running_loop().time()
         deadline = started + task.timeout if task.timeout else None
@@ -152,11 +202,33 @@ class WorkerProcess:
             async with asyncio.timeout_at(deadline):
                 frame = await self._next_frame()
         except TimeoutError:
+            if len(self.held) > 1:  # the task sent ahead dies with this one: not its fault
+                self.abort_error = TaskError(
+                    "Aborted",
+                    f"its worker {self.pid} was killed when task {task.id} timed out",
+                    kind=ErrorKind.LOST.value,
+                )
             signal_used = await self.kill(kill_grace)
             return self._timed_out(task, begin, signal_used)
         if frame is None or frame.kind != ipc.DONE:
             return await self._died(begin)
         return self._done(frame, begin)
+
+    def withdraw(self, task_id: str, error: TaskError, grace: float, kind: OutcomeKind) -> None:
+        """Take back a task sent ahead that has not started: the child skips it and its
+        ``run`` returns ``kind`` with ``error``. If it started meanwhile, it is stopped as
+        :meth:`abort` would."""
+        self._withdrawn[task_id] = (error, grace, kind)
+        if (number := self._numbers.get(task_id)) is not None:  # else: not even sent yet
+            self._send(ipc.encode(ipc.SKIP, {"task_id": task_id, "n": number}))
+
+    def _not_started(self, task: Task, begin: float) -> Outcome:
+        duration = time.monotonic() - begin
+        withdrawn = self._withdrawn.pop(task.id, None)
+        if withdrawn is not None:
+            error, _, kind = withdrawn
+            return Outcome(kind, None, error, duration, self.pid)
+        return Outcome(OutcomeKind.NOT_STARTED, None, None, duration, self.pid)
 
     def _send(self, parts: list[bytes]) -> bool:
         """Queue a frame for the child (the transport writes it as the socket takes it,
@@ -164,9 +236,12 @@ class WorkerProcess:
         return self._channel is not None and self._channel.send(parts)
 
     async def _next_frame(self) -> ipc.Frame | None:
-        """The next frame that is not a relayed log record."""
+        """The next frame that is not a relayed log record; None, for good, at the end."""
+        if self._ended:
+            return None
         while (frame := await self.inbox.get()) is not None and frame.kind == ipc.LOG:
             relay_log(frame.meta, self.pid)
+        self._ended = frame is None
         return frame
 
     def _done(self, frame: ipc.Frame, begin: float) -> Outcome:
@@ -394,8 +469,8 @@ class ProcessPool:
         return self._idle.qsize()
 
     def busy(self) -> int:
-        """Workers running a task."""
-        return len(self._running)
+        """Workers holding a task (running it, or with one sent ahead)."""
+        return len(set(self._running.values()))
 
     def healthy(self) -> int:
         """Workers up and taking tasks (idle or busy), not those being (re)started."""
@@ -416,12 +491,45 @@ class ProcessPool:
         except asyncio.QueueEmpty:
             return None
 
+    def try_acquire_ahead(self) -> WorkerProcess | None:
+        """A busy worker that may be sent its next task now, to start the moment its
+        current one ends (no round trip to the supervisor in between); else None.
+
+        Only a worker holding a single task, alive, not being stopped, and not about to
+        retire (``max_tasks_per_child``): the task sent ahead would only come back.
+        """
+        best: WorkerProcess | None = None
+        for worker in self._workers:
+            if (
+                len(worker.held) != 1
+                or not worker.alive
+                or worker.retiring
+                or worker.abort_error is not None
+                or (
+                    self.max_tasks_per_child is not None
+                    and worker.tasks_run + 2 > self.max_tasks_per_child
+                )
+            ):
+                continue
+            # The one whose task started first is likely the first to be free.
+            if best is None or worker.started_at < best.started_at:
+                best = worker
+        return best
+
+    def reserve(self, worker: WorkerProcess, task: Task) -> None:
+        """Give ``task`` to ``worker`` now, before its :meth:`run` starts (which may be a
+        loop turn later): until then the worker must already count as holding it, or it
+        could be handed out as idle, or sent a second task ahead, in between."""
+        self._running[task.id] = worker
+        worker.held.append(task.id)
+
     async def run(
         self, worker: WorkerProcess, task: Task, on_started: Callable[[], None] | None = None
     ) -> Outcome:
         """Run ``task`` on an acquired worker; the worker returns to the pool or is replaced.
         ``on_started`` is called when the worker acknowledges the task."""
-        self._running[task.id] = worker
+        if self._running.get(task.id) is not worker:
+            self.reserve(worker, task)
         try:
             return await worker.run(task, self.kill_grace, on_started)
         finally:
@@ -439,13 +547,27 @@ class ProcessPool:
     ) -> bool:
         """Kill the process running ``task_id``; its ``run`` returns ``kind`` with an error
         of ``error_type`` saying ``reason``. False if the task is not running here.
-        ``grace`` overrides the pool's SIGTERM-to-SIGKILL delay (0: kill at once)."""
+        ``grace`` overrides the pool's SIGTERM-to-SIGKILL delay (0: kill at once).
+        A task sent ahead that has not started is taken back instead: it never starts
+        (or, if it started meanwhile, is killed as soon as that is known)."""
         worker = self._running.get(task_id)
-        if worker is None or worker.abort_error is not None:
+        if worker is None:
             return False
         error = TaskError(error_type, reason, kind=error_kind.value)
-        worker.abort(error, self.kill_grace if grace is None else grace, kind)
+        grace = self.kill_grace if grace is None else grace
+        if worker.current != task_id:
+            worker.withdraw(task_id, error, grace, kind)
+            return True
+        if worker.abort_error is not None:
+            return False
+        worker.abort(error, grace, kind)
         return True
+
+    def withdraw_waiting(self, reason: str) -> None:
+        """Take back every task sent ahead that has not started (a graceful stop)."""
+        for task_id, worker in list(self._running.items()):
+            if worker.current != task_id:
+                self.abort(task_id, reason)
 
     def abort_all(self, reason: str) -> None:
         """Abort every running task (end of a graceful shutdown)."""
@@ -453,7 +575,11 @@ class ProcessPool:
             self.abort(task_id, reason)
 
     def running(self) -> dict[str, WorkerProcess]:
-        """Task id -> the worker running it (a copy)."""
+        """Task id -> the worker running it (a copy; tasks sent ahead are not running)."""
+        return {t: w for t, w in self._running.items() if w.current == t}
+
+    def holds(self) -> dict[str, WorkerProcess]:
+        """Task id -> the worker it was given to, running or sent ahead (a copy)."""
         return dict(self._running)
 
     async def close(self) -> None:
@@ -472,7 +598,9 @@ class ProcessPool:
 
     def _release(self, worker: WorkerProcess) -> None:
         if self._grown_too_big(worker):
-            worker.retiring = True  # replaced now, between tasks
+            worker.retiring = True  # replaced now, between tasks (or after the one sent ahead)
+        if worker.held:  # a task sent ahead is still on it: its run releases the worker
+            return
         if worker.alive and not worker.retiring and worker.abort_error is None:
             self._idle.put_nowait(worker)
         elif not self._closing:

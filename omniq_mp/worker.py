@@ -126,7 +126,9 @@ class AsyncWorkerPool:
         self._stopping = False
         self._started_at = time.time()
         self._jobs: set[asyncio.Task[Any]] = set()  # runs of tasks, strong refs
-        self._pacer = Pacer(self.settings.procs, self.settings.prefetch)
+        self._pacer = Pacer(
+            self.settings.procs, self.settings.prefetch, self.settings.send_ahead_below
+        )
         self.watch = TaskWatch(self.pool, self.queue.storage, lambda: self._held, self._drop)
         self._services: list[asyncio.Task[None]] = []
         self.loop_lag = LoopLagProbe()  # read and reset by each heartbeat (_counters)
@@ -187,6 +189,7 @@ class AsyncWorkerPool:
         and returned to the queue uncharged; claimed tasks that never started go back too."""
         self.request_stop()
         grace = self.settings.shutdown_grace if grace is None else grace
+        self.pool.withdraw_waiting("the supervisor is stopping")  # they return uncharged
         await self._release_ready()
         if self._jobs:
             _, pending = await asyncio.wait(self._jobs, timeout=grace)
@@ -299,20 +302,39 @@ class AsyncWorkerPool:
         while not self._stopping and self._ready:
             # Never an attempt while an older one of the same task is still dying here
             # (its lease lapsed while we stalled, and we claimed the task again): it waits.
-            running = self.pool.running()
-            task = next((t for t in self._ready if t.id not in running), None)
-            if task is None or (worker := self.pool.try_acquire()) is None:
+            holds = self.pool.holds()
+            task = next((t for t in self._ready if t.id not in holds), None)
+            if task is None:
+                return
+            # Short tasks also go to a busy worker, to start the moment its task ends.
+            worker = self.pool.try_acquire() or (
+                self.pool.try_acquire_ahead() if self._pacer.send_ahead() else None
+            )
+            if worker is None:
                 return
             self._ready.remove(task)
+            self.pool.reserve(worker, task)  # counts as busy from now, not when the job runs
             job = asyncio.create_task(self._run_one(worker, task), name=f"run-{task.id}")
             self._jobs.add(job)
             job.add_done_callback(self._jobs.discard)
 
     async def _run_one(self, worker: WorkerProcess, task: Task) -> None:
-        logger.bind(task_id=task.id, action="task_started", pid=worker.pid).debug(
-            "task {} ({}) attempt {} started", task.id, task.func_name, task.attempts
-        )
-        outcome = await self.pool.run(worker, task, lambda: self.events.started(task, worker.pid))
+        def started() -> None:
+            logger.bind(task_id=task.id, action="task_started", pid=worker.pid).debug(
+                "task {} ({}) attempt {} started", task.id, task.func_name, task.attempts
+            )
+            self.events.started(task, worker.pid)
+
+        outcome = await self.pool.run(worker, task, started)
+        if outcome.kind is OutcomeKind.NOT_STARTED:
+            # Sent ahead to a worker that ended first: it never ran. Still ours (claimed,
+            # leased): another worker takes it, or, when stopping, it goes back uncharged.
+            if self._stopping:
+                outcome = Outcome(OutcomeKind.ABORTED)
+            else:
+                self._ready.appendleft(task)
+                self._dispatch()
+                return
         crash_point("after_result_received")
         self._pacer.ran(outcome.duration)
         self._in_hand[task.id] = task
@@ -812,12 +834,14 @@ class Pacer:
     margin), and at least one per worker so a finishing worker always finds its next
     task in hand. Long tasks get just that, which keeps claimed-but-waiting tasks few and
     lets other supervisors share the work; no-op tasks get up to ``limit``.
-    Both durations are exponential moving averages.
+    Both durations are exponential moving averages. It also says when tasks are short
+    enough (under ``ahead_below`` seconds) to send each worker its next one early.
     """
 
-    def __init__(self, procs: int, limit: int) -> None:
+    def __init__(self, procs: int, limit: int, ahead_below: float = 0.0) -> None:
         self.procs = procs
         self.limit = limit
+        self.ahead_below = ahead_below
         self._claim_s: float | None = None
         self._task_s: float | None = None
 
@@ -828,6 +852,12 @@ class Pacer:
     def ran(self, seconds: float) -> None:
         """Record how long a task took."""
         self._task_s = _ewma(self._task_s, seconds)
+
+    def send_ahead(self) -> bool:
+        """Whether tasks are short enough that each worker should be sent its next task
+        while it runs one: the round trip it saves matters, and the wait a task sent
+        ahead may have behind a slower one stays small."""
+        return self._task_s is not None and self._task_s < self.ahead_below
 
     def prefetch(self) -> int:
         """Tasks to hold beyond one per worker."""

@@ -144,3 +144,23 @@ def write_pid_then_sleep(pid_file: str, seconds: float = 60.0) -> None:
     """Say which process runs the task, then run long."""
     Path(pid_file).write_text(str(os.getpid()))
     time.sleep(seconds)
+
+
+def sleep_then_exit(seconds: float, code: int) -> None:
+    """Die mid-task, some time after starting (a task sent ahead is queued meanwhile)."""
+    time.sleep(seconds)
+    os._exit(code)
+
+
+def mark_ran(path: str) -> str:
+    """Leave a file behind: proof that the task ran."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return path
+
+
+def mark_then_wait_for(marker: str, gate: str) -> None:
+    """Leave ``marker`` behind, then hold the worker until ``gate`` exists."""
+    Path(marker).write_text(str(os.getpid()))
+    while not os.path.exists(gate):
+        time.sleep(0.005)

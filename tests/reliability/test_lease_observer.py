@@ -142,13 +142,14 @@ async def test_the_next_scan_comes_when_the_oldest_silent_lease_comes_of_age(
 
 
 class FakePool:
-    """What ``_dispatch`` asks of the process pool: which task ids run, an idle worker."""
+    """What ``_dispatch`` asks of the process pool: which task ids its workers hold (running
+    or sent ahead), an idle worker."""
 
     def __init__(self, running: set[str]) -> None:
         self.busy = running
         self.acquired = 0
 
-    def running(self) -> dict[str, object]:
+    def holds(self) -> dict[str, object]:
         return dict.fromkeys(self.busy, object())
 
     def try_acquire(self) -> object | None:

@@ -1,0 +1,164 @@
+"""Tasks sent ahead to a busy worker (short tasks): each starts right after the one before
+it with its own timeout clock, can be taken back until it starts, and is never run, nor
+charged, when its worker ends first. Real worker processes throughout."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from omniq_mp import AsyncOmniQ, Settings, TaskStatus
+from omniq_mp.models import ErrorKind, Outcome, OutcomeKind, Task
+from omniq_mp.pool import ProcessPool, WorkerProcess
+from tests.process import tasks
+from tests.process.conftest import MakePool
+from tests.process.support import acquire, assert_replaced, make_task, value, wait_until
+
+pytestmark = pytest.mark.process
+
+
+async def first_running(
+    pool: ProcessPool, task: Task
+) -> tuple[WorkerProcess, asyncio.Task[Outcome]]:
+    """Start ``task`` on the pool's one worker and wait until it runs there."""
+    worker = await acquire(pool)
+    job = asyncio.create_task(pool.run(worker, task))
+    await wait_until(lambda: worker.current == task.id, 10, "the first task started")
+    return worker, job
+
+
+async def send_ahead(pool: ProcessPool, worker: WorkerProcess, task: Task) -> asyncio.Task[Outcome]:
+    """Send ``task`` to the busy ``worker``, as the supervisor does with short tasks."""
+    assert pool.try_acquire_ahead() is worker
+    job = asyncio.create_task(pool.run(worker, task))
+    await wait_until(lambda: task.id in worker.held, 5, "the task sent")
+    assert worker.current != task.id  # queued in the child behind the running one
+    return job
+
+
+async def test_a_task_sent_ahead_starts_after_the_first_with_its_own_timeout_clock(
+    make_pool: MakePool,
+) -> None:
+    pool = await make_pool(1)
+    worker, first = await first_running(pool, make_task(tasks.sleep_for, 0.6))
+    # It waits ~0.6 s behind the first: a clock started when it was sent would expire.
+    second = await send_ahead(pool, worker, make_task(tasks.sleep_for, 0.2, timeout=0.5))
+    assert pool.try_acquire_ahead() is None  # one task ahead per worker, no more
+    assert value(await second) == 0.2
+    assert value(await first) == 0.6
+    assert (await first).pid == (await second).pid == worker.pid and worker.alive
+    assert pool.idle() == 1  # released once both are done
+
+
+async def test_a_task_taken_back_before_it_starts_never_runs_and_its_worker_lives_on(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = await make_pool(1)
+    worker, first = await first_running(pool, make_task(tasks.sleep_for, 0.5))
+    marker = tmp_path / "ran"
+    ahead = make_task(tasks.mark_ran, str(marker))
+    second = await send_ahead(pool, worker, ahead)
+    assert pool.abort(ahead.id, "cancelled", ErrorKind.CANCELLED, OutcomeKind.ABORTED, "Cancelled")
+    taken_back = await second
+    assert taken_back.kind is OutcomeKind.ABORTED
+    assert taken_back.error is not None and taken_back.error.error_type == "Cancelled"
+    assert value(await first) == 0.5  # the running task was not disturbed
+    assert not marker.exists()
+    # Same process, still serving: taking a task back costs no kill.
+    again = await pool.run(await acquire(pool), make_task(tasks.add, 2, 3))
+    assert value(again) == 5 and again.pid == worker.pid
+
+
+@pytest.mark.parametrize("ending", ["crash", "timeout"])
+async def test_a_task_sent_ahead_of_one_that_dies_comes_back_unstarted(
+    make_pool: MakePool, tmp_path: Path, ending: str
+) -> None:
+    pool = await make_pool(1)
+    doomed = (
+        make_task(tasks.sleep_then_exit, 0.3, 7)
+        if ending == "crash"
+        else make_task(tasks.sleep_for, 30, timeout=0.3)
+    )
+    worker, first = await first_running(pool, doomed)
+    marker = tmp_path / "ran"
+    second = await send_ahead(pool, worker, make_task(tasks.mark_ran, str(marker)))
+    outcome = await first
+    assert outcome.kind is (OutcomeKind.CRASHED if ending == "crash" else OutcomeKind.TIMED_OUT)
+    unstarted = await second
+    assert unstarted.kind is OutcomeKind.NOT_STARTED and unstarted.error is None
+    assert not marker.exists()
+    await assert_replaced(pool, worker.pid)
+
+
+async def test_a_stop_gives_back_tasks_sent_ahead_uncharged_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    q = AsyncOmniQ(Settings(base_dir=tmp_path / "store", procs=2, event_storage_type="none"))
+    await q.open()
+    try:
+        ids = await q.enqueue_tasks([q.build(tasks.sleep_for, 0.005) for _ in range(400)])
+        workers = q.worker_pool(concurrency=2)
+        await workers.start()
+        sent_ahead = 0
+        try_ahead = workers.pool.try_acquire_ahead
+
+        def counting() -> WorkerProcess | None:
+            nonlocal sent_ahead
+            worker = try_ahead()
+            sent_ahead += worker is not None
+            return worker
+
+        workers.pool.try_acquire_ahead = counting  # type: ignore[method-assign]
+        run = asyncio.create_task(workers.process_tasks())
+        await wait_until(lambda: sent_ahead >= 20, 30, "tasks sent ahead")
+        await workers.stop(grace=0.0)
+        await run
+        stored = [await q.get_task(i) for i in ids]
+        assert all(t is not None for t in stored)
+        done = [t for t in stored if t is not None and t.status is TaskStatus.COMPLETED]
+        back = [t for t in stored if t is not None and t.status is TaskStatus.PENDING]
+        assert len(done) + len(back) == len(ids)  # nothing RUNNING, lost or failed
+        assert all(t.attempts == 1 for t in done)
+        assert all(t.attempts == 0 and t.error is None for t in back)  # uncharged
+        assert back  # the stop came mid-way
+    finally:
+        await q.close()
+
+
+async def test_a_graceful_stop_takes_back_tasks_sent_ahead_before_they_start(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        base_dir=tmp_path / "store", procs=2, event_storage_type="none", send_ahead_below=60.0
+    )
+    q = AsyncOmniQ(settings)
+    await q.open()
+    gate, marks = tmp_path / "gate", tmp_path / "marks"
+    marks.mkdir()
+    try:
+        async with q.worker_pool(concurrency=2) as workers:
+            await q.enqueue(tasks.add, 1, 2)  # one measured task: the pacer knows they are short
+            assert await workers.process_tasks(limit=1) == 1
+            ids = [
+                await q.enqueue(tasks.mark_then_wait_for, str(marks / str(n)), str(gate))
+                for n in range(4)
+            ]
+            run = asyncio.create_task(workers.process_tasks())
+            # Two running (each holding its worker until the gate opens), two sent ahead.
+            await wait_until(lambda: len(workers.pool.holds()) == 4, 30, "4 tasks on 2 workers")
+            await wait_until(lambda: len(list(marks.iterdir())) == 2, 30, "2 tasks running")
+            stopping = asyncio.create_task(workers.stop(grace=30.0))
+            await asyncio.sleep(0.2)  # the stop is under way; the running tasks hold on
+            gate.touch()
+            await stopping
+            await run
+        stored = {i: await q.get_task(i) for i in ids}
+        ran = {t.id for t in stored.values() if t and t.status is TaskStatus.COMPLETED}
+        back = {t.id for t in stored.values() if t and t.status is TaskStatus.PENDING}
+        assert len(ran) == 2 and len(back) == 2, stored
+        assert len(list(marks.iterdir())) == 2  # the two sent ahead never started
+        assert all(stored[i].attempts == 0 for i in back)  # type: ignore[union-attr]
+    finally:
+        await q.close()
