@@ -5,7 +5,8 @@
 
 Two supervisors (``python -m omniq_mp workers``, test profile of 4.1) share one SQLite
 store; a producer keeps them at about half their capacity with a mixed workload (sleeps,
-CPU spins, tasks failing once, timeouts, a rare poison task); and every 3-8 s a fault
+CPU spins, bursts of short tasks that get sent ahead to busy workers, tasks failing once,
+timeouts, a rare poison task); and every 3-8 s a fault
 drawn with the seed hits them: a worker SIGKILLed mid-task (row 1), a segfaulting task
 (row 3), a task leaking memory past its limit (row 8), a supervisor SIGKILLed and
 restarted (row 12), a supervisor SIGSTOPped for longer than its lease (row 13),
@@ -68,6 +69,7 @@ GROWTH_LIMIT = 0.10  # most RSS / fd growth allowed over a gated span
 GATED_SPAN = 10.0  # minutes of measured life below which growth is printed, not gated
 LOAD = 4.0  # tasks per second: about half of 2 supervisors x 2 children at ~0.45 s a task
 TIMEOUT = 0.5
+BURST = 20  # short tasks enqueued at once, now and then
 FAULTS = {  # kind -> weight
     "child SIGKILL": 4,
     "segfault task": 2,
@@ -280,8 +282,13 @@ class Chaos:
         """Enqueue one task of the mixed workload."""
         add, rng = self.enqueue, self.rng
         roll = rng.random()
-        if roll < 0.70:
+        if roll < 0.66:
             add(ledger.sleep, self.key("sleep"), rng.uniform(0.1, 0.9), rng.uniform(0.05, 0.3))
+        elif roll < 0.70:
+            # A burst of short tasks: supervisors then send tasks ahead to busy workers
+            # (send_ahead_below), so faults also meet tasks waiting inside a worker.
+            for _ in range(BURST):
+                add(ledger.spin, self.key("short"), rng.uniform(0.002, 0.01))
         elif roll < 0.80:
             add(ledger.spin, self.key("spin"), rng.uniform(0.05, 0.3))
         elif roll < 0.88:
