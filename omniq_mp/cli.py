@@ -307,7 +307,8 @@ def status(as_json: bool, **options: Any) -> None:
         click.echo(f"  {name:<10} {count}")
     click.echo(f"workers alive: {len(live)}")
     for w in live:
-        click.echo(f"  {w.worker_id}  procs={w.procs} queues={','.join(w.queues)}")
+        health = w.details.get("health", "ok")
+        click.echo(f"  {w.worker_id}  procs={w.procs} queues={','.join(w.queues)} health={health}")
 
 
 async def _status(settings: Settings) -> tuple[Any, list[Any]]:

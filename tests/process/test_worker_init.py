@@ -188,15 +188,10 @@ def test_worker_stats_say_degraded_while_a_worker_that_cannot_start_is_retried(
             assert degraded is not None
             assert degraded.health == "degraded" and degraded.start_failures >= 1
             assert degraded.active == 0
-            shown = subprocess.run(
-                [sys.executable, "-m", "omniq_mp", "stats"],
-                env=_env(tmp_path),
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=True,
-            ).stdout
+            shown = _cli(tmp_path, "stats")
             assert "health degraded (" in shown, shown  # what `omniq-mp stats` prints
+            status = _cli(tmp_path, "status")
+            assert "health=degraded" in status, status
             proc.terminate()  # a degraded supervisor still stops gracefully
             assert proc.wait(timeout=30) == 0
         finally:
@@ -211,3 +206,15 @@ def test_worker_stats_say_degraded_while_a_worker_that_cannot_start_is_retried(
 def test_a_worker_init_that_is_not_a_dotted_path_is_refused_by_name(bad: str) -> None:
     with pytest.raises(ConfigError, match="worker_init must be a dotted path"):
         Settings(worker_init=bad)
+
+
+def _cli(tmp_path: Path, command: str) -> str:
+    """What ``omniq-mp COMMAND`` prints for the test's store."""
+    return subprocess.run(
+        [sys.executable, "-m", "omniq_mp", command],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
