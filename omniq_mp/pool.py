@@ -202,6 +202,7 @@ class WorkerProcess:
             async with asyncio.timeout_at(deadline):
                 frame = await self._next_frame()
         except TimeoutError:
+            self.retiring = True  # nothing more is sent ahead to it during the kill's grace
             if len(self.held) > 1:  # the task sent ahead dies with this one: not its fault
                 self.abort_error = TaskError(
                     "Aborted",

@@ -162,3 +162,19 @@ async def test_a_graceful_stop_takes_back_tasks_sent_ahead_before_they_start(
         assert all(stored[i].attempts == 0 for i in back)  # type: ignore[union-attr]
     finally:
         await q.close()
+
+
+async def test_a_worker_is_not_handed_out_while_a_task_reserved_for_it_waits(
+    make_pool: MakePool,
+) -> None:
+    # The supervisor reserves a worker when it dispatches, and the task's run starts a
+    # loop turn later: in between, the worker's previous task may end.
+    pool = await make_pool(1)
+    worker = await acquire(pool)
+    first, second = make_task(tasks.add, 1, 2), make_task(tasks.add, 3, 4)
+    pool.reserve(worker, first)
+    pool.reserve(worker, second)
+    assert value(await pool.run(worker, first)) == 3
+    assert pool.idle() == 0 and pool.try_acquire_ahead() is worker  # still holds `second`
+    assert value(await pool.run(worker, second)) == 7
+    assert pool.idle() == 1
