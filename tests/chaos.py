@@ -70,6 +70,7 @@ GATED_SPAN = 10.0  # minutes of measured life below which growth is printed, not
 LOAD = 4.0  # tasks per second: about half of 2 supervisors x 2 children at ~0.45 s a task
 TIMEOUT = 0.5
 BURST = 20  # short tasks enqueued at once, now and then
+ARMED_PATIENCE = 180.0  # s an armed supervisor may take to reach its crash point
 FAULTS = {  # kind -> weight
     "child SIGKILL": 4,
     "segfault task": 2,
@@ -141,6 +142,7 @@ class Chaos:
     serial: int = 0
     poison: list[str] = field(default_factory=list)
     armed: dict[str, str] = field(default_factory=dict)  # supervisor name -> its crash point
+    armed_at: float = 0.0  # when the armed supervisor started
     # Row 38: (monotonic s, RSS bytes, open fds) of each supervisor, every USAGE_EVERY s.
     usage: dict[str, list[tuple[float, int, int]]] = field(default_factory=dict)
     next_usage: float = 0.0
@@ -179,6 +181,7 @@ class Chaos:
             self.next_fault = now + self.rng.uniform(3, 8)
         self.check_watches()
         self.check_supervisors()
+        self.disarm_if_stale(now)
         if now >= self.next_usage:
             self.sample_usage(now)
             self.next_usage = now + USAGE_EVERY
@@ -405,6 +408,19 @@ class Chaos:
         env = {CRASHPOINT_ENV: f"{point}:{self.rng.randint(1, 8)}"}
         self.names["C"] = self.rig.supervisor(name=name, env=env, wait=False)
         self.armed[name] = point
+        self.armed_at = time.monotonic()
+
+    def disarm_if_stale(self, now: float) -> None:
+        """An armed supervisor whose step is rare (a late hit of a retry step) may not reach
+        it for the rest of the run, holding back every later crash point: after
+        ARMED_PATIENCE it is stopped gracefully (not a fault) and the next may be armed."""
+        sup = self.names.get("C")
+        if sup is None or sup.name not in self.armed or now - self.armed_at < ARMED_PATIENCE:
+            return
+        point = self.armed.pop(sup.name)
+        del self.names["C"]
+        self.rig.figures.count(f"crash point {point} not reached, supervisor stopped")
+        threading.Thread(target=sup.stop, name=f"stop-{sup.name}", daemon=True).start()
 
     def id_of(self, key: str) -> str:
         """The task id of ``key``."""
