@@ -144,13 +144,12 @@ class WorkerProcess:
     ) -> Outcome:
         """Run one task to an outcome. Never raises for anything the task does.
 
-        Called while another task runs here, the task is sent at once and waits in the
-        child: its outcome is then NOT_STARTED if the worker ends first, or, if it was
-        taken back (:meth:`withdraw`) before it started, the withdrawal's outcome.
+        The pool has put the task in ``held`` (:meth:`ProcessPool.reserve`). Called while
+        another task runs here, the task is sent at once and waits in the child: its
+        outcome is then NOT_STARTED if the worker ends first, or, if it was taken back
+        (:meth:`withdraw`) before it started, the withdrawal's outcome.
         """
         begin = time.monotonic()
-        if task.id not in self.held:  # not reserved by the pool beforehand
-            self.held.append(task.id)
         behind = self.held[0] != task.id
         self._sent += 1
         self._numbers[task.id] = self._sent
@@ -162,9 +161,7 @@ class WorkerProcess:
             if sent:
                 crash_point("after_send_to_child")
             async with self._turn:
-                if not sent:
-                    return self._not_started(task, begin) if behind else await self._died(begin)
-                return await self._take_turn(task, kill_grace, on_started, begin, behind)
+                return await self._take_turn(task, kill_grace, on_started, begin, behind, sent)
         finally:
             self.held.remove(task.id)
             self._numbers.pop(task.id, None)
@@ -179,8 +176,9 @@ class WorkerProcess:
         on_started: Callable[[], None] | None,
         begin: float,
         behind: bool,
+        sent: bool,
     ) -> Outcome:
-        frame = await self._next_frame()
+        frame = await self._next_frame() if sent else None  # unsent: as if the worker ended
         # A task sent ahead may find frames of the one before it that outran its timeout.
         while behind and frame is not None and frame.kind == ipc.DONE:
             frame = await self._next_frame()

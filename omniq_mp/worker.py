@@ -131,7 +131,7 @@ class AsyncWorkerPool:
         )
         self.watch = TaskWatch(self.pool, self.queue.storage, lambda: self._held, self._drop)
         self._services: list[asyncio.Task[None]] = []
-        self.loop_lag = LoopLagProbe()  # read and reset by each heartbeat (_counters)
+        self.loop_lag = LoopLagProbe()  # read and reset by each heartbeat (_beat)
         wake_dir = self.settings.wake_dir
         # Producers in other processes poke us when they enqueue; we poke their clients
         # when we store outcomes (see wakeup.py): millisecond reactions without polling.
@@ -759,15 +759,16 @@ class AsyncWorkerPool:
             # "degraded": fewer workers up than procs (some are being started again).
             "health": "ok" if self.pool.healthy() >= self.settings.procs else "degraded",
             "start_failures": self.pool.start_failures,
-            # Worst lag since the previous report: a stall between two heartbeats shows
-            # in the next one instead of being averaged away.
-            "loop_lag": round(self.loop_lag.take(), 3),
             "processed": self.processed,
             "uptime": round(time.time() - self._started_at, 3),
         }
 
     async def _beat(self) -> None:
-        details = {**self._counters(), "children": self._children()}
+        # The loop lag is read (and reset) here only, not in _counters, which the online
+        # and offline events also call: the worst lag since the previous heartbeat, so a
+        # stall between two beats shows in the next one instead of being averaged away.
+        lag = round(self.loop_lag.take(), 3)
+        details = {**self._counters(), "loop_lag": lag, "children": self._children()}
         self.events.worker(EventType.WORKER_HEARTBEAT, **details)
         await self.queue.storage.heartbeat(
             WorkerInfo(

@@ -194,9 +194,16 @@ class SQLiteStorage:
             self._synchronous_now = sync
         return _commit(conn, body)
 
-    async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+    async def _read(
+        self,
+        sql: str,
+        params: Iterable[Any] = (),
+        fetch: Callable[[sqlite3.Connection, str, Sequence[Any]], list[Any]] | None = None,
+    ) -> list[Any]:
+        """Rows of one query, read by ``fetch`` (default: plain ``fetchall``) in the
+        store's thread; SQLite errors come out as StorageErrors of their kind."""
         try:
-            return await self._open_thread().run(_fetchall, sql, tuple(params))
+            return await self._open_thread().run(fetch or _fetchall, sql, tuple(params))
         except sqlite3.Error as exc:
             raise storage_error(self.path, exc) from exc
 
@@ -509,12 +516,8 @@ class SQLiteStorage:
     async def _tasks(self, where: str, params: Sequence[Any], *, damaged: str) -> list[Task]:
         """The decodable tasks ``where`` selects; ``damaged`` says what becomes of the rest:
         _RAISE (StorageError naming the row), _SKIP (logged once), or _QUARANTINE."""
-        try:
-            rows = await self._open_thread().run(
-                self._rows_with_results, f"SELECT {COLUMNS}, seq FROM tasks {where}", params
-            )
-        except sqlite3.Error as exc:
-            raise storage_error(self.path, exc) from exc
+        sql = f"SELECT {COLUMNS}, seq FROM tasks {where}"
+        rows = await self._read(sql, params, fetch=self._rows_with_results)
         if damaged == _RAISE:
             return [row_task(r) for r in rows]
         found, bad = _decode_rows(rows)

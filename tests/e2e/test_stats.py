@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import timedelta
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from omniq_mp import OmniQ, Settings
+from omniq_mp import AsyncOmniQ, OmniQ, Settings
 from tests.e2e.conftest import Cli, start_workers
 from tests.waiting import wait_for
 
@@ -64,3 +65,28 @@ def test_worker_stats_show_the_running_task_of_each_process(tmp_path: Path) -> N
         workers.terminate()
         workers.communicate(timeout=30)
         q.close()
+
+
+async def test_a_stall_of_the_supervisors_loop_shows_in_its_next_heartbeat_only(
+    tmp_path: Path,
+) -> None:
+    q = AsyncOmniQ(Settings(base_dir=tmp_path / "store", procs=1, event_storage_type="none"))
+    await q.open()
+    try:
+        async with q.worker_pool(concurrency=1) as workers:
+
+            async def lag_in_next_beat() -> float:
+                since = time.time()
+                while True:  # the heartbeat loop's own beat, every HEARTBEAT_INTERVAL
+                    beats = [w for w in await q.get_worker_stats() if w.last_heartbeat > since]
+                    if beats:
+                        return beats[0].loop_lag
+                    await asyncio.sleep(0.05)
+
+            await lag_in_next_beat()  # past start-up
+            time.sleep(0.4)  # blocks the supervisor's loop: this test shares it
+            assert await lag_in_next_beat() >= 0.3
+            assert await lag_in_next_beat() < 0.3  # reported once, then reset
+            assert workers.loop_lag.overall >= 0.3
+    finally:
+        await q.close()
