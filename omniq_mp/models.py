@@ -11,7 +11,7 @@ import enum
 import os
 import time
 import traceback as _traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -160,8 +160,43 @@ def _safe_str(exception: BaseException) -> str:
 
 
 def _new_id() -> str:
-    # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID object.
-    return os.urandom(16).hex()
+    # 48 bits of epoch milliseconds, then 80 random bits, as 32 hex digits (a UUIDv7's
+    # layout without its version bits). Ids made close in time sort close together, so an
+    # enqueue adds to the end of a store's id index instead of to a random page of it:
+    # at 100,000 stored tasks that nearly doubles SQLite's batched insert rate. 80 random
+    # bits keep ids unguessable and distinct across processes.
+    return f"{time.time_ns() // 1_000_000:012x}{_random_part()}"
+
+
+_RANDOM_HEX = 20  # digits: 80 bits
+_RANDOM_BLOCK = 256  # random parts drawn per read of os.urandom
+_random_parts: Iterator[str] = iter(())
+
+
+def _random_part() -> str:
+    # os.urandom lets go of the GIL; called once per id it would hand the GIL to the
+    # store's thread at every task a producer builds, and wait up to the switch interval
+    # (5 ms) to get it back. Reading a block at a time makes that once per 256 ids.
+    # next() on a list iterator is atomic, so threads never share a part; a thread that
+    # refills concurrently just draws its own block.
+    global _random_parts
+    try:
+        return next(_random_parts)
+    except StopIteration:
+        block = os.urandom(_RANDOM_HEX // 2 * _RANDOM_BLOCK).hex()
+        _random_parts = iter(
+            [block[i : i + _RANDOM_HEX] for i in range(0, len(block), _RANDOM_HEX)]
+        )
+        return next(_random_parts)
+
+
+def _forget_random_parts() -> None:
+    # A forked child must not hand out the parts its parent still holds.
+    global _random_parts
+    _random_parts = iter(())
+
+
+os.register_at_fork(after_in_child=_forget_random_parts)
 
 
 @dataclass

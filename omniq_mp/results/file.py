@@ -1,7 +1,7 @@
 """Results as files, one per task, on a local disk or any fsspec filesystem (S3, GCS,
 ``memory://``...)::
 
-    <base_dir>/<task_id[:2]>/<task_id>.result
+    <base_dir>/<task_id[-2:]>/<task_id>.result
 
 Each file is one JSON header line, then exactly ``size`` raw value bytes::
 
@@ -133,7 +133,20 @@ class FileResultStorage:
         if not names:
             return {}
         objects = self._opened()
-        found = await self._thread(lambda: objects.read(list(names)))
+
+        def read() -> dict[str, bytes]:
+            found = objects.read(list(names))
+            legacy = {
+                _legacy_name(task_id): task_id
+                for name, task_id in names.items()
+                if name not in found and _legacy_name(task_id) != name
+            }
+            if legacy:
+                names.update(legacy)
+                found.update(objects.read(list(legacy)))
+            return found
+
+        found = await self._thread(read)
         now, results = time.time(), {}
         for name, data in found.items():
             result = self._decode(names[name], name, data)
@@ -143,7 +156,7 @@ class FileResultStorage:
 
     async def delete(self, task_ids: Sequence[str]) -> int:
         """Delete the results' files, damaged ones included; return how many existed."""
-        names = list(dict.fromkeys(_name(task_id) for task_id in task_ids))
+        names = list(dict.fromkeys(name for task_id in task_ids for name in _names_ever(task_id)))
         if not names:
             return 0
         objects = self._opened()
@@ -234,7 +247,20 @@ def _name(task_id: str) -> str:
             f"task id {task_id!r} cannot name a result file: it must be 1 to {_MAX_ID_BYTES} "
             "bytes, not start with '.', and hold no '/', '\\' or control character"
         )
+    # Sharded by the id's last two characters: the first ones of a task id are a clock's
+    # high digits, the same for years.
+    return f"{task_id[-2:]}/{task_id}{_SUFFIX}"
+
+
+def _legacy_name(task_id: str) -> str:
+    """Where stores written before ids began with a clock kept a result: sharded by the
+    first two characters. Reads and deletes still look there."""
     return f"{task_id[:2]}/{task_id}{_SUFFIX}"
+
+
+def _names_ever(task_id: str) -> tuple[str, ...]:
+    name, legacy = _name(task_id), _legacy_name(task_id)
+    return (name,) if name == legacy else (name, legacy)
 
 
 def _encode(result: TaskResult) -> bytes:
@@ -316,7 +342,10 @@ class _Objects(Protocol):
 
 
 def _is_result_name(shard: str, file: str) -> bool:
-    return not file.startswith(".") and file.endswith(_SUFFIX) and file.startswith(shard)
+    if file.startswith(".") or not file.endswith(_SUFFIX):
+        return False
+    task_id = file.removesuffix(_SUFFIX)
+    return task_id.endswith(shard) or task_id.startswith(shard)  # the layout, or the legacy one
 
 
 class _LocalObjects:
