@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import os
@@ -74,8 +75,16 @@ def lock_pauses() -> Iterator[float]:
 async def connect_async(
     path: str | os.PathLike[str], *, synchronous: str, busy_ms: int = 5000
 ) -> aiosqlite.Connection:
-    """:func:`open_connection` behind aiosqlite (its thread runs the setup too)."""
+    """:func:`open_connection` behind aiosqlite (its thread runs the setup too).
+
+    :raises sqlite3.Error: as :func:`open_connection`, before any aiosqlite thread starts.
+    """
     connector = functools.partial(open_connection, path, synchronous=synchronous, busy_ms=busy_ms)
+    # When its connector fails, aiosqlite stops its thread without waiting for it; the
+    # thread's last callback then lands on whatever loop is left, closed by then in a
+    # short-lived caller (a test, a CLI command), and raises there. A file that cannot
+    # be opened fails here instead, in a plain worker thread that is waited for.
+    await asyncio.to_thread(lambda: connector().close())
     return await aiosqlite.Connection(connector, iter_chunk_size=64)
 
 

@@ -13,6 +13,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -312,7 +313,7 @@ def mode(path: Path) -> int:
 
 
 def result_file(base: Path, task_id: str) -> Path:
-    return base / task_id[:2] / f"{task_id}.result"
+    return base / task_id[-2:] / f"{task_id}.result"
 
 
 def fstore_dir(fstore: FileResultStorage) -> Path:
@@ -375,9 +376,9 @@ async def test_local_result_files_are_private(tmp_path: Path) -> None:
     await store.store([completed("abc123", b"again")])  # a replaced file stays private
     await store.close()
     assert mode(base) == 0o700
-    assert mode(base / "ab") == 0o700
+    assert mode(base / "23") == 0o700
     assert mode(result_file(base, "abc123")) == 0o600
-    assert [p.name for p in (base / "ab").iterdir()] == ["abc123.result"]  # no temp left
+    assert [p.name for p in (base / "23").iterdir()] == ["abc123.result"]  # no temp left
 
 
 async def test_a_result_file_is_a_json_header_line_then_the_raw_value(
@@ -390,6 +391,27 @@ async def test_a_result_file_is_a_json_header_line_then_the_raw_value(
     assert header["task_id"] == "t-format" and header["status"] == "COMPLETED"
     assert header["expires_at"] == 5e9 and header["size"] == len(b"raw\nvalue")
     assert value == b"raw\nvalue"
+
+
+async def test_results_in_the_layout_sharded_by_the_first_characters_are_still_served(
+    fstore: FileResultStorage,
+) -> None:
+    # Stores written before task ids began with a clock sharded by the first two
+    # characters; an upgrade must still read, purge and delete those results.
+    await fstore.store([completed("t-kept", expires_at=5e9), completed("t-old", expires_at=1.0)])
+    base = fstore_dir(fstore)
+    for task_id in ("t-kept", "t-old"):
+        legacy = base / task_id[:2] / f"{task_id}.result"
+        legacy.parent.mkdir(exist_ok=True)
+        result_file(base, task_id).rename(legacy)
+    assert await fstore.get_many(["t-kept", "t-old", "t-none"]) == {
+        "t-kept": completed("t-kept", expires_at=5e9)
+    }
+    assert await fstore.purge_expired(time.time()) == 1
+    assert not (base / "t-" / "t-old.result").exists()
+    assert await fstore.delete(["t-kept"]) == 1
+    assert await fstore.get("t-kept") is None
+    assert list(base.rglob("*.result")) == []
 
 
 def _truncate_value(data: bytes) -> bytes:
@@ -463,7 +485,7 @@ async def test_a_crashed_writers_temp_file_is_ignored_then_swept(
     fstore: FileResultStorage,
 ) -> None:
     await fstore.store([completed("abc")])
-    shard = fstore_dir(fstore) / "ab"
+    shard = fstore_dir(fstore) / "bc"
     stale, live = shard / ".abc.result.0123456789ab.tmp", shard / ".abd.result.ba9876543210.tmp"
     stale.write_bytes(b'{"omniq_re')
     live.write_bytes(b'{"omniq_re')
@@ -562,3 +584,21 @@ def test_importing_the_results_package_needs_no_server_extra() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def _connection_threads() -> int:
+    return sum("_connection_worker_thread" in t.name for t in threading.enumerate())
+
+
+async def test_a_store_that_cannot_open_leaves_no_connection_thread_behind(
+    tmp_path: Path,
+) -> None:
+    # A connection thread left stopping after a failed open would call back into the
+    # caller's event loop after it closed, and raise there.
+    path = tmp_path / "results.db"
+    path.write_bytes(b"this is not a SQLite database\n" * 200)
+    before = _connection_threads()
+    for _ in range(5):
+        with pytest.raises(StorageError, match="not a database"):
+            await SQLiteResultStorage(path).open()
+    assert _connection_threads() == before
