@@ -58,6 +58,7 @@ from omniq_mp.storage.sqlite_codec import (
     row_worker,
     schedule_row,
     settlement_rows,
+    task_inserts,
     task_row,
 )
 
@@ -786,7 +787,7 @@ def _quarantine(
 def _enqueue_body(tasks: Sequence[Task]) -> Callable[[sqlite3.Connection], list[str]]:
     def body(conn: sqlite3.Connection) -> list[str]:
         ids: list[str] = []
-        fresh: list[tuple[Any, ...]] = []
+        fresh: list[Task] = []
         taken: dict[str, str] = {}
         for task in tasks:
             existing = task.key and (taken.get(task.key) or _unfinished_with_key(conn, task.key))
@@ -796,8 +797,10 @@ def _enqueue_body(tasks: Sequence[Task]) -> Callable[[sqlite3.Connection], list[
             if task.key:
                 taken[task.key] = task.id
             ids.append(task.id)
-            fresh.append(task_row(task))
-        conn.executemany(INSERT, fresh)
+            fresh.append(task)
+        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        for statement, params in task_inserts(fresh, limit):
+            conn.execute(statement, params)
         crash_point("enqueue_before_commit")  # tests: a crash here must leave no row
         return ids
 

@@ -38,6 +38,24 @@ async def test_enqueue_then_get_round_trips_every_field(store: Storage) -> None:
     assert got == task
 
 
+async def test_a_task_that_has_run_round_trips_every_field_beside_new_ones(store: Storage) -> None:
+    # Stores may write a never-run task in a shorter form; one carrying a past (attempts,
+    # errors, crashes) must keep all of it, in a batch with new tasks or alone.
+    error = TaskError("ValueError", "bad input", "Traceback ...", retry_count=1, max_retries=4)
+    ran = make(attempts=2, crashes=1, error=error, history=(error, error), max_retries=4, key="k")
+    fresh = make(max_memory=2**30, result_ttl=60.0)
+    await store.enqueue([fresh, ran])
+    assert await store.get(ran.id) == ran
+    assert await store.get(fresh.id) == fresh
+
+
+async def test_a_batch_of_thousands_is_stored_whole_and_claimed_in_order(store: Storage) -> None:
+    tasks = [make(eta=NOW - 1) for _ in range(1_234)]
+    assert await store.enqueue(tasks) == [t.id for t in tasks]
+    claimed = await claim(store, limit=2_000)
+    assert [t.id for t in claimed] == [t.id for t in tasks]
+
+
 async def test_duplicate_id_is_refused_and_the_batch_is_not_stored(store: Storage) -> None:
     first = make()
     await store.enqueue([first])
