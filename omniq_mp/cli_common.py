@@ -13,7 +13,7 @@ import click
 
 from omniq_mp.config import BACKENDS, Settings
 from omniq_mp.errors import ConfigError, OmniqError
-from omniq_mp.queue import INT64_MAX, INT64_MIN  # IntRange bounds of options bound into SQL
+from omniq_mp.task_builder import INT64_MAX, INT64_MIN  # IntRange bounds of options bound into SQL
 
 __all__ = [
     "INT64_MAX",

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
 from typing import Any
 
-from omniq_mp.config import check_seconds
-from omniq_mp.errors import ConfigError, SerializationError
+from omniq_mp.errors import SerializationError
 from omniq_mp.models import (
     ErrorKind,
     Outcome,
@@ -26,131 +24,15 @@ from omniq_mp.models import (
     TaskError,
     TaskStatus,
 )
-from omniq_mp.payload_size import warn_if_large
 from omniq_mp.retry import RetryPolicy
-from omniq_mp.serialization import callable_name, dumps_call, dumps_result
-from omniq_mp.signing import ANY, PAYLOAD, RESULT, Signer, strip
+from omniq_mp.serialization import dumps_result
+from omniq_mp.signing import RESULT, Signer
 from omniq_mp.storage.base import QueueStats, Storage
-from omniq_mp.units import format_bytes, parse_bytes, parse_duration
+from omniq_mp.task_builder import build_task
 
-__all__ = ["AsyncTaskQueue", "build_task", "sign_payload"]
+__all__ = ["AsyncTaskQueue", "build_task"]
 
 Clock = Callable[[], float]
-
-# Stores keep integers in 64 bits (SQLite's INTEGER, PostgreSQL's bigint): a larger one
-# would fail the enqueue with an OverflowError deep in the driver, not name the option.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
-def build_task(
-    target: Callable[..., Any] | str,
-    args: Sequence[Any] = (),
-    kwargs: Mapping[str, Any] | None = None,
-    *,
-    queue: str = "default",
-    priority: int = 0,
-    eta: datetime | timedelta | None = None,
-    interval: timedelta | int | float | None = None,
-    max_retries: int = 3,
-    timeout: float | None = None,
-    key: str | None = None,
-    max_memory: str | int | None = None,
-    result_ttl: timedelta | float | None = None,
-    now: float | None = None,
-    signer: Signer | None = None,
-    max_payload_size: int | None = None,
-) -> Task:
-    """Validate options and pickle the call into a new :class:`Task`, signed with
-    ``signer`` when given (see :func:`sign_payload`).
-
-    Raises :class:`ConfigError` (a ValueError) for a bad option and
-    :class:`SerializationError` for a call that cannot be pickled; nothing is stored.
-    """
-    now = time.time() if now is None else now
-    if isinstance(target, str) and not target.strip():
-        raise ConfigError("the dotted path must not be empty")
-    if not isinstance(queue, str) or not queue:
-        raise ConfigError(f"queue must be a non-empty string, got {queue!r}")
-    _check_int64("priority", priority, INT64_MIN)
-    _check_int64("max_retries", max_retries, 0)
-    if timeout is not None:
-        timeout = check_seconds("timeout", timeout)
-    if args is None or isinstance(args, str | bytes) or not isinstance(args, Iterable):
-        raise ConfigError(f"args must be a list or tuple, got {type(args).__name__}")
-    if kwargs is not None and not isinstance(kwargs, Mapping):
-        raise ConfigError(f"kwargs must be a dict, got {type(kwargs).__name__}")
-    if key is not None and (not isinstance(key, str) or not key.strip()):
-        raise ConfigError(f"key must be a non-empty string, got {key!r}")
-    memory = None if max_memory is None else parse_bytes("max_memory", max_memory)
-    if memory is not None:
-        _check_int64("max_memory", memory, 1)
-    ttl = None if result_ttl is None else parse_duration("result_ttl", result_ttl)
-    payload = dumps_call(target, tuple(args), dict(kwargs or {}))
-    if max_payload_size is not None and len(payload) > max_payload_size:
-        raise SerializationError(
-            f"cannot enqueue {callable_name(target)}: the call pickles to "
-            f"{format_bytes(len(payload))}, over max_payload_size "
-            f"({format_bytes(max_payload_size)}); pass a file path or a URL to the data "
-            "and load it inside the task"
-        )
-    warn_if_large(target, tuple(args), dict(kwargs or {}), len(payload))
-    task = Task(
-        func_name=callable_name(target),
-        payload=payload,
-        queue=queue,
-        priority=priority,
-        eta=_eta_seconds(eta, now),
-        interval=_interval_seconds(interval),
-        timeout=timeout,
-        max_retries=max_retries,
-        created_at=now,
-        key=key,
-        max_memory=memory,
-        result_ttl=ttl,
-    )
-    return sign_payload(task, signer, recurring=task.interval is not None)
-
-
-def _check_int64(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an int, got {value!r}")
-    if not minimum <= value <= INT64_MAX:
-        bounds = "a 64-bit integer" if minimum == INT64_MIN else f"an int >= {minimum} below 2**63"
-        raise ConfigError(f"{name} must be {bounds}, got {value!r}")
-
-
-def sign_payload(task: Task, signer: Signer | None, *, recurring: bool = False) -> Task:
-    """``task`` with its payload signed for its id, or, when ``recurring`` (interval runs
-    and cron firings get new ids), for any task. Any earlier signature is replaced; without
-    a signer the task is returned unchanged."""
-    if signer is None:
-        return task
-    body = strip(task.payload)
-    return replace(task, payload=signer.seal(ANY if recurring else task.id, PAYLOAD, body))
-
-
-def _eta_seconds(eta: datetime | timedelta | None, now: float) -> float:
-    if eta is None:
-        return now
-    if isinstance(eta, timedelta):
-        return now + eta.total_seconds()
-    if isinstance(eta, datetime):
-        return eta.timestamp()  # a naive datetime is local time, as datetime.now() gives
-    raise ConfigError(f"eta must be a datetime or a timedelta, got {type(eta).__name__}")
-
-
-def _interval_seconds(interval: timedelta | int | float | None) -> float | None:
-    if interval is None:
-        return None
-    if isinstance(interval, timedelta):
-        seconds = interval.total_seconds()
-    elif isinstance(interval, int | float) and not isinstance(interval, bool):
-        seconds = float(interval)
-    else:
-        raise ConfigError(f"interval must be a timedelta or seconds, got {interval!r}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ConfigError(f"interval must be positive, got {interval!r}")
-    return seconds
 
 
 class AsyncTaskQueue:

@@ -1,9 +1,19 @@
 """How calls and results cross process boundaries.
 
-A call is ``cloudpickle.dumps((target, args, kwargs))`` where ``target`` is a callable
-(lambdas, closures and ``__main__`` functions are pickled by value) or a dotted path string
-resolved in the worker. Only the producer pickles calls, only the worker unpickles them, and
-only the client unpickles results: the supervisor moves the bytes untouched.
+A call is the pickle of ``(target, args, kwargs)``. ``target`` is one of:
+
+- a dotted path string, resolved in the worker. A function the worker can import is
+  written this way too: it is the reference cloudpickle would record, without cloudpickle
+  walking the function to find that out for every call;
+- the bytes of ``cloudpickle.dumps(function)`` for code that travels by value (lambdas,
+  closures, ``__main__`` and notebook functions). Pickled apart from the arguments, it is
+  pickled once for a whole ``enqueue_many`` or ``map``;
+- a callable pickled inline (payloads written before the two forms above).
+
+Arguments of plain built-in types (numbers, strings, bytes, and small lists, tuples and
+dicts of them) go through the C pickler; anything else through cloudpickle. Only the
+producer pickles calls, only the worker unpickles them, and only the client unpickles
+results: the supervisor moves the bytes untouched.
 """
 
 from __future__ import annotations
@@ -11,6 +21,8 @@ from __future__ import annotations
 import importlib
 import io
 import pickle
+import sys
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,6 +34,7 @@ from omniq_mp.errors import SerializationError
 from omniq_mp.signing import RESULT, Signer, open_blob
 
 __all__ = [
+    "CallPickler",
     "VersionSkewError",
     "callable_name",
     "dumps_call",
@@ -47,15 +60,91 @@ def dumps_call(
     target: Callable[..., Any] | str, args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> bytes:
     """Pickle a call, or raise :class:`SerializationError` naming the part that cannot pickle."""
-    if not isinstance(target, str) and not callable(target):
-        raise SerializationError(
-            f"cannot enqueue a {type(target).__name__}: expected a callable or a dotted path"
-        )
-    try:
-        body = _dumps((target, tuple(args), dict(kwargs)))
-    except Exception as exc:
-        raise SerializationError(_blame(target, args, kwargs, exc)) from exc
-    return seal(local_header(code_hash(target)), body)
+    return CallPickler(target).dumps(args, kwargs)
+
+
+class CallPickler:
+    """Pickles calls of one target: the target once, here, then each call's arguments.
+
+    A by-value target's globals are captured as they are now, for every call pickled
+    through this object.
+
+    :raises SerializationError: ``target`` is not a callable or a dotted path, or it
+        cannot be pickled.
+    """
+
+    def __init__(self, target: Callable[..., Any] | str) -> None:
+        if not isinstance(target, str) and not callable(target):
+            raise SerializationError(
+                f"cannot enqueue a {type(target).__name__}: expected a callable or a dotted path"
+            )
+        self.target = target
+        code = code_hash(target)
+        self._prefix = seal(local_header(code), b"")  # the header, the same for every call
+        self._written: str | bytes
+        if isinstance(target, str):
+            self._written = target
+        elif code is None and (path := _import_path(target)) is not None:
+            self._written = path
+        else:
+            try:
+                self._written = _dumps(target)
+            except Exception as exc:
+                raise SerializationError(_blame(target, (), {}, exc)) from exc
+
+    def dumps(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
+        """The payload of ``target(*args, **kwargs)``.
+
+        :raises SerializationError: an argument cannot be pickled (the message names it).
+        """
+        call = (self._written, tuple(args), dict(kwargs))
+        try:
+            body = _dumps_plain(call) if _is_plain(call[1]) and _is_plain(call[2]) else _dumps(call)
+        except Exception as exc:
+            raise SerializationError(_blame(self.target, args, kwargs, exc)) from exc
+        return self._prefix + body
+
+
+def _import_path(target: Callable[..., Any]) -> str | None:
+    """``module:qualname`` for a plain function the worker imports by name, else None.
+
+    Only functions qualify: a class, a bound method or a callable object carries state
+    (or construction) that a path does not. Modules registered with cloudpickle's
+    ``register_pickle_by_value`` are left to cloudpickle, which carries their code.
+    """
+    if type(target) is not types.FunctionType:
+        return None
+    module = target.__module__
+    if not module or module not in sys.modules:
+        return None
+    registered = cloudpickle.list_registry_pickle_by_value()
+    if registered and any(
+        ".".join(module.split(".")[: i + 1]) in registered for i in range(module.count(".") + 1)
+    ):
+        return None
+    return f"{module}:{target.__qualname__}"
+
+
+_ATOMS = frozenset({str, int, float, bool, bytes, type(None)})
+_PLAIN_DEPTH = 3
+_PLAIN_ITEMS = 64  # past this, walking the container costs more than cloudpickle's setup
+
+
+def _is_plain(value: Any, depth: int = 0) -> bool:
+    # Exact types only: a subclass of int or dict may be a __main__ class, which the C
+    # pickler would record by a name the worker cannot import.
+    kind = type(value)
+    if kind in _ATOMS or ((kind is tuple or kind is dict) and not value):
+        return True
+    if kind not in (tuple, list, dict) or depth == _PLAIN_DEPTH or len(value) > _PLAIN_ITEMS:
+        return False
+    if kind is dict:
+        return all(type(k) in _ATOMS and _is_plain(v, depth + 1) for k, v in value.items())
+    return all(_is_plain(v, depth + 1) for v in value)
+
+
+def _dumps_plain(value: Any) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 # loguru's global logger is passed by name, not by value: a function from __main__ that
@@ -145,6 +234,8 @@ def loads_call(payload: bytes) -> tuple[Callable[..., Any], tuple[Any, ...], dic
         header.check_runnable_here()
     try:
         target, args, kwargs = _Unpickler(io.BytesIO(body)).load()
+        if isinstance(target, bytes):  # a by-value function, pickled apart from its arguments
+            target = _Unpickler(io.BytesIO(target)).load()
     except ImportError:
         raise
     except Exception as exc:

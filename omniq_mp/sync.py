@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import atexit
-import concurrent.futures
 import itertools
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -91,11 +90,8 @@ class OmniQ:
         """Store a call; see :meth:`AsyncOmniQ.enqueue`. Returns the task id."""
         if "cron" in kwargs:
             return self.schedule(func, *args, **kwargs)
-        task = self._async.build(func, *args, **kwargs)
-        ids = self._async.enqueue_from_thread([task], self._loop.loop)
-        if ids is None:  # not a store that can, or not open yet (this call opens it)
-            ids = self._loop.call(self._async.enqueue_tasks([task]))
-        return ids[0]
+        [task_id] = self.enqueue_tasks([self._async.build(func, *args, **kwargs)])
+        return task_id
 
     def get_result(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait for and return the task's value; see :meth:`AsyncOmniQ.get_result`."""
@@ -183,7 +179,10 @@ class OmniQ:
 
     def enqueue_tasks(self, tasks: Sequence[Task]) -> list[str]:
         """Store built tasks in one transaction."""
-        return self._loop.call(self._async.enqueue_tasks(tasks))
+        ids = self._async.enqueue_from_thread(tasks, self._loop.loop)
+        if ids is None:  # not a store that can, or not open yet (this call opens it)
+            ids = self._loop.call(self._async.enqueue_tasks(tasks))
+        return ids
 
     def enqueue_many(
         self, func: Callable[..., Any] | str, calls: Iterable[Sequence[Any]], /, **options: Any
@@ -191,21 +190,17 @@ class OmniQ:
         """Store ``func(*args)`` for every ``args`` tuple in ``calls`` (like
         ``itertools.starmap``), with the same task options for all; returns the ids.
 
-        Tasks are stored 1,000 per transaction, and the next batch is pickled while the
-        previous one commits. A batch is all-or-nothing; if ``calls`` raises, the batches
-        already stored stay stored (their ids are lost with the exception, so cancel by
-        other means if that matters: ``map`` does it for you).
+        ``func`` is pickled once, and tasks are stored 1,000 per transaction, from the
+        calling thread (a second thread committing while this one pickles only makes the
+        two wait on each other for the GIL). A batch is all-or-nothing; if ``calls``
+        raises, the batches already stored stay stored (their ids are lost with the
+        exception, so cancel by other means if that matters: ``map`` does it for you).
         """
         ids: list[str] = []
-        pending: concurrent.futures.Future[list[str]] | None = None
+        builder = self._async.builder(func, **options)
         calls = iter(calls)
         while batch := list(itertools.islice(calls, _MANY_BATCH)):
-            tasks = [self._async.build(func, args=list(args), **options) for args in batch]
-            if pending is not None:
-                ids += pending.result()
-            pending = self._loop.submit(self._async.enqueue_tasks(tasks))
-        if pending is not None:
-            ids += pending.result()
+            ids += self.enqueue_tasks([builder.build(args) for args in batch])
         return ids
 
     # -- futures -----------------------------------------------------------------------------

@@ -13,8 +13,10 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from loguru import logger
 
 from omniq_mp import (
     AsyncOmniQ,
@@ -280,3 +282,32 @@ def test_enqueue_many_stores_every_call_with_shared_options(settings: Settings) 
         assert q.stats(["bulk"]).pending == 2500  # the failed batch stored nothing
     finally:
         q.close()
+
+
+def test_a_big_batch_logs_one_enqueue_line_and_a_small_one_a_line_per_task(
+    settings: Settings,
+) -> None:
+    # A debug line per task cost a tenth of storing it in a batch; a user tracing one task
+    # still finds its own line when it was enqueued alone or in a small batch.
+    actions: list[tuple[str, str | None]] = []
+
+    def note(message: Any) -> None:
+        extra = message.record["extra"]
+        actions.append((extra.get("action"), extra.get("task_id")))
+
+    logger.enable("omniq_mp")
+    sink = logger.add(
+        note,
+        level="DEBUG",
+        filter=lambda r: r["extra"].get("action") in ("task_enqueued", "tasks_enqueued"),
+    )
+    q = OmniQ(settings)
+    try:
+        small = q.enqueue_many(pow, [(2, n) for n in range(3)])
+        assert actions == [("task_enqueued", task_id) for task_id in small]
+        actions.clear()
+        big = q.enqueue_many(pow, [(2, n) for n in range(150)])
+        assert actions == [("tasks_enqueued", None)] and len(big) == 150
+    finally:
+        q.close()
+        logger.remove(sink)

@@ -1,0 +1,221 @@
+"""Turning calls into tasks: options checked, the call pickled, the payload signed.
+
+:class:`TaskBuilder` does the per-batch work once (checking options, pickling the target)
+so that ``enqueue_many`` and ``map`` pay only for each call's arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from omniq_mp.config import check_seconds
+from omniq_mp.errors import ConfigError, SerializationError
+from omniq_mp.models import Task
+from omniq_mp.payload_size import warn_if_large
+from omniq_mp.serialization import CallPickler, callable_name
+from omniq_mp.signing import ANY, PAYLOAD, Signer, strip
+from omniq_mp.units import format_bytes, parse_bytes, parse_duration
+
+__all__ = ["INT64_MAX", "INT64_MIN", "TaskBuilder", "TaskOptions", "build_task", "sign_payload"]
+
+# Stores keep integers in 64 bits (SQLite's INTEGER, PostgreSQL's bigint): a larger one
+# would fail the enqueue with an OverflowError deep in the driver, not name the option.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Task options in checked, normalized form (seconds, bytes). Build with :meth:`checked`."""
+
+    queue: str = "default"
+    priority: int = 0
+    eta: datetime | timedelta | None = None  # made absolute at each build
+    interval: float | None = None
+    max_retries: int = 3
+    timeout: float | None = None
+    key: str | None = None
+    max_memory: int | None = None
+    result_ttl: float | None = None
+
+    @classmethod
+    def checked(
+        cls,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        eta: datetime | timedelta | None = None,
+        interval: timedelta | int | float | None = None,
+        max_retries: int = 3,
+        timeout: float | None = None,
+        key: str | None = None,
+        max_memory: str | int | None = None,
+        result_ttl: timedelta | float | None = None,
+    ) -> TaskOptions:
+        """The options, or :class:`ConfigError` (a ValueError) naming the bad one."""
+        if not isinstance(queue, str) or not queue:
+            raise ConfigError(f"queue must be a non-empty string, got {queue!r}")
+        _check_int64("priority", priority, INT64_MIN)
+        _check_int64("max_retries", max_retries, 0)
+        if timeout is not None:
+            timeout = check_seconds("timeout", timeout)
+        if key is not None and (not isinstance(key, str) or not key.strip()):
+            raise ConfigError(f"key must be a non-empty string, got {key!r}")
+        memory = None if max_memory is None else parse_bytes("max_memory", max_memory)
+        if memory is not None:
+            _check_int64("max_memory", memory, 1)
+        _eta_seconds(eta, 0.0)  # checks its type
+        return cls(
+            queue=queue,
+            priority=priority,
+            eta=eta,
+            interval=_interval_seconds(interval),
+            max_retries=max_retries,
+            timeout=timeout,
+            key=key,
+            max_memory=memory,
+            result_ttl=None if result_ttl is None else parse_duration("result_ttl", result_ttl),
+        )
+
+
+class TaskBuilder:
+    """Builds tasks of one target with one set of options, pickling the target once.
+
+    :param signer: signs each payload for its task (None: signing off).
+    :param max_payload_size: bytes a pickled call may take; a bigger one is refused.
+    :raises ConfigError: ``target`` is an empty dotted path.
+    :raises SerializationError: ``target`` is not a callable, or cannot be pickled.
+    """
+
+    def __init__(
+        self,
+        target: Callable[..., Any] | str,
+        options: TaskOptions,
+        *,
+        signer: Signer | None = None,
+        max_payload_size: int | None = None,
+    ) -> None:
+        if isinstance(target, str) and not target.strip():
+            raise ConfigError("the dotted path must not be empty")
+        self.options = options
+        self._pickler = CallPickler(target)
+        self._func_name = callable_name(target)
+        self._signer = signer
+        self._max_payload_size = max_payload_size
+
+    def build(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        now: float | None = None,
+    ) -> Task:
+        """A new task calling the target with these arguments; nothing is stored.
+
+        :raises ConfigError: ``args`` is not a list or tuple, or ``kwargs`` not a mapping.
+        :raises SerializationError: an argument cannot be pickled, or the call pickles to
+            more than ``max_payload_size``.
+        """
+        now = time.time() if now is None else now
+        if not isinstance(args, tuple | list) and (
+            args is None or isinstance(args, str | bytes) or not isinstance(args, Iterable)
+        ):
+            raise ConfigError(f"args must be a list or tuple, got {type(args).__name__}")
+        if kwargs is None:
+            kwargs = {}
+        elif not isinstance(kwargs, Mapping):
+            raise ConfigError(f"kwargs must be a dict, got {type(kwargs).__name__}")
+        payload = self._pickler.dumps(args, kwargs)
+        target = self._pickler.target
+        limit = self._max_payload_size
+        if limit is not None and len(payload) > limit:
+            raise SerializationError(
+                f"cannot enqueue {self._func_name}: the call pickles to "
+                f"{format_bytes(len(payload))}, over max_payload_size "
+                f"({format_bytes(limit)}); pass a file path or a URL to the data "
+                "and load it inside the task"
+            )
+        warn_if_large(target, tuple(args), kwargs, len(payload))
+        o = self.options
+        task = Task(
+            func_name=self._func_name,
+            payload=payload,
+            queue=o.queue,
+            priority=o.priority,
+            eta=_eta_seconds(o.eta, now),
+            interval=o.interval,
+            timeout=o.timeout,
+            max_retries=o.max_retries,
+            created_at=now,
+            key=o.key,
+            max_memory=o.max_memory,
+            result_ttl=o.result_ttl,
+        )
+        return sign_payload(task, self._signer, recurring=o.interval is not None)
+
+
+def build_task(
+    target: Callable[..., Any] | str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    now: float | None = None,
+    signer: Signer | None = None,
+    max_payload_size: int | None = None,
+    **options: Any,
+) -> Task:
+    """Validate options (those of :meth:`TaskOptions.checked`) and pickle the call into a
+    new :class:`Task`, signed with ``signer`` when given (see :func:`sign_payload`).
+
+    Raises :class:`ConfigError` (a ValueError) for a bad option and
+    :class:`SerializationError` for a call that cannot be pickled; nothing is stored.
+    """
+    builder = TaskBuilder(
+        target, TaskOptions.checked(**options), signer=signer, max_payload_size=max_payload_size
+    )
+    return builder.build(args, kwargs, now)
+
+
+def sign_payload(task: Task, signer: Signer | None, *, recurring: bool = False) -> Task:
+    """``task`` with its payload signed for its id, or, when ``recurring`` (interval runs
+    and cron firings get new ids), for any task. Any earlier signature is replaced; without
+    a signer the task is returned unchanged."""
+    if signer is None:
+        return task
+    body = strip(task.payload)
+    return replace(task, payload=signer.seal(ANY if recurring else task.id, PAYLOAD, body))
+
+
+def _check_int64(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an int, got {value!r}")
+    if not minimum <= value <= INT64_MAX:
+        bounds = "a 64-bit integer" if minimum == INT64_MIN else f"an int >= {minimum} below 2**63"
+        raise ConfigError(f"{name} must be {bounds}, got {value!r}")
+
+
+def _eta_seconds(eta: datetime | timedelta | None, now: float) -> float:
+    if eta is None:
+        return now
+    if isinstance(eta, timedelta):
+        return now + eta.total_seconds()
+    if isinstance(eta, datetime):
+        return eta.timestamp()  # a naive datetime is local time, as datetime.now() gives
+    raise ConfigError(f"eta must be a datetime or a timedelta, got {type(eta).__name__}")
+
+
+def _interval_seconds(interval: timedelta | int | float | None) -> float | None:
+    if interval is None:
+        return None
+    if isinstance(interval, timedelta):
+        seconds = interval.total_seconds()
+    elif isinstance(interval, int | float) and not isinstance(interval, bool):
+        seconds = float(interval)
+    else:
+        raise ConfigError(f"interval must be a timedelta or seconds, got {interval!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"interval must be positive, got {interval!r}")
+    return seconds
