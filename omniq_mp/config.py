@@ -81,8 +81,9 @@ class Settings:
         included.
     :param max_start_failures: failed worker starts in a row before the supervisor gives
         up.
-    :param prefetch: most tasks claimed beyond one per worker, to hide claim latency; the
-        supervisor claims fewer when tasks take long compared with a claim.
+    :param prefetch: most tasks claimed beyond one per worker (and beyond the tasks sent
+        ahead), to hide claim latency: enough for twice a claim's time and at least 20 ms
+        of work; one per worker when tasks take long compared with that.
     :param send_ahead_below: while tasks take less than this many seconds on average,
         each worker is sent its next task as it starts one, so it never waits a round
         trip to the supervisor between short tasks. A task sent ahead waits behind the

@@ -581,6 +581,10 @@ class ProcessPool:
         """Task id -> the worker it was given to, running or sent ahead (a copy)."""
         return dict(self._running)
 
+    def is_held(self, task_id: str) -> bool:
+        """Whether ``task_id`` was given to a worker here (running or sent ahead)."""
+        return task_id in self._running
+
     async def close(self) -> None:
         """Stop idle workers, kill busy ones, and wait for all to exit."""
         self._closing = True

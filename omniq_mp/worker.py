@@ -252,27 +252,7 @@ class AsyncWorkerPool:
         return self.processed - first
 
     async def _claim(self, budget: int | None) -> int:
-        # Refill in batches: claim only once the buffer is down to one task per worker,
-        # then up to procs + prefetch in flight. One claim (one commit) then feeds many
-        # tasks, and a freed worker takes its next task from the buffer without waiting
-        # for the database.
-        procs = self.settings.procs
-        if self._storing_failed:
-            # Outcomes are waiting for a store that refuses writes (full, read-only): new
-            # work would only pile up more of them. The settle retries are the probe.
-            return 0
-        if len(self._ready) >= procs and self.pool.idle() == 0:
-            return 0
-        if self.pool.healthy() == 0:
-            # Every worker is being (re)started, perhaps failing to: tasks claimed now
-            # would only sit under our lease, or churn through lease expiry.
-            return 0
-        # Every held task counts, outcomes still being stored included: otherwise a slow
-        # store lets the supervisor run far ahead of what it has recorded, and a crash
-        # would re-run all of it.
-        want = procs + self._pacer.prefetch() - len(self._held)
-        if budget is not None:
-            want = min(want, budget)
+        want = self._claim_size(budget)
         if want <= 0:
             return 0
         began = time.monotonic()
@@ -295,6 +275,37 @@ class AsyncWorkerPool:
             self._idle.clear()
         return len(tasks)
 
+    def _claim_size(self, budget: int | None) -> int:
+        """How many tasks to claim now (0: none)."""
+        # Refill in batches: claim only once the buffer is down to one task per worker,
+        # then up to procs + prefetch in flight. One claim (one commit) then feeds many
+        # tasks, and a freed worker takes its next task from the buffer without waiting
+        # for the database.
+        procs = self.settings.procs
+        if self._storing_failed:
+            # Outcomes are waiting for a store that refuses writes (full, read-only): new
+            # work would only pile up more of them. The settle retries are the probe.
+            return 0
+        if len(self._ready) >= procs and self.pool.idle() == 0:
+            return 0
+        if self.pool.healthy() == 0:
+            # Every worker is being (re)started, perhaps failing to: tasks claimed now
+            # would only sit under our lease, or churn through lease expiry.
+            return 0
+        # Every held task counts, outcomes still being stored included: otherwise a slow
+        # store lets the supervisor run far ahead of what it has recorded, and a crash
+        # would re-run all of it.
+        target = procs + self._pacer.prefetch()
+        want = target - len(self._held)
+        if budget is not None:
+            want = min(want, budget)
+        if want < (target + 1) // 2 and self.pool.idle() == 0:
+            # Refill by halves while every worker has work: each claim costs the
+            # supervisor a commit and several wake-ups (about as much CPU as a 1 ms task
+            # on a small VM), which tasks of a few milliseconds should not pay one each.
+            return 0
+        return max(want, 0)
+
     def _dispatch(self) -> None:
         # Hand claimed tasks to idle workers, never waiting for one; never one whose lease
         # we can no longer vouch for (a claim that waited long, a stall): it goes back.
@@ -302,8 +313,7 @@ class AsyncWorkerPool:
         while not self._stopping and self._ready:
             # Never an attempt while an older one of the same task is still dying here
             # (its lease lapsed while we stalled, and we claimed the task again): it waits.
-            holds = self.pool.holds()
-            task = next((t for t in self._ready if t.id not in holds), None)
+            task = next((t for t in self._ready if not self.pool.is_held(t.id)), None)
             if task is None:
                 return
             # Short tasks also go to a busy worker, to start the moment its task ends.
@@ -570,6 +580,14 @@ class AsyncWorkerPool:
         # once. (Their settlements will be fenced or will requeue them, uncharged.)
         margin = self.settings.lease_ttl * _LEASE_SAFETY
         now = time.monotonic()
+        # This runs before every dispatch: the oldest confirmation (one C-level min) says
+        # whether any task needs looking at, without a Python loop over all of them.
+        if self._confirmed and now - min(self._confirmed.values()) >= margin:
+            self._abandon_older_than(now, margin)
+        if not self._held:
+            self._idle.set()
+
+    def _abandon_older_than(self, now: float, margin: float) -> None:
         for task_id, confirmed in list(self._confirmed.items()):
             if now - confirmed < margin:
                 continue
@@ -594,8 +612,6 @@ class AsyncWorkerPool:
                 # keeper goes on renewing it and our own recovery scan never re-queues it.
                 # Had it been taken over, the renewal says so and the write is fenced.
             self._confirmed.pop(task_id, None)
-        if not self._held:
-            self._idle.set()
 
     async def _recovery_loop(self) -> None:
         period = min(self.settings.lease_ttl / 4, 5.0)
@@ -830,14 +846,18 @@ class ReadOnlyWatch:
 class Pacer:
     """Decides how many tasks to claim beyond the workers (the prefetch).
 
-    Enough that the workers never wait for a claim's commit: a claim takes ``c`` seconds
-    and a task ``t``, so ``procs * c / t`` tasks are consumed meanwhile (doubled for
-    margin), and at least one per worker so a finishing worker always finds its next
-    task in hand. Long tasks get just that, which keeps claimed-but-waiting tasks few and
-    lets other supervisors share the work; no-op tasks get up to ``limit``.
+    Enough that the workers never wait for a claim: a claim takes ``c`` seconds (waiting
+    behind an outcome's fsync in the store's thread included) and a task ``t``, so
+    ``procs * c / t`` tasks are consumed meanwhile (doubled for margin); and at least
+    ``BUFFER_SECONDS`` of work, because one slow commit in the store's thread holds up the
+    next claim. Tasks sent ahead come on top: they fill the workers' second slots, not
+    the buffer. Long tasks get one per worker, which keeps claimed-but-waiting tasks few
+    and lets other supervisors share the work; no-op tasks get up to ``limit``.
     Both durations are exponential moving averages. It also says when tasks are short
     enough (under ``ahead_below`` seconds) to send each worker its next one early.
     """
+
+    BUFFER_SECONDS = 0.02
 
     def __init__(self, procs: int, limit: int, ahead_below: float = 0.0) -> None:
         self.procs = procs
@@ -864,8 +884,10 @@ class Pacer:
         """Tasks to hold beyond one per worker."""
         if self._claim_s is None or self._task_s is None:
             return min(self.limit, self.procs)  # nothing measured yet: be modest
-        needed = 2 * self.procs * self._claim_s / max(self._task_s, 1e-6)
-        return min(self.limit, max(self.procs, math.ceil(needed)))
+        task_s = max(self._task_s, 1e-6)
+        needed = max(2 * self._claim_s, self.BUFFER_SECONDS) * self.procs / task_s
+        ahead = self.procs if self.send_ahead() else 0
+        return min(self.limit, max(self.procs, math.ceil(needed)) + ahead)
 
 
 def _ewma(previous: float | None, sample: float, weight: float = 0.2) -> float:

@@ -149,8 +149,8 @@ class FakePool:
         self.busy = running
         self.acquired = 0
 
-    def holds(self) -> dict[str, object]:
-        return dict.fromkeys(self.busy, object())
+    def is_held(self, task_id: str) -> bool:
+        return task_id in self.busy
 
     def try_acquire(self) -> object | None:
         self.acquired += 1

@@ -1,0 +1,81 @@
+"""How many tasks a supervisor claims beyond its workers (Pacer.prefetch)."""
+
+from __future__ import annotations
+
+from omniq_mp.config import Settings
+from omniq_mp.models import Task
+from omniq_mp.queue import AsyncTaskQueue
+from omniq_mp.storage.memory import MemoryStorage
+from omniq_mp.worker import AsyncWorkerPool, Pacer
+
+
+def paced(task_s: float, claim_s: float, procs: int = 2, limit: int = 32) -> Pacer:
+    pacer = Pacer(procs, limit, ahead_below=0.05)
+    pacer.ran(task_s)
+    pacer.claimed(claim_s)
+    return pacer
+
+
+def test_before_anything_is_measured_one_task_per_worker() -> None:
+    assert Pacer(4, 32, ahead_below=0.05).prefetch() == 4
+    assert Pacer(4, 2).prefetch() == 2  # never past the limit
+
+
+def test_long_tasks_get_one_per_worker_so_other_supervisors_share_the_rest() -> None:
+    assert paced(task_s=1.0, claim_s=0.001).prefetch() == 2
+    assert not paced(task_s=1.0, claim_s=0.001).send_ahead()
+
+
+def test_no_op_tasks_get_the_limit() -> None:
+    assert paced(task_s=0.0001, claim_s=0.001).prefetch() == 32
+
+
+def test_short_tasks_buffer_a_few_milliseconds_of_work_beyond_the_tasks_sent_ahead() -> None:
+    # 2 ms tasks on 2 workers: 20 ms of work (20 tasks), plus the 2 sent ahead. Holding
+    # only the 2 sent ahead left workers idle half the time whenever a claim waited
+    # behind an outcome's fsync (bench/shared_sqlite.py's mix ran at half of ideal).
+    pacer = paced(task_s=0.002, claim_s=0.0005)
+    assert pacer.send_ahead()
+    assert pacer.prefetch() == 20 + 2
+
+
+def test_a_slow_claim_raises_the_prefetch_up_to_the_limit() -> None:
+    assert paced(task_s=0.010, claim_s=0.001).prefetch() == 4 + 2
+    assert paced(task_s=0.010, claim_s=0.020).prefetch() == 8 + 2
+    assert paced(task_s=0.010, claim_s=0.5).prefetch() == 32
+
+
+class BusyPool:
+    """What ``_claim_size`` asks of the process pool: workers idle, workers healthy."""
+
+    def __init__(self, idle: int) -> None:
+        self._idle = idle
+
+    def idle(self) -> int:
+        return self._idle
+
+    def healthy(self) -> int:
+        return 2
+
+
+def supervisor(held: int, idle_workers: int) -> AsyncWorkerPool:
+    """A supervisor (never started) on 2 workers holding ``held`` tasks of 10 ms, whose
+    prefetch makes a target of 8 in flight."""
+    workers = AsyncWorkerPool(
+        AsyncTaskQueue(MemoryStorage()), Settings(backend="memory", procs=2, prefetch=32)
+    )
+    workers.pool = BusyPool(idle_workers)  # type: ignore[assignment]
+    workers._pacer.ran(0.010)
+    workers._pacer.claimed(0.001)
+    assert workers._pacer.prefetch() == 6  # target 2 + 6 = 8
+    for n in range(held):
+        workers._held[f"t{n}"] = Task(func_name="f", payload=b"")
+    return workers
+
+
+def test_claims_refill_by_halves_while_every_worker_has_work() -> None:
+    # One claim per finished task cost a commit and its wake-ups per task (579 claims for
+    # 600 tasks of 10 ms); a claim now waits until half the target is missing.
+    assert supervisor(held=5, idle_workers=0)._claim_size(None) == 0
+    assert supervisor(held=4, idle_workers=0)._claim_size(None) == 4
+    assert supervisor(held=7, idle_workers=1)._claim_size(None) == 1  # a worker waits
