@@ -31,6 +31,7 @@ BENCHMARKS = (
     "shared_sqlite",
     "backlog",
     "enqueue_under_load",
+    "idle_trace",
 )
 HERE = Path(__file__).resolve().parent
 
