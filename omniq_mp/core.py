@@ -405,9 +405,10 @@ class AsyncOmniQ:
     async def enqueue_tasks(self, tasks: Sequence[Task]) -> list[str]:
         """Store tasks built with :meth:`build`, all in one transaction."""
         await self.open()
+        now = time.time()
         ids = await self.queue.enqueue_tasks(tasks)
         emit = None if self.recorder is None else self.recorder.emit_many
-        for task, existing_id in self._note_enqueued(tasks, ids, emit):
+        for task, existing_id in self._note_enqueued(tasks, ids, emit, now):
             await self._log_duplicate(task, existing_id)
         if self._workers is not None:
             self._workers.wake()
@@ -430,6 +431,7 @@ class AsyncOmniQ:
         enqueue_blocking = getattr(self.storage, "enqueue_blocking", None)
         if not self._open or enqueue_blocking is None:
             return None
+        now = time.time()
         ids: list[str] = enqueue_blocking(tasks)
         if self._supervisors is not None:
             self._supervisors.poke()
@@ -442,7 +444,7 @@ class AsyncOmniQ:
             def emit(events: Sequence[Event]) -> None:
                 loop.call_soon_threadsafe(recorder.emit_many, events)
 
-        duplicates = self._note_enqueued(tasks, ids, emit)
+        duplicates = self._note_enqueued(tasks, ids, emit, now)
         if duplicates or self._workers is not None:
             loop.call_soon_threadsafe(self._after_thread_enqueue, duplicates)
         return ids
@@ -460,10 +462,11 @@ class AsyncOmniQ:
         tasks: Sequence[Task],
         ids: Sequence[str],
         emit: Callable[[Sequence[Event]], None] | None,
+        now: float,
     ) -> list[tuple[Task, str]]:
-        """Log lines and ENQUEUED events (through ``emit``) of committed tasks; returns
-        (task, existing id) of those a key deduplicated."""
-        now = time.time()
+        """Log lines and ENQUEUED events (through ``emit``) of committed tasks, stamped
+        ``now``, taken before the commit; returns (task, existing id) of those a key
+        deduplicated."""
         duplicates, events = [], []
         one_by_one = len(tasks) <= _LOGGED_ONE_BY_ONE
         for task, task_id in zip(tasks, ids, strict=True):
@@ -487,8 +490,15 @@ class AsyncOmniQ:
     # -- reading -----------------------------------------------------------------------------
 
     async def get_events(self, task_id: str) -> list[Event]:
-        """Every stored event of one task, oldest first (empty when events are off)."""
-        return [stored.event async for stored in self.events(task_id=task_id)]
+        """Every stored event of one task, oldest first (empty when events are off).
+
+        Oldest by timestamp, not by store position: a task's ENQUEUED event, emitted by
+        the client once its commit returns, may be written after the STARTED event a
+        supervisor emitted meanwhile (from another process, or when the client's thread
+        was descheduled right after the commit). ENQUEUED is stamped before the commit,
+        so it sorts first; events stamped alike keep their recorded order."""
+        stored = [stored.event async for stored in self.events(task_id=task_id)]
+        return sorted(stored, key=lambda event: event.timestamp)
 
     async def events(
         self,

@@ -368,10 +368,15 @@ def _task_event(kind: EventType, task: Task, **fields: Any) -> Event:
 
 
 def enqueued_events(task: Task, now: float) -> list[Event]:
-    """ENQUEUED, then SCHEDULED when the task is not due yet."""
-    events = [_task_event(EventType.ENQUEUED, task, details={"priority": task.priority})]
+    """ENQUEUED, then SCHEDULED when the task is not due yet, both stamped ``now``: the
+    time the enqueue began, before the task could be claimed (so before its STARTED)."""
+    events = [
+        _task_event(EventType.ENQUEUED, task, timestamp=now, details={"priority": task.priority})
+    ]
     if task.eta > now:
-        events.append(_task_event(EventType.SCHEDULED, task, details={"eta": task.eta}))
+        events.append(
+            _task_event(EventType.SCHEDULED, task, timestamp=now, details={"eta": task.eta})
+        )
     return events
 
 

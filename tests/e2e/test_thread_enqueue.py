@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from omniq_mp import OmniQ, Settings, TaskStatus
+from omniq_mp import OmniQ, Settings, Task, TaskStatus
 from omniq_mp.eventstore import EventType
 
 pytestmark = pytest.mark.e2e
@@ -64,6 +64,29 @@ def test_thread_enqueued_tasks_run_and_their_events_are_in_order(tmp_path: Path)
             assert kinds == [EventType.ENQUEUED, EventType.STARTED, EventType.COMPLETED]
     finally:
         q.close()
+
+
+def test_events_stay_in_lifecycle_order_when_the_enqueuer_is_late_to_emit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The enqueuing thread emits ENQUEUED once its commit returns; a loaded host may
+    # deschedule it in between while the supervisor claims, runs and settles the task.
+    # Here the commit returns only once the task has completed: the worst such delay.
+    with OmniQ(Settings(base_dir=tmp_path, procs=1)) as q:
+        q.enqueue(pow, 1, 1)  # opens the store: the next call takes the thread path
+        store = q._async.storage
+        commit = store.enqueue_blocking
+
+        def commit_then_wait_for_the_outcome(tasks: list[Task]) -> list[str]:
+            ids: list[str] = commit(tasks)
+            q.get_result(ids[0], timeout=30)
+            return ids
+
+        monkeypatch.setattr(store, "enqueue_blocking", commit_then_wait_for_the_outcome)
+        task_id = q.enqueue(pow, 2, 5)
+        assert q.get_result(task_id, timeout=30) == 32
+        kinds = [e.event_type for e in q.get_events(task_id)]
+        assert kinds == [EventType.ENQUEUED, EventType.STARTED, EventType.COMPLETED]
 
 
 def test_a_key_held_by_an_unfinished_task_returns_its_id_through_the_thread_path(
