@@ -45,10 +45,8 @@ from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo
 from omniq_mp.storage.result_files import SIDE_FILE_MIN, ResultFiles
 from omniq_mp.storage.sqlite_codec import (
     COLUMNS,
-    FINISH,
     INSERT,
     INSERT_SCHEDULE,
-    REQUEUE,
     RESULT,
     SCHEDULE_COLUMNS,
     claim_statement,
@@ -58,6 +56,7 @@ from omniq_mp.storage.sqlite_codec import (
     row_worker,
     schedule_row,
     settlement_rows,
+    settlement_updates,
     task_inserts,
     task_row,
 )
@@ -355,13 +354,14 @@ class SQLiteStorage:
                 names = {s.task_id: files[id(s)] for s in chosen if id(s) in files}
                 for row in finish:
                     row["result"] = names.get(row["id"], row["result"])
+            limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            for statement, params in settlement_updates(requeue, finish, limit):
+                conn.execute(statement, params)
             follow_ups = [task_row(s.follow_up) for s in chosen if s.follow_up is not None]
-            # A follow-up whose key another unfinished task already holds is skipped
-            # (OR IGNORE), never allowed to fail the whole batch of outcomes.
-            follow = INSERT.replace("INSERT", "INSERT OR IGNORE", 1)
-            for sql, rows in ((REQUEUE, requeue), (FINISH, finish), (follow, follow_ups)):
-                if rows:
-                    conn.executemany(sql, rows)
+            if follow_ups:
+                # A follow-up whose key another unfinished task already holds is skipped
+                # (OR IGNORE), never allowed to fail the whole batch of outcomes.
+                conn.executemany(INSERT.replace("INSERT", "INSERT OR IGNORE", 1), follow_ups)
             return applied
 
         return await self._transaction(body) if settlements else []
@@ -840,16 +840,18 @@ def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) ->
 def _current_tokens(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
     """Lease tokens of those ``ids`` that are RUNNING (read inside the write transaction,
     so nothing can change them before our writes)."""
+    # One JSON object per chunk, not a row per task: each row fetched is a step, around
+    # which sqlite3 lets go of the GIL (see settlement_updates).
     tokens: dict[str, str] = {}
     for i in range(0, len(ids), _IN_CHUNK):
         chunk = ids[i : i + _IN_CHUNK]
-        rows = _fetchall(
+        [(found,)] = _fetchall(
             conn,
-            "SELECT id, lease_token FROM tasks WHERE status = 'RUNNING' "
+            "SELECT json_group_object(id, lease_token) FROM tasks WHERE status = 'RUNNING' "
             f"AND id IN ({', '.join('?' * len(chunk))})",
             chunk,
         )
-        tokens.update((r[0], r[1]) for r in rows)
+        tokens.update(json.loads(found))
     return tokens
 
 
