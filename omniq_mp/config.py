@@ -146,7 +146,7 @@ class Settings:
     worker_init: str | None = None
     worker_init_timeout: float = 60.0
     max_start_failures: int = 5
-    prefetch: int = 32
+    prefetch: int = 128
     send_ahead_below: float = 0.05
     start_method: str = field(default_factory=_default_start_method)
     sqlite_synchronous: str = "FULL"
