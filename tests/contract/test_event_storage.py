@@ -120,6 +120,16 @@ async def test_events_come_back_in_append_order_with_increasing_positions(
     assert positions(stored)[0] >= 1
 
 
+async def test_one_big_append_comes_back_whole_and_in_order(log: EventStorage) -> None:
+    # A recorder's batch can hold hundreds of events; backends that write several rows
+    # per statement must split it without losing, repeating or reordering any.
+    sent = [make("big", i) for i in range(457)]
+    await log.append(sent)
+    stored = await read_all(log)
+    assert [s.event for s in stored] == sent
+    assert_strictly_increasing(stored)
+
+
 async def test_reading_after_the_last_position_resumes_without_gaps_or_repeats(
     log: EventStorage,
 ) -> None:
