@@ -288,12 +288,21 @@ def _decode(row: Sequence[Any]) -> tuple[dict[str, Any], dict[str, str]]:
     values: dict[str, Any] = {}
     problems: dict[str, str] = {}
     for (column, name, kinds), value in zip(_MAPPING, row, strict=False):
+        # Most columns hold a value of an expected type as is: an exact type check (the
+        # sqlite3 module returns exact int, float, str, bytes or None, never a bool)
+        # keeps them off the slower checked path, which claims pay once per column.
+        if type(value) in kinds and name not in _CONVERTED:
+            values[name] = value
+            continue
         try:
             values[name] = _column_value(name, kinds, value)
         # ValueError covers JSON and enum errors; RecursionError absurdly nested JSON.
         except (ValueError, TypeError, RecursionError) as exc:
             problems[column] = f"{column}: {exc}"
     return values, problems
+
+
+_CONVERTED = frozenset({"status", "error", "history", "cancel_requested"})
 
 
 def _expect(value: Any, kinds: tuple[type, ...], column: str = "") -> None:
