@@ -32,6 +32,7 @@ BENCHMARKS = (
     "backlog",
     "enqueue_under_load",
     "idle_trace",
+    "eta_lateness",
 )
 HERE = Path(__file__).resolve().parent
 

@@ -68,6 +68,13 @@ _LOGGED_ONE_BY_ONE = 100
 _OPTIONS = tuple(f.name for f in fields(TaskOptions))
 
 
+def _first_later_eta(tasks: Sequence[Task], now: float) -> float | None:
+    """The earliest ETA after ``now`` among ``tasks`` (None if none is later): supervisors
+    are told it, to claim at that time rather than at their next idle poll."""
+    later = [task.eta for task in tasks if task.eta > now]
+    return min(later) if later else None
+
+
 def _resolve_settings(
     settings: Settings | None, config: Settings | None, overrides: dict[str, Any]
 ) -> Settings:
@@ -410,10 +417,11 @@ class AsyncOmniQ:
         emit = None if self.recorder is None else self.recorder.emit_many
         for task, existing_id in self._note_enqueued(tasks, ids, emit, now):
             await self._log_duplicate(task, existing_id)
+        due = _first_later_eta(tasks, now)
         if self._workers is not None:
-            self._workers.wake()
+            self._workers.wake(due)
         if self._supervisors is not None:
-            self._supervisors.poke()
+            self._supervisors.poke(due)
         return ids
 
     def enqueue_from_thread(
@@ -433,8 +441,9 @@ class AsyncOmniQ:
             return None
         now = time.time()
         ids: list[str] = enqueue_blocking(tasks)
+        due = _first_later_eta(tasks, now)
         if self._supervisors is not None:
-            self._supervisors.poke()
+            self._supervisors.poke(due)
         recorder = self.recorder
         emit: Callable[[Sequence[Event]], None] | None = None
         if recorder is not None and self._workers is None:
@@ -446,12 +455,14 @@ class AsyncOmniQ:
 
         duplicates = self._note_enqueued(tasks, ids, emit, now)
         if duplicates or self._workers is not None:
-            loop.call_soon_threadsafe(self._after_thread_enqueue, duplicates)
+            loop.call_soon_threadsafe(self._after_thread_enqueue, duplicates, due)
         return ids
 
-    def _after_thread_enqueue(self, duplicates: list[tuple[Task, str]]) -> None:
+    def _after_thread_enqueue(
+        self, duplicates: list[tuple[Task, str]], due: float | None = None
+    ) -> None:
         if self._workers is not None:
-            self._workers.wake()
+            self._workers.wake(due)
         for task, existing_id in duplicates:
             note = asyncio.create_task(self._log_duplicate(task, existing_id))
             self._notes.add(note)  # held until done: the loop keeps only weak references

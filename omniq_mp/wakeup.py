@@ -8,17 +8,23 @@ costs the wait until the next poll.
 Each listener binds a datagram socket in Linux's abstract namespace (no file to clean
 up, no 108-byte path limit) and announces it with an empty file named after it in the
 store's ``wake/`` folder: ``s-<token>`` for supervisors, ``c-<token>`` for clients. A
-sender lists the folder and sends one byte to each; a name nobody listens on any more
-(its process died) is refused, and the sender removes its file. Elsewhere than Linux,
-this module does nothing.
+sender lists the folder and sends one datagram to each; a name nobody listens on any
+more (its process died) is refused, and the sender removes its file. Elsewhere than
+Linux, this module does nothing.
+
+A datagram is one byte ("look now"), or, when the work it announces falls due later
+(tasks with an ETA), that time as a big-endian double: the supervisor then looks again
+at that time instead of at its next idle poll.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import secrets
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +38,8 @@ SUPERVISORS = "s-"
 CLIENTS = "c-"
 _SUPPORTED = sys.platform.startswith("linux")
 _LIST_TTL = 0.5  # seconds a sender reuses its listing of the folder
+_NOW = b"!"
+_DUE = struct.Struct("!d")
 
 
 def _address(name: str) -> str:
@@ -39,12 +47,20 @@ def _address(name: str) -> str:
 
 
 class WakeListener:
-    """Calls ``on_wake`` on the event loop whenever another process pokes this one."""
+    """Calls ``on_wake`` on the event loop whenever another process pokes this one, after
+    ``on_due`` with the earliest due time the pokes carried, if any did."""
 
-    def __init__(self, folder: Path, kind: str, on_wake: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        kind: str,
+        on_wake: Callable[[], None],
+        on_due: Callable[[float], None] | None = None,
+    ) -> None:
         self.folder = folder
         self.name = f"{kind}{secrets.token_hex(8)}"
         self._on_wake = on_wake
+        self._on_due = on_due
         self._sock: socket.socket | None = None
 
     def start(self) -> None:
@@ -65,13 +81,19 @@ class WakeListener:
 
     def _readable(self) -> None:
         assert self._sock is not None
+        due: float | None = None
         try:
-            while self._sock.recv(64):  # one wake-up however many pokes queued up
-                pass
+            while data := self._sock.recv(64):  # one wake-up however many pokes queued up
+                if len(data) == _DUE.size:
+                    (when,) = _DUE.unpack(data)
+                    if math.isfinite(when):  # anyone on the host may send us anything
+                        due = when if due is None else min(due, when)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
             return
+        if due is not None and self._on_due is not None:
+            self._on_due(due)
         self._on_wake()
 
     def stop(self) -> None:
@@ -100,16 +122,18 @@ class Poker:
         self._listed_at = -_LIST_TTL
         self._sock: socket.socket | None = None
 
-    def poke(self) -> None:
-        """Send one byte to each listener; never raises, never blocks."""
+    def poke(self, due: float | None = None) -> None:
+        """Wake each listener; ``due``: the announced work falls due only then (an ETA's
+        time), so the listener looks again at that time. Never raises, never blocks."""
         if not _SUPPORTED:
             return
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.setblocking(False)
+        message = _NOW if due is None else _DUE.pack(due)
         for name in self._listeners():
             try:
-                self._sock.sendto(b"!", _address(name))
+                self._sock.sendto(message, _address(name))
             except (BlockingIOError, InterruptedError):
                 pass  # its queue is full: it has plenty of wake-ups pending already
             except (ConnectionRefusedError, FileNotFoundError):

@@ -121,6 +121,7 @@ class AsyncWorkerPool:
         self._outcomes: asyncio.Queue[tuple[Task, Outcome]] = asyncio.Queue()
         self._wake = asyncio.Event()  # set when claiming may find or start work
         self._empty_polls = 0  # claims in a row that found nothing (idle backoff)
+        self._next_due: float | None = None  # the earliest known ETA still ahead
         self._idle = asyncio.Event()  # set when nothing is held
         self._idle.set()
         self._stopping = False
@@ -136,7 +137,9 @@ class AsyncWorkerPool:
         # Producers in other processes poke us when they enqueue; we poke their clients
         # when we store outcomes (see wakeup.py): millisecond reactions without polling.
         self._listener = (
-            None if wake_dir is None else WakeListener(wake_dir, SUPERVISORS, self.wake)
+            None
+            if wake_dir is None
+            else WakeListener(wake_dir, SUPERVISORS, self.wake, on_due=self.note_due)
         )
         self._clients = None if wake_dir is None else Poker(wake_dir, CLIENTS)
 
@@ -175,9 +178,19 @@ class AsyncWorkerPool:
             ",".join(self.settings.queues),
         )
 
-    def wake(self) -> None:
-        """Look for work now instead of at the next poll (an in-process enqueue calls this)."""
+    def wake(self, due: float | None = None) -> None:
+        """Look for work now instead of at the next poll (an in-process enqueue calls this);
+        ``due``: the earliest time, on the queue's clock, that a task among the new ones
+        falls due, when that is later (an ETA), so that we look again then."""
+        if due is not None:
+            self.note_due(due)
         self._wake.set()
+
+    def note_due(self, due: float) -> None:
+        """A task falls due at ``due`` (the queue's clock): claim then, not at the next
+        idle poll, which may be ``_IDLE_BACKOFF`` poll intervals away."""
+        if self._next_due is None or due < self._next_due:
+            self._next_due = due
 
     def request_stop(self) -> None:
         """Stop claiming; ``process_tasks`` returns once what it holds is settled."""
@@ -361,6 +374,13 @@ class AsyncWorkerPool:
         timeout = self.settings.poll_interval * backoff
         if self._ready or self._jobs:
             timeout = max(timeout, 0.5)  # busy: completions wake us, no need to poll hard
+        if self._next_due is not None:
+            until_due = self._next_due - self.queue.clock()
+            if until_due <= 0:  # fell due since the last claim began: claim once more
+                self._next_due = None
+            # A millisecond late: a task is claimable once its ETA is not after the claim's
+            # time, and the loop's timers may fire up to a millisecond early.
+            timeout = min(timeout, max(until_due, 0.0) + _DUE_SLACK)
         if deadline is not None:
             timeout = min(timeout, max(0.0, deadline - asyncio.get_running_loop().time()))
         with contextlib.suppress(TimeoutError):
@@ -413,6 +433,7 @@ class AsyncWorkerPool:
             else:
                 self.processed += not settlement.uncharge
                 self.events.settled(task, settlement, (durations or {}).get(task.id))
+                self._note_follow_up(settlement)
             for callback in self.on_settled:
                 callback(task, settlement)
         if self._clients is not None:
@@ -450,6 +471,13 @@ class AsyncWorkerPool:
                 )
             self._store_ok()
             return applied
+
+    def _note_follow_up(self, settlement: Settlement) -> None:
+        # A retry after its backoff, or an interval task's next run: due at a known time.
+        if settlement.status is TaskStatus.PENDING and settlement.eta is not None:
+            self.note_due(settlement.eta)
+        if settlement.follow_up is not None:
+            self.note_due(settlement.follow_up.eta)
 
     def _let_go(self, task: Task) -> None:
         # Forget this attempt once settled, but only this one: the same task may have been
@@ -817,6 +845,7 @@ class AsyncWorkerPool:
 
 
 _IDLE_BACKOFF = 8  # the idle poll slows to at most this many poll_intervals
+_DUE_SLACK = 0.001  # seconds after a known ETA that the supervisor claims
 
 
 class ReadOnlyWatch:

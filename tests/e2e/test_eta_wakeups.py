@@ -1,0 +1,78 @@
+"""Tasks that fall due later (an ETA, a retry's backoff) start at that time, not at an
+idle supervisor's next poll. Each supervisor here polls only every 5 s or slower, so a
+result within 4 s of its due time can only come from the wake-up at that time."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from omniq_mp import OmniQ, Settings
+from tests.e2e.conftest import start_workers
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+SLOW_POLL = 5.0  # seconds; idle, the poll backs off further, to 8 times this
+WITHIN = 4.0  # seconds after the due time a result must be back
+
+
+def fail_once(marker: str) -> float:
+    """Raise on the first call (per marker file), then return the time it ran."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("failed once")
+        raise RuntimeError("first attempt fails")
+    return time.time()
+
+
+def test_an_eta_task_of_an_embedded_supervisor_starts_at_its_eta(tmp_path: Path) -> None:
+    with OmniQ(Settings(base_dir=tmp_path, procs=1, poll_interval=SLOW_POLL)) as q:
+        q.get_result(q.enqueue(time.time), timeout=30)  # the supervisor is up and idle
+        due = time.time() + 0.5
+        task_id = q.enqueue(time.time, eta=timedelta(seconds=0.5))
+        ran = q.get_result(task_id, timeout=0.5 + WITHIN)
+        assert ran >= due  # never early
+
+
+def test_a_producer_in_another_process_wakes_the_supervisor_at_the_eta(tmp_path: Path) -> None:
+    workers = start_workers(tmp_path, "--procs", "1", OMNIQ_POLL_INTERVAL=str(SLOW_POLL))
+    settings = Settings(base_dir=tmp_path)  # a producer only: the supervisor is elsewhere
+    q = OmniQ(settings)
+    try:
+        # Pokes go to the supervisors announced when the producer lists the wake folder
+        # (the listing is kept half a second): enqueue once this one has announced itself.
+        wake_dir = settings.wake_dir
+        assert wake_dir is not None
+        wait_for(
+            lambda: wake_dir.is_dir() and any(n.startswith("s-") for n in os.listdir(wake_dir)),
+            30,
+            "the supervisor to announce its wake-up socket",
+        )
+        q.get_result(q.enqueue(time.time), timeout=30)
+        due = time.time() + 0.5
+        task_id = q.enqueue(time.time, eta=timedelta(seconds=0.5))
+        ran = q.get_result(task_id, timeout=0.5 + WITHIN)
+        assert ran >= due
+    finally:
+        q.close()
+        workers.terminate()
+        workers.communicate(timeout=30)
+
+
+def test_a_retry_starts_after_its_backoff_not_at_the_next_idle_poll(tmp_path: Path) -> None:
+    settings = Settings(
+        base_dir=tmp_path, procs=1, poll_interval=SLOW_POLL, retry_delay=0.5, max_retries=1
+    )
+    with OmniQ(settings) as q:
+        q.get_result(q.enqueue(time.time), timeout=30)
+        began = time.time()
+        task_id = q.enqueue(fail_once, str(tmp_path / "marker"))
+        # The backoff is 0.5 s with up to 25% jitter either way.
+        ran = q.get_result(task_id, timeout=0.625 + WITHIN)
+        assert ran - began >= 0.375
+        assert q.get_task(task_id).attempts == 2
