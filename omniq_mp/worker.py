@@ -594,10 +594,13 @@ class AsyncWorkerPool:
         wait_for_work = getattr(self.queue.storage, "wait_for_work", None)
         if wait_for_work is None:
             return
+        # Optional beside it: the earliest ETA the notifications announced.
+        notified_due = getattr(self.queue.storage, "notified_due", None)
         while True:
             try:
                 if await wait_for_work(5.0):
-                    self._wake.set()
+                    due = None if notified_due is None else notified_due()
+                    self.wake(due)
             except Exception as exc:  # never spin on a failing store
                 logger.bind(action="service_error").warning("work notifications: {}", exc)
                 await asyncio.sleep(1.0)

@@ -142,6 +142,11 @@ class PostgresStorage:
         """
         return await self._listener.wait(timeout)
 
+    def notified_due(self) -> float | None:
+        """The earliest ETA announced by the notifications received since the last call
+        (None if none carried one): a supervisor claims again at that time."""
+        return self._listener.take_due()
+
     async def _tasks(self, where: str, *args: Any) -> list[Task]:
         rows = await self._pool.fetch(self._sql.select(where), *args)
         return [record_task(r) for r in rows]
@@ -172,7 +177,10 @@ class PostgresStorage:
             try:
                 async with conn.transaction():
                     stored = await self._insert_keyed(conn, fresh)
-                    await conn.execute(self._sql.notify)
+                    # Tasks due later: listeners also claim when the first falls due.
+                    earliest = min(task.eta for task in fresh)
+                    due = repr(earliest) if earliest > time.time() else ""
+                    await conn.execute(self._sql.notify_due, due)
             except self._pool.unique_violation as exc:
                 detail = getattr(exc, "detail", None) or str(exc)
                 raise ValueError(f"a task id in this batch already exists: {detail}") from None

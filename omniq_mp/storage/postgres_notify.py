@@ -9,6 +9,7 @@ a pooled connection would be handed to other operations and lose its LISTEN.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from omniq_mp.extras import require
@@ -34,6 +35,7 @@ class WorkListener:
         self._had_connection = False
         self._event = asyncio.Event()
         self._connecting = asyncio.Lock()  # concurrent waiters must not open two connections
+        self._due: float | None = None  # see take_due
 
     async def wait(self, timeout: float) -> bool:
         """True when notified (or when work may have arrived unheard); False after
@@ -86,5 +88,17 @@ class WorkListener:
         self._had_connection = True
         return True
 
-    def _notified(self, _conn: Any, _pid: int, _channel: str, _payload: str) -> None:
+    def take_due(self) -> float | None:
+        """The earliest due time the notifications since the last call carried (enqueues
+        send their tasks' earliest ETA), then forget it."""
+        due, self._due = self._due, None
+        return due
+
+    def _notified(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            when = float(payload) if payload else math.nan
+        except ValueError:  # anyone who can NOTIFY on the channel may send anything
+            when = math.nan
+        if math.isfinite(when) and (self._due is None or when < self._due):
+            self._due = when
         self._event.set()

@@ -278,6 +278,12 @@ class Statements:
         return f"SELECT pg_notify('{channel_for(self.schema)}', '')"
 
     @property
+    def notify_due(self) -> str:
+        """:attr:`notify` with a payload ($1): the earliest ETA of the tasks announced, as
+        text, so that listeners also claim when that time comes."""
+        return f"SELECT pg_notify('{channel_for(self.schema)}', $1)"
+
+    @property
     def _columns(self) -> str:
         return columns()
 

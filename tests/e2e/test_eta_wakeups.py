@@ -4,14 +4,17 @@ result within 4 s of its due time can only come from the wake-up at that time.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from omniq_mp import OmniQ, Settings
+from omniq_mp.storage.postgres import PostgresStorage
 from tests.e2e.conftest import start_workers
 from tests.waiting import wait_for
 
@@ -76,3 +79,31 @@ def test_a_retry_starts_after_its_backoff_not_at_the_next_idle_poll(tmp_path: Pa
         ran = q.get_result(task_id, timeout=0.625 + WITHIN)
         assert ran - began >= 0.375
         assert q.get_task(task_id).attempts == 2
+
+
+@pytest.mark.postgres
+def test_a_notify_carries_the_eta_to_a_postgres_supervisor(
+    tmp_path: Path, postgres_dsn: str
+) -> None:
+    # PostgreSQL supervisors hear of work through LISTEN/NOTIFY, from any host: the
+    # enqueue's notification carries the earliest ETA of its tasks.
+    schema = f"omniq_eta_{uuid.uuid4().hex[:8]}"
+    env = {"OMNIQ_POLL_INTERVAL": str(SLOW_POLL), "OMNIQ_POSTGRES_SCHEMA": schema}
+    workers = start_workers(tmp_path, "--procs", "1", "--backend", "postgres",
+                            "--dsn", postgres_dsn, **env)  # fmt: skip
+    settings = Settings(
+        base_dir=tmp_path, backend="postgres", dsn=postgres_dsn, postgres_schema=schema
+    )
+    q = OmniQ(settings)
+    try:
+        q.get_result(q.enqueue(time.time), timeout=60)  # the supervisor is up and idle
+        time.sleep(0.2)
+        due = time.time() + 0.5
+        task_id = q.enqueue(time.time, eta=timedelta(seconds=0.5))
+        ran = q.get_result(task_id, timeout=0.5 + WITHIN)
+        assert ran >= due
+    finally:
+        q.close()
+        workers.terminate()
+        workers.communicate(timeout=30)
+        asyncio.run(PostgresStorage(postgres_dsn, schema=schema).drop())

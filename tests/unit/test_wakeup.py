@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from omniq_mp.storage.postgres_notify import WorkListener
 from omniq_mp.wakeup import SUPERVISORS, Poker, WakeListener
 
 pytestmark = pytest.mark.skipif(
@@ -70,3 +71,13 @@ async def test_a_datagram_that_is_not_a_finite_time_only_wakes(tmp_path: Path) -
     finally:
         sender.close()
         listener.stop()
+
+
+def test_postgres_notifications_keep_the_earliest_finite_due_time() -> None:
+    # The listener callback asyncpg calls with each NOTIFY payload on the channel, which
+    # any client of the database may send to: only finite numbers count.
+    listener = WorkListener("postgresql://unused", "omniq_work")
+    for payload in ("2000.5", "", "nan", "inf", "soon", "1000.25"):
+        listener._notified(None, 0, "omniq_work", payload)
+    assert listener.take_due() == 1000.25
+    assert listener.take_due() is None  # taken: the next call reports only newer ones
