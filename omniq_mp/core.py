@@ -34,7 +34,7 @@ from omniq_mp.events import EventRecorder, enqueued_events
 from omniq_mp.events import follow as follow_events
 from omniq_mp.eventstore import Event, EventStorage, EventType, StoredEvent, open_event_storage
 from omniq_mp.futures import TaskHandle
-from omniq_mp.models import Task, TaskStatus
+from omniq_mp.models import Task, TaskStatus, first_later_eta
 from omniq_mp.progress import ProgressBar
 from omniq_mp.result_writer import ResultWriter
 from omniq_mp.results.base import ResultStorage, TaskResult
@@ -66,13 +66,6 @@ __all__ = ["AsyncOmniQ"]
 _LOGGED_ONE_BY_ONE = 100
 # The task options build() and enqueue() take among a call's keyword arguments.
 _OPTIONS = tuple(f.name for f in fields(TaskOptions))
-
-
-def _first_later_eta(tasks: Sequence[Task], now: float) -> float | None:
-    """The earliest ETA after ``now`` among ``tasks`` (None if none is later): supervisors
-    are told it, to claim at that time rather than at their next idle poll."""
-    later = [task.eta for task in tasks if task.eta > now]
-    return min(later) if later else None
 
 
 def _resolve_settings(
@@ -417,7 +410,7 @@ class AsyncOmniQ:
         emit = None if self.recorder is None else self.recorder.emit_many
         for task, existing_id in self._note_enqueued(tasks, ids, emit, now):
             await self._log_duplicate(task, existing_id)
-        due = _first_later_eta(tasks, now)
+        due = first_later_eta(tasks, now)
         if self._workers is not None:
             self._workers.wake(due)
         if self._supervisors is not None:
@@ -441,7 +434,7 @@ class AsyncOmniQ:
             return None
         now = time.time()
         ids: list[str] = enqueue_blocking(tasks)
-        due = _first_later_eta(tasks, now)
+        due = first_later_eta(tasks, now)
         if self._supervisors is not None:
             self._supervisors.poke(due)
         recorder = self.recorder

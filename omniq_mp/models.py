@@ -11,7 +11,7 @@ import enum
 import os
 import time
 import traceback as _traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -157,6 +157,14 @@ def _safe_str(exception: BaseException) -> str:
         return str(exception)
     except Exception:
         return f"<{type(exception).__name__} whose str() raised>"
+
+
+def first_later_eta(tasks: Iterable[Task], now: float) -> float | None:
+    """The earliest ETA after ``now`` among ``tasks`` (None if none is later): what a
+    producer tells supervisors, so they claim at that time rather than at their next
+    idle poll."""
+    later = [task.eta for task in tasks if task.eta > now]
+    return min(later) if later else None
 
 
 def _new_id() -> str:

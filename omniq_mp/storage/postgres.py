@@ -14,7 +14,7 @@ from typing import Any
 
 from omniq_mp.dsn import redact
 from omniq_mp.errors import StorageError
-from omniq_mp.models import Settlement, Task, TaskStatus
+from omniq_mp.models import Settlement, Task, TaskStatus, first_later_eta
 from omniq_mp.pg import DEFAULT_DSN, identifier
 from omniq_mp.schedule import Schedule
 from omniq_mp.storage import postgres_migrations as migrations
@@ -178,9 +178,8 @@ class PostgresStorage:
                 async with conn.transaction():
                     stored = await self._insert_keyed(conn, fresh)
                     # Tasks due later: listeners also claim when the first falls due.
-                    earliest = min(task.eta for task in fresh)
-                    due = repr(earliest) if earliest > time.time() else ""
-                    await conn.execute(self._sql.notify_due, due)
+                    due = first_later_eta(fresh, time.time())
+                    await conn.execute(self._sql.notify_due, "" if due is None else repr(due))
             except self._pool.unique_violation as exc:
                 detail = getattr(exc, "detail", None) or str(exc)
                 raise ValueError(f"a task id in this batch already exists: {detail}") from None
