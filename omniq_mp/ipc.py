@@ -3,6 +3,7 @@
     frame = header | meta | body
     header = struct "!IQ" (meta length, body length)
     meta = UTF-8 JSON object with a "kind" key: plain data the supervisor may read
+           (fastjson: the supervisor handles several of these per task)
     body = opaque bytes (a cloudpickled call or result) the supervisor never unpickles
 
 Each worker has its own socketpair, so a frame is only ever half-written when its writer
@@ -12,12 +13,13 @@ died, and then the whole channel is discarded with the process: no shared lock, 
 
 from __future__ import annotations
 
-import json
 import select
 import socket
 import struct
 from dataclasses import dataclass, field
 from typing import Any
+
+from omniq_mp import fastjson
 
 __all__ = ["Frame", "FrameParser", "encode", "pending", "recv_frame", "send_frame"]
 
@@ -47,12 +49,12 @@ class Frame:
 
 def encode(kind: str, meta: dict[str, Any] | None = None, body: bytes = b"") -> list[bytes]:
     """The frame as buffers to write in order (the body is not copied)."""
-    head = json.dumps({"kind": kind, **(meta or {})}, separators=(",", ":")).encode()
+    head = fastjson.dumpb({"kind": kind, **(meta or {})})
     return [_HEADER.pack(len(head), len(body)) + head, body]
 
 
 def _decode(head: bytes, body: bytes) -> Frame:
-    meta = json.loads(head)
+    meta = fastjson.loads(head)
     return Frame(meta.pop("kind"), meta, body)
 
 

@@ -161,7 +161,7 @@ class FileEventStorage:
     # -- in a worker thread ------------------------------------------------------------------
 
     def _append(self, events: list[Event]) -> None:
-        bodies = [json.dumps(e.to_dict()) for e in events]  # fails here, before the lock
+        bodies = [e.to_json() for e in events]  # fails here, before the lock
         with _flock(self.base_dir, fcntl.LOCK_EX):
             first, path, size, last = self._last_segment()
             if last - first + 1 >= self.segment_events or size >= self.segment_bytes:

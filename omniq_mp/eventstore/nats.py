@@ -134,7 +134,7 @@ class NATSEventStorage:
         if not events:
             return
         await self._ready()
-        payloads = [json.dumps(e.to_dict(), separators=(",", ":")).encode() for e in events]
+        payloads = [e.to_json().encode() for e in events]
         limit = self._conn.max_payload
         if (largest := max(len(p) for p in payloads)) > limit:
             raise StorageError(

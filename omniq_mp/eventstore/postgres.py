@@ -88,7 +88,7 @@ class PostgreSQLEventStorage(PostgresTable):
             [float(e.timestamp) for e in events],
             [e.event_type.value for e in events],
             [e.task_id for e in events],
-            [json.dumps(e.to_dict()) for e in events],
+            [e.to_json() for e in events],
             _APPEND_LOCK,
             lock_key(self.table),
         )

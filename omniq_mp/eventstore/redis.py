@@ -130,7 +130,7 @@ class RedisEventStorage(RedisBacked):
         args: list[str | int] = [self.maxlen or 0, self._index]
         for event in events:
             task = "" if event.task_id is None else "=" + event.task_id
-            args += [task, repr(float(event.timestamp)), json.dumps(event.to_dict())]
+            args += [task, repr(float(event.timestamp)), event.to_json()]
         script = self._redis.client.register_script(_APPEND)
         with self._redis.errors():
             await script(keys=[self._stream, self._seq], args=args)

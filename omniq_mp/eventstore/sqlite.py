@@ -88,9 +88,7 @@ class SQLiteEventStorage:
 
     async def append(self, events: Sequence[Event]) -> None:
         """Insert the events in one transaction."""
-        rows = [
-            (e.event_type.value, e.task_id, e.timestamp, json.dumps(e.to_dict())) for e in events
-        ]
+        rows = [(e.event_type.value, e.task_id, e.timestamp, e.to_json()) for e in events]
         async with self._lock:
             conn = self._connection()
             try:

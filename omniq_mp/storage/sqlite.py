@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from loguru import logger
 
+from omniq_mp import fastjson
 from omniq_mp.crashpoints import crash_point
 from omniq_mp.errors import StorageError
 from omniq_mp.file_modes import FILE_MODE, create_private_file, make_private_dirs
@@ -851,7 +852,7 @@ def _current_tokens(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, s
             f"AND id IN ({', '.join('?' * len(chunk))})",
             chunk,
         )
-        tokens.update(json.loads(found))
+        tokens.update(fastjson.loads(found))
     return tokens
 
 
