@@ -82,6 +82,11 @@ class AsyncTaskQueue:
 
     # -- consuming ---------------------------------------------------------------------------
 
+    async def next_due(self, queues: Sequence[str]) -> float | None:
+        """The earliest ETA still ahead (on this queue's clock) among PENDING tasks of
+        ``queues``; None if there is none."""
+        return await self.storage.next_due(queues, self.clock())
+
     async def claim(
         self, queues: Sequence[str], limit: int, worker_id: str, lease_ttl: float
     ) -> list[Task]:

@@ -286,7 +286,22 @@ class AsyncWorkerPool:
             self._ready.append(task)
         if tasks:
             self._idle.clear()
+        elif not self._held:
+            await self._learn_next_due()
         return len(tasks)
+
+    async def _learn_next_due(self) -> None:
+        # Idle. Tasks due later that no wake-up announced (stored before we started, the
+        # later ETAs of a batch, a producer on another host) would otherwise wait for the
+        # backed-off poll: ask the store when the first of them falls due, and sleep
+        # until then at most. One index seek per queue and priority, once per idle poll.
+        try:
+            due = await self.queue.next_due(self.settings.queues)
+        except Exception as exc:  # the next idle poll asks again
+            logger.bind(action="next_due_failed").debug("cannot read the next due time: {}", exc)
+            return
+        if due is not None:
+            self.note_due(due)
 
     def _claim_size(self, budget: int | None) -> int:
         """How many tasks to claim now (0: none)."""

@@ -109,6 +109,13 @@ class Storage(Protocol):
         """
         ...
 
+    async def next_due(self, queues: Sequence[str], now: float) -> float | None:
+        """The earliest ``eta`` after ``now`` of a PENDING task of ``queues``; None if no
+        such task. An idle supervisor sleeps until then rather than until its next poll,
+        which finds tasks with an ETA that no wake-up announced (stored before it started,
+        or by a producer on another host)."""
+        ...
+
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         """Apply attempt outcomes in one transaction; False where the token no longer holds.
 

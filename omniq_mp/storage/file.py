@@ -143,6 +143,12 @@ class FileStorage:
         names = tuple(queues)
         return await self._run(lambda t: t.claim(names, limit, now, lease_until, worker_id))
 
+    async def next_due(self, queues: Sequence[str], now: float) -> float | None:
+        """The earliest ETA after ``now`` among PENDING tasks of ``queues`` (None: none),
+        read from the entries' names (rounded down to the microsecond)."""
+        names = tuple(queues)
+        return await self._run(lambda t: t.next_due(names, now))
+
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         """Apply outcomes; :return: False where the lease token no longer holds."""
         batch = list(settlements)
@@ -651,6 +657,17 @@ class _Tree:
                 if len(claimed) >= limit:
                     break
         return claimed
+
+    def next_due(self, queues: Sequence[str], now: float) -> float | None:
+        horizon = eta_us(now)
+        etas = (
+            eta
+            for folder in self.queue_folders(queues)
+            for name in _json_names(folder)
+            if (eta := key_field(name, 1)) is not None and eta > horizon
+        )
+        earliest = min(etas, default=None)
+        return None if earliest is None else earliest / 1e6
 
     def due_paths(self, queues: Sequence[str], now: float) -> Iterator[Path]:
         """Pending entries whose name says they are due, in claim order: every candidate of

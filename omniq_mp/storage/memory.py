@@ -79,6 +79,17 @@ class MemoryStorage:
             claimed.append(replace(task))
         return claimed
 
+    async def next_due(self, queues: Sequence[str], now: float) -> float | None:
+        """The earliest ETA after ``now`` among PENDING tasks of ``queues`` (None: none)."""
+        return min(
+            (
+                t.eta
+                for t in self._tasks.values()
+                if t.status is TaskStatus.PENDING and t.queue in queues and t.eta > now
+            ),
+            default=None,
+        )
+
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         """Apply each settlement whose token still matches a RUNNING task."""
         applied = []

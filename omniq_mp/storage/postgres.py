@@ -236,6 +236,13 @@ class PostgresStorage:
         rows.sort(key=lambda r: (rank[r["queue"]], -r["priority"], r["eta"], r["seq"]))
         return [record_task(r) for r in rows]
 
+    async def next_due(self, queues: Sequence[str], now: float) -> float | None:
+        """The earliest ETA after ``now`` among PENDING tasks of ``queues`` (None: none)."""
+        if not queues:
+            return None
+        [row] = await self._pool.fetch(self._sql.next_due, list(dict.fromkeys(queues)), now)
+        return None if row[0] is None else float(row[0])
+
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         """Apply outcomes in one transaction; each is fenced by its lease token.
 

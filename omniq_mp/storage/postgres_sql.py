@@ -130,6 +130,25 @@ class Statements:
         )
 
     @property
+    def next_due(self) -> str:
+        """The earliest ETA after ``$2`` among PENDING tasks of the queues ``$1``: for each
+        queue, a recursive walk down its priorities in ``tasks_claimable`` takes each
+        priority's first ETA after ``$2`` with one index seek (``min(eta)`` would read
+        every pending entry, as the index orders by priority before eta)."""
+        pending = f"FROM {self.tasks} t WHERE t.status = 'PENDING' AND t.queue = p.queue"
+        return (
+            "WITH RECURSIVE p(queue, priority) AS ("
+            f"SELECT q.name, (SELECT t.priority FROM {self.tasks} t "
+            "WHERE t.status = 'PENDING' AND t.queue = q.name "
+            "ORDER BY t.priority DESC LIMIT 1) FROM unnest($1::text[]) AS q(name) "
+            f"UNION ALL SELECT p.queue, (SELECT t.priority {pending} "
+            "AND t.priority < p.priority ORDER BY t.priority DESC LIMIT 1) "
+            "FROM p WHERE p.priority IS NOT NULL) "
+            f"SELECT min((SELECT t.eta {pending} AND t.priority = p.priority "
+            "AND t.eta > $2::float8 ORDER BY t.eta LIMIT 1)) FROM p WHERE p.priority IS NOT NULL"
+        )
+
+    @property
     def lock_running(self) -> str:
         """Lease tokens of those of ``$1`` that are RUNNING, locked until the settlement
         transaction ends so nothing changes them under it."""

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -51,6 +52,7 @@ from omniq_mp.storage.sqlite_codec import (
     RESULT,
     SCHEDULE_COLUMNS,
     claim_statement,
+    next_due_statement,
     quarantine_update,
     row_schedule,
     row_task,
@@ -286,6 +288,16 @@ class SQLiteStorage:
         rank = {q: i for i, q in enumerate(queues)}
         claimed.sort(key=lambda c: (rank[c[0].queue], -c[0].priority, c[0].eta, c[1]))
         return [task for task, _ in claimed]
+
+    async def next_due(self, queues: Sequence[str], now: float) -> float | None:
+        """The earliest ETA after ``now`` among PENDING tasks of ``queues`` (None: none);
+        one index seek per queue and priority (see ``next_due_statement``)."""
+        if not queues:
+            return None
+        [(due,)] = await self._read(next_due_statement(len(queues)), [*queues, now])
+        # A REAL column may hold anything if written behind our back: only a number is a time.
+        ok = type(due) in (int, float) and math.isfinite(due)
+        return float(due) if ok else None
 
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         """Apply outcomes in one transaction; each is fenced by its lease token.

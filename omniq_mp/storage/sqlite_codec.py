@@ -29,6 +29,7 @@ __all__ = [
     "RESULT",
     "SCHEDULE_COLUMNS",
     "claim_statement",
+    "next_due_statement",
     "quarantine_update",
     "row_schedule",
     "row_task",
@@ -216,6 +217,29 @@ def claim_statement(queue_count: int) -> str:
         f"{_CLAIM_SET} WHERE id IN (SELECT id FROM ({candidates}) "
         "ORDER BY rank, priority DESC, eta, seq LIMIT ?) "
         f"RETURNING {COLUMNS}, seq"
+    )
+
+
+def next_due_statement(queue_count: int) -> str:
+    """The earliest ETA after a time among PENDING tasks of ``queue_count`` queues.
+
+    Parameters: the queues, then the time. ``tasks_claimable`` orders each queue by
+    priority before eta, so the earliest eta is the least of each priority's first one
+    after the time: a recursive walk from one priority to the next lower one finds those
+    with one index seek each, where ``min(eta)`` would read every pending entry.
+    """
+    queues = ", ".join(["(?)"] * queue_count)
+    pending = "FROM tasks t WHERE t.status = 'PENDING' AND t.queue = p.queue"
+    return (
+        f"WITH RECURSIVE q(queue) AS (VALUES {queues}), "
+        "p(queue, priority) AS ("
+        f"SELECT q.queue, (SELECT t.priority FROM tasks t WHERE t.status = 'PENDING' "
+        "AND t.queue = q.queue ORDER BY t.priority DESC LIMIT 1) FROM q "
+        f"UNION ALL SELECT p.queue, (SELECT t.priority {pending} "
+        "AND t.priority < p.priority ORDER BY t.priority DESC LIMIT 1) "
+        "FROM p WHERE p.priority IS NOT NULL) "
+        f"SELECT min((SELECT t.eta {pending} AND t.priority = p.priority AND t.eta > ? "
+        "ORDER BY t.eta LIMIT 1)) FROM p WHERE p.priority IS NOT NULL"
     )
 
 

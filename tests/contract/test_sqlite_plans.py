@@ -10,7 +10,7 @@ import pytest
 
 from omniq_mp.models import create_task
 from omniq_mp.storage.sqlite import SQLiteStorage
-from omniq_mp.storage.sqlite_codec import claim_statement
+from omniq_mp.storage.sqlite_codec import claim_statement, next_due_statement
 
 
 @pytest.mark.parametrize("queue_count", [1, 3])
@@ -36,3 +36,25 @@ async def test_claim_plan_uses_the_claimable_index_for_every_queue(
     assert len(index_reads) == queue_count, details
     # No full scan of the tasks table anywhere in the statement.
     assert not [d for d in details if d.startswith("SCAN tasks") and "INDEX" not in d], details
+
+
+@pytest.mark.parametrize("queue_count", [1, 3])
+async def test_next_due_seeks_the_claimable_index_never_scans_the_table(
+    tmp_path: Path, queue_count: int
+) -> None:
+    store = SQLiteStorage(tmp_path / "omniq.db")
+    await store.open()
+    now = time.time()
+    await store.enqueue(
+        [create_task("m.f", queue=f"q{i % 3}", priority=i % 4, eta=now + i) for i in range(300)]
+    )
+    await store.close()
+    conn = sqlite3.connect(tmp_path / "omniq.db")
+    conn.execute("ANALYZE")
+    params = [*(f"q{i}" for i in range(queue_count)), now]
+    plan = conn.execute(f"EXPLAIN QUERY PLAN {next_due_statement(queue_count)}", params)
+    details = [row[-1] for row in plan.fetchall()]
+    conn.close()
+    reads = [d for d in details if d.startswith(("SEARCH t", "SCAN t"))]
+    # SEARCH: index seeks; a SCAN, even of the index, would read every pending entry.
+    assert reads and all(d.startswith("SEARCH t") and "tasks_claimable" in d for d in reads)

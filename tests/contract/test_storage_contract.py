@@ -107,6 +107,27 @@ async def test_claim_respects_limit_eta_and_queue(store: Storage) -> None:
     assert [t.id for t in await claim(store, queues=("other",))] == [other.id]
 
 
+async def test_next_due_is_the_earliest_later_eta_of_the_queues_whatever_the_priority(
+    store: Storage,
+) -> None:
+    assert await store.next_due(["default"], NOW) is None  # an empty store
+    await store.enqueue(
+        [
+            make(eta=NOW - 5),  # due already: not "later"
+            make(eta=NOW + 40, priority=9),
+            make(eta=NOW + 30, priority=-4),  # lowest priority, earliest eta
+            make(eta=NOW + 60, priority=2),
+            make(eta=NOW + 10, queue="other"),
+        ]
+    )
+    assert await store.next_due(["default"], NOW) == pytest.approx(NOW + 30, abs=1e-5)
+    assert await store.next_due(["default", "other"], NOW) == pytest.approx(NOW + 10, abs=1e-5)
+    assert await store.next_due(["missing"], NOW) is None
+    # Claimed tasks are no longer pending: the next one is what is left.
+    assert len(await claim(store, now=NOW + 35)) == 2
+    assert await store.next_due(["default"], NOW + 35) == pytest.approx(NOW + 40, abs=1e-5)
+
+
 async def test_settle_completed_stores_result_and_clears_lease(store: Storage) -> None:
     await store.enqueue([make()])
     [t] = await claim(store)

@@ -71,6 +71,43 @@ def test_a_producer_in_another_process_wakes_the_supervisor_at_the_eta(tmp_path:
         workers.communicate(timeout=30)
 
 
+NO_POLL = 60.0  # seconds: a supervisor that only polled would be a minute late or more
+
+
+def test_a_task_stored_with_an_eta_before_the_supervisor_started_runs_at_its_eta(
+    tmp_path: Path,
+) -> None:
+    # No wake-up can announce it: its producer poked nobody (no supervisor was up). The
+    # idle supervisor asks the store when the next task falls due and sleeps until then.
+    q = OmniQ(Settings(base_dir=tmp_path))  # a producer only
+    try:
+        due = time.time() + 3.0
+        task_id = q.enqueue(time.time, eta=timedelta(seconds=3.0))
+        workers = start_workers(tmp_path, "--procs", "1", OMNIQ_POLL_INTERVAL=str(NO_POLL))
+        try:
+            ran = q.get_result(task_id, timeout=3.0 + WITHIN)
+            assert due <= ran <= due + WITHIN
+        finally:
+            workers.terminate()
+            workers.communicate(timeout=30)
+    finally:
+        q.close()
+
+
+def test_every_eta_of_a_batch_is_kept_not_only_the_earliest(tmp_path: Path) -> None:
+    # An enqueue's wake-up carries the batch's earliest ETA; once that task ran and the
+    # supervisor is idle again, the store tells it when the next one falls due.
+    with OmniQ(Settings(base_dir=tmp_path, procs=1, poll_interval=NO_POLL)) as q:
+        q.get_result(q.enqueue(time.time), timeout=60)
+        now = time.time()
+        ids = q.enqueue_tasks(
+            [q.build(time.time, eta=timedelta(seconds=delay)) for delay in (0.5, 1.5, 2.5)]
+        )
+        for task_id, delay in zip(ids, (0.5, 1.5, 2.5), strict=True):
+            ran = q.get_result(task_id, timeout=delay + WITHIN)
+            assert now + delay <= ran <= now + delay + WITHIN
+
+
 def test_a_retry_starts_after_its_backoff_not_at_the_next_idle_poll(tmp_path: Path) -> None:
     settings = Settings(
         base_dir=tmp_path, procs=1, poll_interval=SLOW_POLL, retry_delay=0.5, max_retries=1
