@@ -189,6 +189,8 @@ class AsyncWorkerPool:
     def note_due(self, due: float) -> None:
         """A task falls due at ``due`` (the queue's clock): claim then, not at the next
         idle poll, which may be ``_IDLE_BACKOFF`` poll intervals away."""
+        if not math.isfinite(due):  # NaN compares false: kept, no real time would replace it
+            return
         if self._next_due is None or due < self._next_due:
             self._next_due = due
 

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import fcntl
 import json
-import math
 import os
 import sqlite3
 import threading
@@ -295,9 +294,9 @@ class SQLiteStorage:
         if not queues:
             return None
         [(due,)] = await self._read(next_due_statement(len(queues)), [*queues, now])
-        # A REAL column may hold anything if written behind our back: only a number is a time.
-        ok = type(due) in (int, float) and math.isfinite(due)
-        return float(due) if ok else None
+        # A REAL column may hold anything if written behind our back: only a number is a
+        # time (the supervisor ignores one that is not finite).
+        return float(due) if type(due) in (int, float) else None
 
     async def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         """Apply outcomes in one transaction; each is fenced by its lease token.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -77,4 +79,30 @@ async def test_a_task_whose_lease_cannot_be_renewed_is_stopped_before_it_lapses(
         await runner
     task = await q.get_task(task_id)
     assert task is not None and task.status is TaskStatus.PENDING  # back in the queue
+    await q.close()
+
+
+class NextDueNotANumber(MemoryStorage):
+    """Answers NaN when asked for the next due time, as a tampered ETA column could."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+
+    async def next_due(self, queues: Sequence[str], now: float) -> float | None:
+        self.asked.set()
+        return math.nan
+
+
+async def test_a_due_time_that_is_not_a_number_does_not_hide_later_etas(tmp_path: Path) -> None:
+    # NaN compares false with every time: kept as the next due time, no real ETA could
+    # replace it, and an announced task would wait for the minute-long idle poll.
+    storage = NextDueNotANumber()
+    q = AsyncOmniQ(Settings(base_dir=tmp_path, procs=1, poll_interval=60), storage=storage)
+    async with q.worker_pool() as workers:
+        runner = asyncio.create_task(workers.process_tasks(limit=1))
+        await asyncio.wait_for(storage.asked.wait(), 10)  # idle, and it heard NaN
+        task_id = await q.enqueue(pow, 2, 5, eta=timedelta(seconds=0.3))
+        assert await asyncio.wait_for(runner, 10) == 1
+    assert await q.get_result(task_id, timeout=5) == 32
     await q.close()
