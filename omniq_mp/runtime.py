@@ -8,12 +8,13 @@ runs a loop that we must neither block on nor nest in.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["LoopThread", "new_event_loop", "run"]
+__all__ = ["LoopThread", "call_at_exit", "new_event_loop", "run"]
 
 T = TypeVar("T")
 
@@ -31,6 +32,37 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on uvloop."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(main)
+
+
+def call_at_exit(func: Callable[[], None]) -> Callable[[], None]:
+    """Call ``func`` when the interpreter exits, while thread pools still take work;
+    returns a function that cancels the call.
+
+    ``atexit`` is too late for a close that goes through a thread pool (a SQLite
+    connection's thread, ``asyncio.to_thread``): as the interpreter starts to exit,
+    ``concurrent.futures`` ends every pool's threads and refuses new work, before any
+    ``atexit`` handler runs. CPython's ``threading._register_atexit``, which
+    ``concurrent.futures`` itself uses for that, runs its hooks newest first, so a hook
+    registered here runs while the pools still work.
+    """
+    pending: list[Callable[[], None]] = [func]  # emptied by cancel: nothing is kept alive
+
+    def hook() -> None:
+        if pending:
+            pending.pop()()
+
+    def cancel() -> None:
+        pending.clear()
+        atexit.unregister(hook)
+
+    register = getattr(threading, "_register_atexit", None)
+    try:
+        if register is None:
+            raise RuntimeError("threading._register_atexit is CPython's")
+        register(hook)
+    except RuntimeError:  # another Python, or the interpreter is exiting already
+        atexit.register(hook)
+    return cancel
 
 
 class LoopThread:

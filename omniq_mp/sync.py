@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +18,7 @@ from omniq_mp.executor import OmniQExecutor
 from omniq_mp.futures import TaskFuture, settle_future
 from omniq_mp.models import Task, TaskStatus
 from omniq_mp.results.base import TaskResult
-from omniq_mp.runtime import LoopThread
+from omniq_mp.runtime import LoopThread, call_at_exit
 from omniq_mp.schedule import Schedule
 from omniq_mp.stats import GlobalStatistics, QueueStatistics, WorkerStatistics
 from omniq_mp.storage.base import QueueStats, Storage
@@ -57,8 +56,7 @@ class OmniQ:
             if (omniq := ref()) is not None:
                 omniq.close()
 
-        self._atexit = close_at_exit
-        atexit.register(close_at_exit)
+        self._cancel_close_at_exit = call_at_exit(close_at_exit)
 
     def start(self) -> OmniQ:
         """Start the embedded supervisor and worker processes, as ``with OmniQ()`` does;
@@ -84,7 +82,7 @@ class OmniQ:
                 self._loop.call(self._async.close())
             finally:
                 self._loop.stop()
-                atexit.unregister(self._atexit)
+                self._cancel_close_at_exit()
 
     def enqueue(self, func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> str:
         """Store a call; see :meth:`AsyncOmniQ.enqueue`. Returns the task id."""
