@@ -30,6 +30,7 @@ from omniq_mp.eventstore import (
     SQLiteEventStorage,
     StoredEvent,
 )
+from omniq_mp.inbox import Inbox
 from omniq_mp.models import ErrorKind, Settlement, Task, TaskStatus
 from omniq_mp.retrying import OutageWriter
 
@@ -79,7 +80,7 @@ class EventRecorder:
         self.storage = storage
         self.capacity = capacity
         self.dropped = 0
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(capacity)  # None: stop
+        self._queue: Inbox[Event | None] = Inbox()  # None: stop; bounded by emit
         self._writer: asyncio.Task[None] | None = None
         self._outages = OutageWriter("event store")
         self._give_up_at: float | None = None  # set by stop(): an outage must not hang it
@@ -100,9 +101,9 @@ class EventRecorder:
 
     def emit(self, event: Event) -> None:
         """Queue an event for writing."""
-        try:
+        if self._queue.qsize() < self.capacity:
             self._queue.put_nowait(event)
-        except asyncio.QueueFull:
+        else:
             if self.dropped == 0 or self.dropped % 10_000 == 0:
                 logger.bind(action="events_dropped").error(
                     "event store unreachable and {} events buffered: dropping new events "
@@ -184,7 +185,7 @@ class EventRecorder:
         self._give_up_at = asyncio.get_running_loop().time() + _STOP_PATIENCE
         self._take_foreign()  # emitted by other threads before this call: not lost
         try:
-            await self._queue.put(None)
+            self._queue.put_nowait(None)
             await writer
         finally:
             self._give_up_at = None

@@ -36,6 +36,7 @@ from loguru import logger
 from omniq_mp import child, ipc
 from omniq_mp.crashpoints import crash_point
 from omniq_mp.errors import WorkerStartError
+from omniq_mp.inbox import Inbox
 from omniq_mp.models import ErrorKind, Outcome, OutcomeKind, Task, TaskError
 from omniq_mp.proctree import descendants, describe_exit, signal_tree
 from omniq_mp.signing import Signer
@@ -62,7 +63,7 @@ class WorkerProcess:
         self.process = process
         self.pid: int = process.pid or 0
         self.sock = sock
-        self.inbox: asyncio.Queue[ipc.Frame | None] = asyncio.Queue()
+        self.inbox: Inbox[ipc.Frame | None] = Inbox()
         self.exited: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.abort_error: TaskError | None = None  # what run() reports after an abort
         self.abort_kind = OutcomeKind.ABORTED
@@ -194,21 +195,22 @@ class WorkerProcess:
         if (late := self._withdrawn.pop(task.id, None)) is not None:
             self.abort(*late)  # taken back too late: it had started, so it is stopped
         # The timeout clock starts at the child's acknowledgement, on the monotonic clock.
-        started = asyncio.get_running_loop().time()
-        deadline = started + task.timeout if task.timeout else None
-        try:
-            async with asyncio.timeout_at(deadline):
-                frame = await self._next_frame()
-        except TimeoutError:
-            self.retiring = True  # nothing more is sent ahead to it during the kill's grace
-            if len(self.held) > 1:  # the task sent ahead dies with this one: not its fault
-                self.abort_error = TaskError(
-                    "Aborted",
-                    f"its worker {self.pid} was killed when task {task.id} timed out",
-                    kind=ErrorKind.LOST.value,
-                )
-            signal_used = await self.kill(kill_grace)
-            return self._timed_out(task, begin, signal_used)
+        if not task.timeout:  # no clock to run: spared a timeout context per task
+            frame = await self._next_frame()
+        else:
+            try:
+                async with asyncio.timeout_at(asyncio.get_running_loop().time() + task.timeout):
+                    frame = await self._next_frame()
+            except TimeoutError:
+                self.retiring = True  # nothing more is sent ahead to it during the kill's grace
+                if len(self.held) > 1:  # the task sent ahead dies with this one: not its fault
+                    self.abort_error = TaskError(
+                        "Aborted",
+                        f"its worker {self.pid} was killed when task {task.id} timed out",
+                        kind=ErrorKind.LOST.value,
+                    )
+                signal_used = await self.kill(kill_grace)
+                return self._timed_out(task, begin, signal_used)
         if frame is None or frame.kind != ipc.DONE:
             return await self._died(begin)
         return self._done(frame, begin)
@@ -361,7 +363,7 @@ class _Channel(asyncio.Protocol):
     completed, where reading frame by frame cost an await per header, meta and body.
     """
 
-    def __init__(self, inbox: asyncio.Queue[ipc.Frame | None]) -> None:
+    def __init__(self, inbox: Inbox[ipc.Frame | None]) -> None:
         self._inbox = inbox
         self._parser = ipc.FrameParser()
         self._transport: asyncio.Transport | None = None
@@ -485,10 +487,8 @@ class ProcessPool:
 
     def try_acquire(self) -> WorkerProcess | None:
         """An idle worker if there is one now, else None."""
-        try:
-            return self._idle.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
+        # Asked before every dispatch, mostly while all are busy: no exception for that.
+        return None if self._idle.empty() else self._idle.get_nowait()
 
     def try_acquire_ahead(self) -> WorkerProcess | None:
         """A busy worker that may be sent its next task now, to start the moment its

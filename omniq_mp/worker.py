@@ -41,6 +41,7 @@ from omniq_mp.crashpoints import crash_point
 from omniq_mp.errors import OmniqError, StorageReadOnlyError, WorkerStartError
 from omniq_mp.events import EventRecorder, EventType, SupervisorEvents
 from omniq_mp.file_modes import warn_if_exposed
+from omniq_mp.inbox import Inbox
 from omniq_mp.looplag import LoopLagProbe
 from omniq_mp.models import Outcome, OutcomeKind, Settlement, Task, TaskStatus
 from omniq_mp.pool import ProcessPool, WorkerProcess
@@ -118,7 +119,7 @@ class AsyncWorkerPool:
         # Set when we give up (a store read-only too long, workers that cannot start):
         # process_tasks raises it once what we hold is handled.
         self._fatal: OmniqError | None = None
-        self._outcomes: asyncio.Queue[tuple[Task, Outcome]] = asyncio.Queue()
+        self._outcomes: Inbox[tuple[Task, Outcome]] = Inbox()
         self._wake = asyncio.Event()  # set when claiming may find or start work
         self._empty_polls = 0  # claims in a row that found nothing (idle backoff)
         self._next_due: float | None = None  # the earliest known ETA still ahead
@@ -341,9 +342,7 @@ class AsyncWorkerPool:
         # we can no longer vouch for (a claim that waited long, a stall): it goes back.
         self._abandon_unconfirmed()
         while not self._stopping and self._ready:
-            # Never an attempt while an older one of the same task is still dying here
-            # (its lease lapsed while we stalled, and we claimed the task again): it waits.
-            task = next((t for t in self._ready if not self.pool.is_held(t.id)), None)
+            task = self._next_ready()
             if task is None:
                 return
             # Short tasks also go to a busy worker, to start the moment its task ends.
@@ -358,11 +357,23 @@ class AsyncWorkerPool:
             self._jobs.add(job)
             job.add_done_callback(self._jobs.discard)
 
+    def _next_ready(self) -> Task | None:
+        """The first claimed task that may start: never an attempt while an older one of
+        the same task is still dying here (its lease lapsed while we stalled, and we
+        claimed the task again); that one waits."""
+        head = self._ready[0]  # nearly always the one: no search
+        if not self.pool.is_held(head.id):
+            return head
+        return next((t for t in self._ready if not self.pool.is_held(t.id)), None)
+
     async def _run_one(self, worker: WorkerProcess, task: Task) -> None:
         def started() -> None:
-            logger.bind(task_id=task.id, action="task_started", pid=worker.pid).debug(
-                "task {} ({}) attempt {} started", task.id, task.func_name, task.attempts
-            )
+            # Context as keyword arguments, not bind(): a debug line costs no new logger
+            # per task when nobody logs at that level.
+            logger.debug(
+                "task {} ({}) attempt {} started", task.id, task.func_name, task.attempts,
+                task_id=task.id, action="task_started", pid=worker.pid,
+            )  # fmt: skip
             self.events.started(task, worker.pid)
 
         outcome = await self.pool.run(worker, task, started)
@@ -952,8 +963,8 @@ async def _guard(what: str, step: Callable[[], Coroutine[Any, Any, Any]]) -> Non
 
 
 def _log_outcome(task: Task, outcome: Outcome) -> None:
-    log = logger.bind(task_id=task.id, action=f"task_{outcome.kind.value}", pid=outcome.pid)
-    if outcome.kind is OutcomeKind.SUCCEEDED:
-        log.debug("task {} completed in {:.3f}s", task.id, outcome.duration)
+    context = {"task_id": task.id, "action": f"task_{outcome.kind.value}", "pid": outcome.pid}
+    if outcome.kind is OutcomeKind.SUCCEEDED:  # as in started(): no bind() per task
+        logger.debug("task {} completed in {:.3f}s", task.id, outcome.duration, **context)
     else:
-        log.info("task {} {}: {}", task.id, outcome.kind.value, outcome.error)
+        logger.info("task {} {}: {}", task.id, outcome.kind.value, outcome.error, **context)
