@@ -477,10 +477,11 @@ class AsyncOmniQ:
             if task_id != task.id:
                 duplicates.append((task, task_id))
                 continue
-            if one_by_one:
-                logger.bind(task_id=task.id, action="task_enqueued").debug(
-                    "task {} ({}) enqueued on {}", task.id, task.func_name, task.queue
-                )
+            if one_by_one:  # context as keywords: no bound logger per task (see worker.py)
+                logger.debug(
+                    "task {} ({}) enqueued on {}", task.id, task.func_name, task.queue,
+                    task_id=task.id, action="task_enqueued",
+                )  # fmt: skip
             if emit is not None:
                 events += enqueued_events(task, now)
         if not one_by_one:
