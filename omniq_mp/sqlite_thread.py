@@ -23,6 +23,7 @@ import functools
 import queue
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -45,12 +46,17 @@ class SQLiteThread:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()  # None: end
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        # Collected without close() (a store its program dropped): the thread ends too.
+        # It holds only the queue, never this object, so that collection can happen.
+        weakref.finalize(self, self._jobs.put, None)
 
     async def open(self, connect: Callable[[], sqlite3.Connection]) -> None:
         """Make the connection in the thread that will use it (sqlite3 insists)."""
         if self._thread is None:
             # A daemon: a store the program never closed must not keep it from exiting.
-            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread = threading.Thread(
+                target=_serve, args=(self._jobs,), name=self._name, daemon=True
+            )
             self._thread.start()
         self._conn = await self._call(connect)
 
@@ -86,10 +92,11 @@ class SQLiteThread:
         self._jobs.put((loop, future, fn))
         return future
 
-    def _serve(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            _do(*job)
-            del job  # a claim's rows are not kept alive while the thread waits
+
+def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    while (job := jobs.get()) is not None:
+        _do(*job)
+        del job  # a claim's rows are not kept alive while the thread waits
 
 
 def _do(
