@@ -107,6 +107,9 @@ class AsyncWorkerPool:
         self.processed = 0  # attempts settled by this supervisor
         self._held: dict[str, Task] = {}
         self._confirmed: dict[str, float] = {}  # task id -> monotonic time its lease held
+        # At most the oldest of those times: claims add times no older than any before,
+        # renewals only make times newer, so it stays a lower bound between recomputes.
+        self._confirmed_floor = math.inf
         # Other holders' leases as last read, and the monotonic time each was first seen
         # so: the observer's clock that judges them (see _dead_leases).
         self._sightings: dict[str, tuple[tuple[str, float | None], float]] = {}
@@ -289,6 +292,8 @@ class AsyncWorkerPool:
             self._ready.append(task)
         if tasks:
             self._idle.clear()
+            # A recompute during this claim's await may have passed ``began``.
+            self._confirmed_floor = min(self._confirmed_floor, began)
         elif not self._held:
             await self._learn_next_due()
         return len(tasks)
@@ -639,10 +644,15 @@ class AsyncWorkerPool:
         # once. (Their settlements will be fenced or will requeue them, uncharged.)
         margin = self.settings.lease_ttl * _LEASE_SAFETY
         now = time.monotonic()
-        # This runs before every dispatch: the oldest confirmation (one C-level min) says
-        # whether any task needs looking at, without a Python loop over all of them.
-        if self._confirmed and now - min(self._confirmed.values()) >= margin:
-            self._abandon_older_than(now, margin)
+        # This runs before every dispatch, over up to procs + prefetch tasks: the floor
+        # says at once that none needs looking at; only when it is old is the real oldest
+        # confirmation computed (it is newer once old tasks are settled), about once per
+        # margin, or at every dispatch while some lease really is unconfirmed.
+        if self._confirmed and now - self._confirmed_floor >= margin:
+            self._confirmed_floor = min(self._confirmed.values())
+            if now - self._confirmed_floor >= margin:
+                self._abandon_older_than(now, margin)
+                self._confirmed_floor = min(self._confirmed.values(), default=math.inf)
         if not self._held:
             self._idle.set()
 
