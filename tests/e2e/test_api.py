@@ -20,7 +20,7 @@ from omniq_mp import (
     TaskNotFoundError,
     TaskStatus,
 )
-from omniq_mp.errors import ConfigError, RemoteTraceback
+from omniq_mp.errors import ConfigError, RemoteTraceback, ResultTimeoutError
 
 pytestmark = pytest.mark.e2e
 
@@ -96,6 +96,22 @@ def test_eta_tasks_wait_and_pending_tasks_can_be_cancelled(tmp_path: Path) -> No
         assert q.cancel(later) is False  # already finished: a plain no
         with pytest.raises(TaskNotFoundError):
             q.cancel("no-such-task")
+
+
+def test_get_result_with_no_time_to_wait_answers_from_what_is_stored(tmp_path: Path) -> None:
+    # timeout=0 waits for nothing: a finished task's value, an unfinished task's timeout
+    # and an unknown id's error all come from one look at the store.
+    with OmniQ(Settings(base_dir=tmp_path, procs=1)) as q:
+        done = q.enqueue(pow, 2, 8)
+        assert q.get_result(done, timeout=30) == 256
+        assert q.get_result(done, timeout=0) == 256
+        later = q.enqueue(pow, 2, 9, eta=timedelta(hours=1))
+        with pytest.raises(ResultTimeoutError, match="it is PENDING"):
+            q.get_result(later, timeout=0)
+        with pytest.raises(TaskNotFoundError, match="no task with id 'no-such-task'"):
+            q.get_result("no-such-task", timeout=0)
+        with pytest.raises(TaskNotFoundError, match="no task with id 'no-such-task'"):
+            q.get_result("no-such-task", timeout=30)
 
 
 def test_interval_task_runs_again_and_again(tmp_path: Path) -> None:
