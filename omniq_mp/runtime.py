@@ -55,12 +55,10 @@ def call_at_exit(func: Callable[[], None]) -> Callable[[], None]:
         pending.clear()
         atexit.unregister(hook)
 
-    register = getattr(threading, "_register_atexit", None)
+    register = getattr(threading, "_register_atexit", atexit.register)  # CPython's, or not
     try:
-        if register is None:
-            raise RuntimeError("threading._register_atexit is CPython's")
         register(hook)
-    except RuntimeError:  # another Python, or the interpreter is exiting already
+    except RuntimeError:  # the interpreter is exiting already: atexit still runs it
         atexit.register(hook)
     return cancel
 

@@ -61,13 +61,14 @@ def test_an_embedded_supervisor_left_running_stops_its_workers_and_requeues_at_e
     pid_file = tmp_path / "pid"
     done = run_script(
         f"""
+        import time
         from pathlib import Path
         from omniq_mp import OmniQ
         from tests.process.tasks import write_pid_then_sleep
         q = OmniQ(base_dir={str(tmp_path)!r}, procs=1, shutdown_grace=0.2).start()
         print(q.enqueue(write_pid_then_sleep, {str(pid_file)!r}), flush=True)
-        while not Path({str(pid_file)!r}).exists():
-            pass
+        while not Path({str(pid_file)!r}).exists():  # then exit with the task running
+            time.sleep(0.01)
         """
     )
     assert done.returncode == 0, done.stderr
