@@ -41,6 +41,7 @@ from loguru import logger
 from omniq_mp import ipc
 from omniq_mp.errors import ResultTooLarge, SignatureError
 from omniq_mp.models import ErrorKind, TaskError
+from omniq_mp.sched_class import use_batch_class
 from omniq_mp.serialization import VersionSkewError, dumps_result, loads_call, resolve
 from omniq_mp.signing import PAYLOAD, RESULT, Signer, open_blob
 from omniq_mp.units import format_bytes
@@ -67,6 +68,7 @@ def main(
     _die_with_parent()
     # Own process group: a kill of the group also reaches grandchildren the task started.
     os.setpgid(0, 0)
+    use_batch_class()  # woken by a RUN frame, never preempt the supervisor's loop
     _watch_supervisor()
     # The pool stops its workers itself; as non-daemons they may start processes of their
     # own (multiprocessing forbids children of daemonic processes).

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import aiosqlite
 
 from omniq_mp.errors import StorageError, StorageFullError, StorageReadOnlyError
+from omniq_mp.sched_class import use_batch_class
 
 __all__ = [
     "LOCK_RETRIES",
@@ -85,7 +86,12 @@ async def connect_async(
     # short-lived caller (a test, a CLI command), and raises there. A file that cannot
     # be opened fails here instead, in a plain worker thread that is waited for.
     await asyncio.to_thread(lambda: connector().close())
-    return await aiosqlite.Connection(connector, iter_chunk_size=64)
+
+    def connect_in_own_thread() -> sqlite3.Connection:
+        use_batch_class()  # aiosqlite's thread: woken per statement, it must not preempt
+        return connector()
+
+    return await aiosqlite.Connection(connect_in_own_thread, iter_chunk_size=64)
 
 
 def _configure(conn: sqlite3.Connection, synchronous: str, busy_ms: int) -> None:

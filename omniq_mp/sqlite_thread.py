@@ -27,6 +27,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from omniq_mp.sched_class import use_batch_class
+
 __all__ = ["SQLiteThread"]
 
 T = TypeVar("T")
@@ -94,6 +96,7 @@ class SQLiteThread:
 
 
 def _serve(jobs: queue.SimpleQueue[_Job | None]) -> None:
+    use_batch_class()  # handed a job, it must not preempt the loop that handed it over
     while (job := jobs.get()) is not None:
         _do(*job)
         del job  # a claim's rows are not kept alive while the thread waits

@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,6 +31,17 @@ async def async_add(a: int, b: int) -> int:
 
 def whoami() -> int:
     return os.getpid()
+
+
+def scheduling_policy() -> int:
+    return os.sched_getscheduler(0)
+
+
+def child_scheduling_policy() -> int:
+    """The scheduling class of a process this task starts."""
+    script = "import os; print(os.sched_getscheduler(0))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True)
+    return int(done.stdout)
 
 
 def divide_by_zero() -> float:
