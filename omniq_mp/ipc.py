@@ -16,8 +16,7 @@ from __future__ import annotations
 import select
 import socket
 import struct
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from omniq_mp import fastjson
 
@@ -38,13 +37,13 @@ SKIPPED = "skipped"  # child -> parent: meta {task_id}: the queued task was not 
 LOG = "log"  # child -> parent: a log record written by the task (relayed to the parent's sinks)
 
 
-@dataclass(frozen=True)
-class Frame:
-    """One decoded message."""
+class Frame(NamedTuple):
+    """One decoded message (a named tuple: the supervisor makes two per task, and one
+    costs half a frozen dataclass)."""
 
     kind: str
-    meta: dict[str, Any] = field(default_factory=dict)
-    body: bytes = b""
+    meta: dict[str, Any]
+    body: bytes
 
 
 def encode(kind: str, meta: dict[str, Any] | None = None, body: bytes = b"") -> list[bytes]:
@@ -81,30 +80,40 @@ class FrameParser:
             if self._body is not None:
                 data = self._fill(data, frames)
                 continue
-            buf = self._buffer
-            buf += data
-            data = b""
-            start = 0
-            while len(buf) - start >= _HEADER.size:
-                head_len, body_len = _HEADER.unpack_from(buf, start)
-                head_at = start + _HEADER.size
-                body_at = head_at + head_len
-                end = body_at + body_len
-                if body_len >= LARGE_BODY and len(buf) >= body_at:
-                    # The body goes to a buffer of its own; what is left of the stream
-                    # goes through _fill on the next turn of the outer loop.
-                    self._head = bytes(buf[head_at:body_at])
-                    self._body, self._filled = bytearray(body_len), 0
-                    data = bytes(buf[body_at:])
-                    start = len(buf)
+            if self._buffer:  # a frame began in an earlier read
+                buf = self._buffer
+                buf += data
+                if not _first_frame_ready(buf):  # no copy of a frame still arriving
                     break
-                if len(buf) < end:
-                    break
-                frames.append(_decode(bytes(buf[head_at:body_at]), bytes(buf[body_at:end])))
-                start = end
-            if start:
-                del buf[:start]
+                data = bytes(buf)
+                buf.clear()
+            data = self._split(data, frames)
         return frames
+
+    def _split(self, data: bytes, frames: list[Frame]) -> bytes:
+        """Decode the whole frames ``data`` starts with and keep an unfinished one for
+        the next read; return what follows the start of a large body (for ``_fill``).
+
+        Slices of the read itself: a frame that arrives in one read, as nearly all do,
+        is never copied into the stream buffer and out again.
+        """
+        start, size = 0, len(data)
+        while size - start >= _HEADER.size:
+            head_len, body_len = _HEADER.unpack_from(data, start)
+            head_at = start + _HEADER.size
+            body_at = head_at + head_len
+            end = body_at + body_len
+            if body_len >= LARGE_BODY and size >= body_at:
+                # The body goes to a buffer of its own; the rest of the stream follows it.
+                self._head = data[head_at:body_at]
+                self._body, self._filled = bytearray(body_len), 0
+                return data[body_at:]
+            if size < end:
+                break
+            frames.append(_decode(data[head_at:body_at], data[body_at:end]))
+            start = end
+        self._buffer += memoryview(data)[start:]
+        return b""
 
     def _fill(self, data: bytes, frames: list[Frame]) -> bytes:
         """Copy the large body's share of ``data`` into place; return what follows."""
@@ -126,6 +135,15 @@ class FrameParser:
 
 
 LARGE_BODY = 1 << 20  # bodies from this size get a buffer of their own
+
+
+def _first_frame_ready(buf: bytearray) -> bool:
+    """Whether ``buf`` holds its first frame whole, or the start of its large body."""
+    if len(buf) < _HEADER.size:
+        return False
+    head_len, body_len = _HEADER.unpack_from(buf)
+    body_at: int = _HEADER.size + head_len
+    return len(buf) >= (body_at if body_len >= LARGE_BODY else body_at + body_len)
 
 
 def send_frame(
