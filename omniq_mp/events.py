@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from loguru import logger
@@ -30,6 +31,7 @@ from omniq_mp.eventstore import (
     SQLiteEventStorage,
     StoredEvent,
 )
+from omniq_mp.eventstore.base import task_event
 from omniq_mp.inbox import Inbox
 from omniq_mp.models import ErrorKind, Settlement, Task, TaskStatus
 from omniq_mp.retrying import OutageWriter
@@ -357,14 +359,25 @@ class SupervisorEvents:
 # -- building events from what the queue decided ---------------------------------------------
 
 
-def _task_event(kind: EventType, task: Task, **fields: Any) -> Event:
-    return Event(
+def _task_event(
+    kind: EventType,
+    task: Task,
+    *,
+    timestamp: float | None = None,
+    worker_id: str | None = None,
+    duration: float | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> Event:
+    return task_event(
         kind,
         task.id,
-        func_name=task.func_name,
-        queue=task.queue,
-        attempt=task.attempts or None,
-        **fields,
+        time.time() if timestamp is None else timestamp,
+        worker_id,
+        task.func_name,
+        task.queue,
+        task.attempts or None,
+        duration,
+        {} if details is None else details,
     )
 
 
