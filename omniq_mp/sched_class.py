@@ -8,8 +8,8 @@ woke it, so the loop was switched out in the middle of its work, to wait on the 
 queue while the worker or the store's thread did a few microseconds of theirs.
 
 Measured on a 2-core VM, durable no-op drain: 0.4 involuntary switches of the loop
-thread per task and 23-27 µs per task waiting on the run queue; with the workers and
-the store's threads in SCHED_BATCH, 0.02 switches and 8-12 µs, and 16-29% more tasks
+thread per task and 23-32 µs per task waiting on the run queue; with the workers and
+the store's threads in SCHED_BATCH, 0.02 switches and 8-13 µs, and 16-29% more tasks
 per second. A SCHED_BATCH thread that wakes never preempts a running thread: it takes a
 free core at once, or waits for the running thread to sleep or use up its time slice.
 It keeps its nice value and its full share of CPU time, so a CPU-bound task runs as fast
