@@ -541,7 +541,7 @@ def huey_cpu(count: int, seconds: float) -> float:
 
 def measure(quick: bool) -> list[Row]:
     repeats = 1 if quick else 3
-    n = 500 if quick else 5_000
+    n = 500 if quick else 20_000  # seconds per drain: one stall of the machine moves it less
     many = 20_000 if quick else 200_000
     latency_samples = 20 if quick else 200
     cpu_count, cpu_seconds = (40, 0.02) if quick else (200, 0.02)
