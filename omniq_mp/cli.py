@@ -27,6 +27,7 @@ from omniq_mp.cli_common import (
     INT64_MAX,
     INT64_MIN,
     Seconds,
+    TaskArgsCommand,
     describe_store,
     fail,
     handles_errors,
@@ -193,7 +194,7 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-@cli.command()
+@cli.command(cls=TaskArgsCommand)
 @store_options
 @click.argument("func_path")
 @click.argument("args", nargs=-1)
@@ -224,7 +225,8 @@ def enqueue(
     **options: Any,
 ) -> None:
     """Enqueue FUNC_PATH (package.module.function) with ARGS (each parsed as JSON when it
-    is valid JSON, else taken as a string); prints the task id."""
+    is valid JSON, else taken as a string; put -- before them when one starts with a
+    dash, as a negative number does); prints the task id."""
     if "." not in func_path.replace(":", "."):
         raise click.BadParameter(
             "expected a dotted path like package.module.function", param_hint="FUNC_PATH"

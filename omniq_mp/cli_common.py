@@ -19,6 +19,7 @@ __all__ = [
     "INT64_MAX",
     "INT64_MIN",
     "Seconds",
+    "TaskArgsCommand",
     "describe_store",
     "fail",
     "handles_errors",
@@ -51,6 +52,40 @@ class Seconds(click.FloatRange):
         if seconds > self.limit:
             self.fail(f"{seconds:g} is above the limit of {self.limit:g} seconds", param, ctx)
         return seconds
+
+
+class TaskArgsCommand(click.Command):
+    """A command ending in a task's arguments. Click reads ``-3`` there as an unknown
+    option; this says to put ``--`` before it instead of only "No such option"."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)  # the parser consumes the list it is given
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            # Click names only the first character of an unknown short option ("-1" of
+            # "-12"): the number is the token it came from.
+            numbers = [a for a in _before_dashes(given) if _is_number(a)]
+            number = next((a for a in numbers if a.startswith(exc.option_name)), None)
+            if number is None:
+                raise
+            raise click.UsageError(
+                f"{number} reads as an option; to pass a negative number, put -- before "
+                f"the task's arguments: {ctx.command_path} FUNC_PATH -- {number}",
+                ctx,
+            ) from None
+
+
+def _before_dashes(args: list[str]) -> list[str]:
+    return args[: args.index("--")] if "--" in args else args
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def store_options(fn: F) -> F:
