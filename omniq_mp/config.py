@@ -86,8 +86,10 @@ class Settings:
         of work; one per worker when tasks take long compared with that.
     :param send_ahead_below: while tasks take less than this many seconds on average,
         each worker is sent its next task as it starts one, so it never waits a round
-        trip to the supervisor between short tasks. A task sent ahead waits behind the
-        one running, so longer tasks are not sent ahead; 0 turns this off.
+        trip to the supervisor between short tasks; tasks far under a millisecond are
+        sent up to three ahead, so that a worker runs several per wake-up. A task sent
+        ahead waits behind those before it, so longer tasks are not sent ahead; 0 turns
+        this off.
     :param start_method: ``"forkserver"`` or ``"spawn"``.
     :param sqlite_synchronous: ``"FULL"`` (an acknowledged enqueue survives power loss) or
         ``"NORMAL"`` (survives process crashes only).

@@ -54,8 +54,8 @@ class WorkerProcess:
     or the process exits; it is the only thing ``run`` waits on, so a timeout or a death
     can never leave a half-read frame behind.
 
-    A worker holds at most two tasks: the one running and, with short tasks, the next one
-    (sent ahead, queued in the child). Their ``run`` calls read the inbox in turn.
+    A worker holds the task it runs and, with short tasks, the next few (sent ahead,
+    queued in the child). Their ``run`` calls read the inbox in turn.
     """
 
     def __init__(self, slot: int, process: BaseProcess, sock: socket.socket) -> None:
@@ -203,7 +203,7 @@ class WorkerProcess:
                     frame = await self._next_frame()
             except TimeoutError:
                 self.retiring = True  # nothing more is sent ahead to it during the kill's grace
-                if len(self.held) > 1:  # the task sent ahead dies with this one: not its fault
+                if len(self.held) > 1:  # tasks sent ahead die with this one: not their fault
                     self.abort_error = TaskError(
                         "Aborted",
                         f"its worker {self.pid} was killed when task {task.id} timed out",
@@ -490,28 +490,30 @@ class ProcessPool:
         # Asked before every dispatch, mostly while all are busy: no exception for that.
         return None if self._idle.empty() else self._idle.get_nowait()
 
-    def try_acquire_ahead(self) -> WorkerProcess | None:
-        """A busy worker that may be sent its next task now, to start the moment its
-        current one ends (no round trip to the supervisor in between); else None.
+    def try_acquire_ahead(self, ahead: int = 1) -> WorkerProcess | None:
+        """A busy worker that may be sent another task now, to start the moment the ones
+        it holds end (no round trip to the supervisor in between); else None.
 
-        Only a worker holding a single task, alive, not being stopped, and not about to
-        retire (``max_tasks_per_child``): the task sent ahead would only come back.
+        Only a worker holding at least one task and fewer than ``1 + ahead``, alive, not
+        being stopped, and not about to retire (``max_tasks_per_child``): a task sent
+        ahead would only come back. The least loaded is chosen, then the one whose task
+        started first, which is likely the first to be free.
         """
         best: WorkerProcess | None = None
         for worker in self._workers:
+            held = len(worker.held)
             if (
-                len(worker.held) != 1
+                not 1 <= held <= ahead
                 or not worker.alive
                 or worker.retiring
                 or worker.abort_error is not None
                 or (
                     self.max_tasks_per_child is not None
-                    and worker.tasks_run + 2 > self.max_tasks_per_child
+                    and worker.tasks_run + held + 1 > self.max_tasks_per_child
                 )
             ):
                 continue
-            # The one whose task started first is likely the first to be free.
-            if best is None or worker.started_at < best.started_at:
+            if best is None or (held, worker.started_at) < (len(best.held), best.started_at):
                 best = worker
         return best
 
@@ -601,8 +603,8 @@ class ProcessPool:
 
     def _release(self, worker: WorkerProcess) -> None:
         if self._grown_too_big(worker):
-            worker.retiring = True  # replaced now, between tasks (or after the one sent ahead)
-        if worker.held:  # a task sent ahead is still on it: its run releases the worker
+            worker.retiring = True  # replaced now, between tasks (or after those sent ahead)
+        if worker.held:  # tasks sent ahead are still on it: the last one's run releases it
             return
         if worker.alive and not worker.retiring and worker.abort_error is None:
             self._idle.put_nowait(worker)

@@ -171,6 +171,13 @@ def mark_ran(path: str) -> str:
     return path
 
 
+def append_line(path: str, text: str, seconds: float = 0.1) -> None:
+    """Sleep ``seconds``, then append ``text`` as a line to ``path``: the order tasks ran."""
+    time.sleep(seconds)
+    with open(path, "a") as f:
+        f.write(f"{text}\n")
+
+
 def mark_then_wait_for(marker: str, gate: str) -> None:
     """Leave ``marker`` behind, then hold the worker until ``gate`` exists."""
     Path(marker).write_text(str(os.getpid()))

@@ -1,6 +1,7 @@
-"""Tasks sent ahead to a busy worker (short tasks): each starts right after the one before
-it with its own timeout clock, can be taken back until it starts, and is never run, nor
-charged, when its worker ends first. Real worker processes throughout."""
+"""Tasks sent ahead to a busy worker (short tasks, up to three for the shortest): each
+starts right after the one before it with its own timeout clock, can be taken back until
+it starts, and is never run, nor charged, when its worker ends first. Real worker
+processes throughout."""
 
 from __future__ import annotations
 
@@ -29,9 +30,11 @@ async def first_running(
     return worker, job
 
 
-async def send_ahead(pool: ProcessPool, worker: WorkerProcess, task: Task) -> asyncio.Task[Outcome]:
+async def send_ahead(
+    pool: ProcessPool, worker: WorkerProcess, task: Task, ahead: int = 1
+) -> asyncio.Task[Outcome]:
     """Send ``task`` to the busy ``worker``, as the supervisor does with short tasks."""
-    assert pool.try_acquire_ahead() is worker
+    assert pool.try_acquire_ahead(ahead) is worker
     job = asyncio.create_task(pool.run(worker, task))
     await wait_until(lambda: task.id in worker.held, 5, "the task sent")
     assert worker.current != task.id  # queued in the child behind the running one
@@ -50,6 +53,36 @@ async def test_a_task_sent_ahead_starts_after_the_first_with_its_own_timeout_clo
     assert value(await first) == 0.6
     assert (await first).pid == (await second).pid == worker.pid and worker.alive
     assert pool.idle() == 1  # released once both are done
+
+
+async def test_three_tasks_sent_ahead_run_in_order_each_with_its_own_timeout_clock(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = await make_pool(1)
+    worker, first = await first_running(pool, make_task(tasks.sleep_for, 0.4))
+    log = tmp_path / "order"
+    # Each waits behind the ones before it (0.4 s and more): a clock started when it was
+    # sent would expire; each gets 0.3 s from its own start.
+    behind = [make_task(tasks.append_line, str(log), str(n), timeout=0.3) for n in range(3)]
+    jobs = [await send_ahead(pool, worker, task, ahead=3) for task in behind]
+    assert pool.try_acquire_ahead(3) is None  # the running task and three ahead: full
+    assert [value(await job) for job in jobs] == [None, None, None]
+    assert value(await first) == 0.4
+    assert log.read_text().split() == ["0", "1", "2"]  # in the order sent
+    assert {(await job).pid for job in jobs} == {worker.pid} and worker.alive
+    assert pool.idle() == 1
+
+
+async def test_the_least_loaded_busy_worker_is_sent_the_next_task_ahead(
+    make_pool: MakePool,
+) -> None:
+    pool = await make_pool(2)
+    a, first_a = await first_running(pool, make_task(tasks.sleep_for, 0.5))
+    b, first_b = await first_running(pool, make_task(tasks.sleep_for, 0.5))
+    ahead_a = await send_ahead(pool, a, make_task(tasks.add, 1, 2), ahead=3)  # a started first
+    ahead_b = await send_ahead(pool, b, make_task(tasks.add, 3, 4), ahead=3)  # a holds more
+    assert pool.try_acquire_ahead(1) is None  # with one ahead allowed, both are full
+    assert [value(await job) for job in (ahead_a, ahead_b, first_a, first_b)] == [3, 7, 0.5, 0.5]
 
 
 async def test_a_task_taken_back_before_it_starts_never_runs_and_its_worker_lives_on(
@@ -72,7 +105,7 @@ async def test_a_task_taken_back_before_it_starts_never_runs_and_its_worker_live
 
 
 @pytest.mark.parametrize("ending", ["crash", "timeout"])
-async def test_a_task_sent_ahead_of_one_that_dies_comes_back_unstarted(
+async def test_tasks_sent_ahead_of_one_that_dies_come_back_unstarted(
     make_pool: MakePool, tmp_path: Path, ending: str
 ) -> None:
     pool = await make_pool(1)
@@ -82,13 +115,17 @@ async def test_a_task_sent_ahead_of_one_that_dies_comes_back_unstarted(
         else make_task(tasks.sleep_for, 30, timeout=0.3)
     )
     worker, first = await first_running(pool, doomed)
-    marker = tmp_path / "ran"
-    second = await send_ahead(pool, worker, make_task(tasks.mark_ran, str(marker)))
+    markers = [tmp_path / f"ran-{n}" for n in range(3)]
+    behind = [
+        await send_ahead(pool, worker, make_task(tasks.mark_ran, str(marker)), ahead=3)
+        for marker in markers
+    ]
     outcome = await first
     assert outcome.kind is (OutcomeKind.CRASHED if ending == "crash" else OutcomeKind.TIMED_OUT)
-    unstarted = await second
-    assert unstarted.kind is OutcomeKind.NOT_STARTED and unstarted.error is None
-    assert not marker.exists()
+    for job in behind:
+        unstarted = await job
+        assert unstarted.kind is OutcomeKind.NOT_STARTED and unstarted.error is None
+    assert not any(marker.exists() for marker in markers)
     await assert_replaced(pool, worker.pid)
 
 
@@ -104,9 +141,9 @@ async def test_a_stop_gives_back_tasks_sent_ahead_uncharged_and_loses_nothing(
         sent_ahead = 0
         try_ahead = workers.pool.try_acquire_ahead
 
-        def counting() -> WorkerProcess | None:
+        def counting(ahead: int = 1) -> WorkerProcess | None:
             nonlocal sent_ahead
-            worker = try_ahead()
+            worker = try_ahead(ahead)
             sent_ahead += worker is not None
             return worker
 
