@@ -33,6 +33,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -88,12 +89,10 @@ def main(
             return
     send(ipc.READY, {"pid": os.getpid()}, b"")
     served = 0
-    frames = _Frames(sock)
+    frames = _Frames(sock, send)
+    frames.answer_skips_while_busy()
     while (frame := frames.next_run()) is not None:
         task_id = frame.meta["task_id"]
-        if frames.withdrawn(frame):
-            send(ipc.SKIPPED, {"task_id": task_id, "n": frame.meta.get("n")}, b"")
-            continue
         send(ipc.STARTED, {"task_id": task_id, "pid": os.getpid()}, b"")
         with logger.contextualize(task_id=task_id, correlation_id=task_id):
             meta, body = _execute(
@@ -107,57 +106,101 @@ def main(
     sock.close()
 
 
+Send = Callable[[str, dict[str, Any], bytes], None]
+
+
 class _Frames:
     """The supervisor's frames, with a look ahead before each task starts.
 
-    The supervisor may send a worker its next task while the current one runs (so the
-    worker never waits a round trip for it), and may then take it back with SKIP. A task
-    is started only after every frame that has already arrived was read: a SKIP sent
-    before that moment always wins, and one sent after finds the task started (the
+    The supervisor may send a worker its next tasks while the current one runs (so the
+    worker never waits a round trip for them), and may then take one back with SKIP. A
+    task is started only after every frame that has already arrived was read: a SKIP
+    sent before that moment always wins, and one sent after finds the task started (the
     supervisor then learns so from STARTED and treats it as a running task).
+
+    While a task runs, a helper thread answers SKIPs every ``SKIP_POLL`` seconds, so a
+    task taken back from behind a long one is free at once (the supervisor gives it to
+    another worker) instead of when the long one ends. Both threads touch the socket and
+    the look-ahead only under ``_lock``; the main thread's one read without it, the
+    blocking wait for the next frame, happens while no task runs, when the helper reads
+    nothing.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    SKIP_POLL = 0.05  # seconds; the helper sleeps while the worker is idle
+
+    def __init__(self, sock: socket.socket, send: Send) -> None:
         self._sock = sock
-        self._ahead: collections.deque[ipc.Frame] = collections.deque()
+        self._send = send
+        self._lock = threading.Lock()
+        self._ahead: collections.deque[ipc.Frame | None] = collections.deque()  # None: end
         self._skips: set[int] = set()  # numbers of RUN frames taken back
         self._started = 0  # number of the last RUN started (SKIPs at or below it are late)
+        self._running = False  # a task runs (the helper may read frames)
+        self._helper_awake = threading.Event()  # cleared while the worker is idle
 
     def next_run(self) -> ipc.Frame | None:
-        """The next RUN frame; None at STOP or end of stream."""
+        """The next RUN frame not taken back, now counted as started; None at STOP or end
+        of stream. Taken-back frames met on the way are answered with SKIPPED."""
+        arrived: list[ipc.Frame | None] = []
         while True:
-            frame = self._ahead.popleft() if self._ahead else ipc.recv_frame(self._sock)
-            if frame is None or frame.kind == ipc.STOP:
-                return None
-            if frame.kind == ipc.SKIP:
-                self._note_skip(frame)
-            elif frame.kind == ipc.RUN:
-                return frame
+            with self._lock:
+                self._running = False
+                self._ahead.extend(arrived)
+                self._read_pending()
+                while self._ahead:
+                    frame = self._ahead.popleft()
+                    if frame is None or frame.kind == ipc.STOP:
+                        return None
+                    if not self._skipped(frame):
+                        self._start(frame)
+                        return frame
+            # Nothing waiting: block until the supervisor writes (the helper reads nothing
+            # while no task runs).
+            arrived = [ipc.recv_frame(self._sock)]
 
-    def withdrawn(self, run: ipc.Frame) -> bool:
-        """Whether ``run`` was taken back; if not, it counts as started from here on."""
-        while ipc.pending(self._sock):
+    def answer_skips_while_busy(self) -> None:
+        """Start the helper thread (a daemon: it never holds up the worker's exit)."""
+        threading.Thread(target=self._helper, name="omniq-skips", daemon=True).start()
+
+    def _helper(self) -> None:
+        while True:
+            self._helper_awake.wait()
+            time.sleep(self.SKIP_POLL)
+            with self._lock:
+                if not self._running:  # idle since the last poll: sleep until a task starts
+                    self._helper_awake.clear()
+                    continue
+                self._read_pending()
+                if self._skips:  # answer them now; the frames taken back are dropped
+                    kept = [f for f in self._ahead if f is None or not self._skipped(f)]
+                    self._ahead = collections.deque(kept)
+
+    def _start(self, frame: ipc.Frame) -> None:
+        self._started = max(self._started, int(frame.meta.get("n", 0)))
+        self._running = True
+        if not self._helper_awake.is_set():  # under the lock: the helper cannot miss it
+            self._helper_awake.set()
+
+    def _skipped(self, run: ipc.Frame) -> bool:
+        """Whether ``run`` was taken back; if so, the supervisor is told (SKIPPED)."""
+        number = int(run.meta.get("n", 0))
+        if number not in self._skips:
+            return False
+        self._skips.discard(number)
+        self._send(ipc.SKIPPED, {"task_id": run.meta["task_id"], "n": number}, b"")
+        return True
+
+    def _read_pending(self) -> None:
+        # Every frame that has arrived, without waiting for more; SKIPs are noted, the
+        # rest queued in order. After the end of the stream nothing more is read.
+        while (not self._ahead or self._ahead[-1] is not None) and ipc.pending(self._sock):
             frame = ipc.recv_frame(self._sock)
-            if frame is None:
-                break
-            if frame.kind == ipc.SKIP:
-                self._note_skip(frame)
+            if frame is not None and frame.kind == ipc.SKIP:
+                number = int(frame.meta.get("n", 0))
+                if number > self._started:  # a SKIP of a task already started changes nothing
+                    self._skips.add(number)
             else:
                 self._ahead.append(frame)
-        number = int(run.meta.get("n", 0))
-        if number in self._skips:
-            self._skips.discard(number)
-            return True
-        self._started = max(self._started, number)
-        return False
-
-    def _note_skip(self, frame: ipc.Frame) -> None:
-        number = int(frame.meta.get("n", 0))
-        if number > self._started:  # a SKIP of a task already started changes nothing
-            self._skips.add(number)
-
-
-Send = Callable[[str, dict[str, Any], bytes], None]
 
 
 def _sender(sock: socket.socket) -> Send:

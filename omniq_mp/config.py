@@ -88,8 +88,10 @@ class Settings:
         each worker is sent its next task as it starts one, so it never waits a round
         trip to the supervisor between short tasks; tasks far under a millisecond are
         sent up to three ahead, so that a worker runs several per wake-up. A task sent
-        ahead waits behind those before it, so longer tasks are not sent ahead; 0 turns
-        this off.
+        ahead waits behind those before it, so longer tasks are not sent ahead, and when
+        the task in front runs ten times longer than the average (at least 100 ms: it
+        hangs, or waits on something), those behind it are taken back and run on other
+        workers; 0 turns this off.
     :param start_method: ``"forkserver"`` or ``"spawn"``.
     :param sqlite_synchronous: ``"FULL"`` (an acknowledged enqueue survives power loss) or
         ``"NORMAL"`` (survives process crashes only).

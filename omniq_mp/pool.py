@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import multiprocessing
 import os
 import signal
@@ -74,8 +75,13 @@ class WorkerProcess:
         self.started_at = 0.0  # monotonic time the current task started
         self._sent = 0  # RUN frames sent: each is numbered, so a SKIP names exactly one
         self._numbers: dict[str, int] = {}  # task id -> its RUN frame's number
-        self._withdrawn: dict[str, tuple[TaskError, float, OutcomeKind]] = {}
-        self._turn = asyncio.Lock()  # FIFO: the tasks held read their frames in order
+        # Task id -> how run() ends for a task taken back: (error, kill grace, kind).
+        self._withdrawn: dict[str, tuple[TaskError | None, float, OutcomeKind]] = {}
+        # The tasks held read their frames in turn, in the order sent. Those waiting for
+        # their turn are keyed by RUN number, so the child's SKIPPED (sent while another
+        # task runs) can release one out of turn.
+        self._turn_taken = False
+        self._waiting: dict[int, asyncio.Future[bool]] = {}
         self._ended = False  # the inbox gave its final None
         self._channel: _Channel | None = None
         self._exit_fd = -1
@@ -153,16 +159,22 @@ class WorkerProcess:
         begin = time.monotonic()
         behind = self.held[0] != task.id
         self._sent += 1
-        self._numbers[task.id] = self._sent
+        number = self._numbers[task.id] = self._sent
         try:
             if task.id in self._withdrawn:  # taken back before it was even sent
                 return self._not_started(task, begin)
-            meta = {"task_id": task.id, "attempt": task.attempts, "n": self._sent}
+            meta = {"task_id": task.id, "attempt": task.attempts, "n": number}
             sent = self._send(ipc.encode(ipc.RUN, meta, task.payload))
             if sent:
                 crash_point("after_send_to_child")
-            async with self._turn:
-                return await self._take_turn(task, kill_grace, on_started, begin, behind, sent)
+            if not await self._wait_turn(number):  # the child skipped it meanwhile
+                return self._not_started(task, begin)
+            try:
+                return await self._take_turn(
+                    task, number, kill_grace, on_started, begin, behind, sent
+                )
+            finally:
+                self._pass_turn()
         finally:
             self.held.remove(task.id)
             self._numbers.pop(task.id, None)
@@ -170,19 +182,45 @@ class WorkerProcess:
             if self.current == task.id:
                 self.current = None
 
+    async def _wait_turn(self, number: int) -> bool:
+        """Wait until the tasks sent before this one have read their frames: True, its
+        turn to read; False, the child skipped it (SKIPPED) while it waited."""
+        if not self._turn_taken:  # the usual case: no future, no wait
+            self._turn_taken = True
+            return True
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting[number] = waiter
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if self._waiting.get(number) is waiter:
+                del self._waiting[number]
+            elif waiter.done() and not waiter.cancelled() and waiter.result():
+                self._pass_turn()  # handed the turn as it was cancelled: hand it on
+            raise
+
+    def _pass_turn(self) -> None:
+        for number, waiter in list(self._waiting.items()):  # in the order sent
+            del self._waiting[number]
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        self._turn_taken = False
+
     async def _take_turn(
         self,
         task: Task,
+        number: int,
         kill_grace: float,
         on_started: Callable[[], None] | None,
         begin: float,
         behind: bool,
         sent: bool,
     ) -> Outcome:
-        frame = await self._next_frame() if sent else None  # unsent: as if the worker ended
+        frame = await self._next_frame(number) if sent else None  # unsent: as if it ended
         # A task sent ahead may find frames of the one before it that outran its timeout.
         while behind and frame is not None and frame.kind == ipc.DONE:
-            frame = await self._next_frame()
+            frame = await self._next_frame(number)
         if frame is not None and frame.kind == ipc.SKIPPED:
             return self._not_started(task, begin)
         if frame is None or frame.kind != ipc.STARTED:
@@ -192,15 +230,18 @@ class WorkerProcess:
         crash_point("after_started")
         if on_started is not None:
             on_started()
-        if (late := self._withdrawn.pop(task.id, None)) is not None:
-            self.abort(*late)  # taken back too late: it had started, so it is stopped
+        late = self._withdrawn.pop(task.id, None)
+        if late is not None and late[0] is not None:
+            # Taken back too late: it had started, so it is stopped. (One only asked back
+            # to run elsewhere, which has no error, simply runs here.)
+            self.abort(late[0], late[1], late[2])
         # The timeout clock starts at the child's acknowledgement, on the monotonic clock.
         if not task.timeout:  # no clock to run: spared a timeout context per task
-            frame = await self._next_frame()
+            frame = await self._next_frame(number)
         else:
             try:
                 async with asyncio.timeout_at(asyncio.get_running_loop().time() + task.timeout):
-                    frame = await self._next_frame()
+                    frame = await self._next_frame(number)
             except TimeoutError:
                 self.retiring = True  # nothing more is sent ahead to it during the kill's grace
                 if len(self.held) > 1:  # tasks sent ahead die with this one: not their fault
@@ -223,6 +264,16 @@ class WorkerProcess:
         if (number := self._numbers.get(task_id)) is not None:  # else: not even sent yet
             self._send(ipc.encode(ipc.SKIP, {"task_id": task_id, "n": number}))
 
+    def take_back(self, task_id: str) -> None:
+        """Ask for a task sent ahead back, to run elsewhere: its ``run`` returns
+        NOT_STARTED as soon as the child confirms it skipped it. One that started
+        meanwhile runs on here."""
+        if task_id in self._withdrawn or task_id == self.current:
+            return
+        self._withdrawn[task_id] = (None, 0.0, OutcomeKind.NOT_STARTED)
+        if (number := self._numbers.get(task_id)) is not None:  # else: not even sent yet
+            self._send(ipc.encode(ipc.SKIP, {"task_id": task_id, "n": number}))
+
     def _not_started(self, task: Task, begin: float) -> Outcome:
         duration = time.monotonic() - begin
         withdrawn = self._withdrawn.pop(task.id, None)
@@ -236,12 +287,20 @@ class WorkerProcess:
         and holds the rest meanwhile); False when the channel is already gone."""
         return self._channel is not None and self._channel.send(parts)
 
-    async def _next_frame(self) -> ipc.Frame | None:
-        """The next frame that is not a relayed log record; None, for good, at the end."""
+    async def _next_frame(self, number: int) -> ipc.Frame | None:
+        """The next frame for the task sent as RUN ``number``, whose turn it is; None, for
+        good, at the end. Log records are relayed, and a SKIPPED of a task still waiting
+        for its turn releases that task."""
         if self._ended:
             return None
-        while (frame := await self.inbox.get()) is not None and frame.kind == ipc.LOG:
-            relay_log(frame.meta, self.pid)
+        while (frame := await self.inbox.get()) is not None:
+            if frame.kind == ipc.LOG:
+                relay_log(frame.meta, self.pid)
+            elif frame.kind == ipc.SKIPPED and (skipped := int(frame.meta.get("n", 0))) != number:
+                if (waiter := self._waiting.pop(skipped, None)) is not None:
+                    waiter.set_result(False)
+            else:
+                break
         self._ended = frame is None
         return frame
 
@@ -490,16 +549,20 @@ class ProcessPool:
         # Asked before every dispatch, mostly while all are busy: no exception for that.
         return None if self._idle.empty() else self._idle.get_nowait()
 
-    def try_acquire_ahead(self, ahead: int = 1) -> WorkerProcess | None:
+    def try_acquire_ahead(
+        self, ahead: int = 1, stalled_after: float = math.inf
+    ) -> WorkerProcess | None:
         """A busy worker that may be sent another task now, to start the moment the ones
         it holds end (no round trip to the supervisor in between); else None.
 
         Only a worker holding at least one task and fewer than ``1 + ahead``, alive, not
-        being stopped, and not about to retire (``max_tasks_per_child``): a task sent
-        ahead would only come back. The least loaded is chosen, then the one whose task
-        started first, which is likely the first to be free.
+        being stopped, not about to retire (``max_tasks_per_child``), and whose task has
+        run less than ``stalled_after`` seconds: a task sent ahead would only come back.
+        The least loaded is chosen, then the one whose task started first, which is
+        likely the first to be free.
         """
         best: WorkerProcess | None = None
+        stalled_since = time.monotonic() - stalled_after
         for worker in self._workers:
             held = len(worker.held)
             if (
@@ -511,6 +574,7 @@ class ProcessPool:
                     self.max_tasks_per_child is not None
                     and worker.tasks_run + held + 1 > self.max_tasks_per_child
                 )
+                or (worker.current is not None and worker.started_at <= stalled_since)
             ):
                 continue
             if best is None or (held, worker.started_at) < (len(best.held), best.started_at):
@@ -563,6 +627,23 @@ class ProcessPool:
             return False
         worker.abort(error, grace, kind)
         return True
+
+    def take_back_stalled(self, after: float) -> bool:
+        """Ask back the tasks sent ahead of any worker whose task has run ``after``
+        seconds or more (one that hangs would hold them while other workers idle): each
+        comes back NOT_STARTED, to run elsewhere, once its child confirms. Returns
+        whether tasks sent ahead are still held by workers not stalled yet."""
+        stalled_since = time.monotonic() - after
+        still_ahead = False
+        for worker in self._workers:
+            if len(worker.held) < 2:
+                continue
+            if worker.current is None or worker.started_at > stalled_since:
+                still_ahead = True  # not stalled (yet)
+                continue
+            for task_id in worker.held[1:]:
+                worker.take_back(task_id)
+        return still_ahead
 
     def withdraw_waiting(self, reason: str) -> None:
         """Take back every task sent ahead that has not started (a graceful stop)."""

@@ -131,6 +131,7 @@ class AsyncWorkerPool:
         self._stopping = False
         self._started_at = time.time()
         self._jobs: set[asyncio.Task[Any]] = set()  # runs of tasks, strong refs
+        self._stall_check: asyncio.TimerHandle | None = None  # see _take_back_stalled
         self._pacer = Pacer(
             self.settings.procs, self.settings.prefetch, self.settings.send_ahead_below
         )
@@ -207,6 +208,9 @@ class AsyncWorkerPool:
         """Graceful stop: no new claims, running tasks get ``grace`` seconds, then are killed
         and returned to the queue uncharged; claimed tasks that never started go back too."""
         self.request_stop()
+        if self._stall_check is not None:
+            self._stall_check.cancel()
+            self._stall_check = None
         grace = self.settings.shutdown_grace if grace is None else grace
         self.pool.withdraw_waiting("the supervisor is stopping")  # they return uncharged
         await self._release_ready()
@@ -352,9 +356,11 @@ class AsyncWorkerPool:
                 return
             # Short tasks also go to a busy worker, to start the moment its task ends.
             ahead = self._pacer.ahead()
-            worker = self.pool.try_acquire() or (
-                self.pool.try_acquire_ahead(ahead) if ahead else None
-            )
+            worker = self.pool.try_acquire()
+            if worker is None and ahead:
+                worker = self.pool.try_acquire_ahead(ahead, self._pacer.stalled_after())
+                if worker is not None and self._stall_check is None:
+                    self._watch_stalls()
             if worker is None:
                 return
             self._ready.remove(task)
@@ -362,6 +368,20 @@ class AsyncWorkerPool:
             job = asyncio.create_task(self._run_one(worker, task), name=f"run-{task.id}")
             self._jobs.add(job)
             job.add_done_callback(self._jobs.discard)
+
+    def _watch_stalls(self) -> None:
+        self._stall_check = asyncio.get_running_loop().call_later(
+            self._pacer.stalled_after() / 2, self._take_back_stalled
+        )
+
+    def _take_back_stalled(self) -> None:
+        # A task sent ahead waits behind its worker's task. When that one runs far longer
+        # than tasks usually do (it hangs, or waits on something), those behind it are
+        # asked back, to run on other workers instead of waiting for it; this check
+        # repeats while tasks are sent ahead.
+        self._stall_check = None
+        if not self._stopping and self.pool.take_back_stalled(self._pacer.stalled_after()):
+            self._watch_stalls()
 
     def _next_ready(self) -> Task | None:
         """The first claimed task that may start: never an attempt while an older one of
@@ -936,6 +956,11 @@ class Pacer:
     # results/s, 3 ahead 10.3-11.0k; 7 ahead gained nothing more).
     AHEAD_SECONDS = 0.001
     MAX_AHEAD = 3
+    # A task that runs this much longer than the average is taken to be stuck: the tasks
+    # sent ahead of it go elsewhere (stalled_after). Ordinary spread in task times stays
+    # under it, so short tasks are not shuffled between workers for nothing.
+    STALL_FACTOR = 10.0
+    STALL_MIN = 0.1
 
     def __init__(self, procs: int, limit: int, ahead_below: float = 0.0) -> None:
         self.procs = procs
@@ -966,6 +991,12 @@ class Pacer:
             return 0
         task_s = max(self._task_s or 0.0, 1e-6)
         return max(1, min(self.MAX_AHEAD, math.ceil(self.AHEAD_SECONDS / task_s)))
+
+    def stalled_after(self) -> float:
+        """Seconds a task may run before the tasks sent ahead of its worker are asked
+        back to run elsewhere: ``STALL_FACTOR`` times the average task, at least
+        ``STALL_MIN``."""
+        return max(self.STALL_MIN, self.STALL_FACTOR * (self._task_s or 0.0))
 
     def prefetch(self) -> int:
         """Tasks to hold beyond one per worker."""

@@ -6,6 +6,7 @@ processes throughout."""
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 
 import pytest
@@ -141,9 +142,9 @@ async def test_a_stop_gives_back_tasks_sent_ahead_uncharged_and_loses_nothing(
         sent_ahead = 0
         try_ahead = workers.pool.try_acquire_ahead
 
-        def counting(ahead: int = 1) -> WorkerProcess | None:
+        def counting(ahead: int = 1, stalled_after: float = math.inf) -> WorkerProcess | None:
             nonlocal sent_ahead
-            worker = try_ahead(ahead)
+            worker = try_ahead(ahead, stalled_after)
             sent_ahead += worker is not None
             return worker
 
@@ -215,3 +216,109 @@ async def test_a_worker_is_not_handed_out_while_a_task_reserved_for_it_waits(
     assert pool.idle() == 0 and pool.try_acquire_ahead() is worker  # still holds `second`
     assert value(await pool.run(worker, second)) == 7
     assert pool.idle() == 1
+
+
+async def test_tasks_sent_ahead_of_a_stuck_task_come_back_while_it_still_runs(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = await make_pool(1)
+    gate = tmp_path / "gate"
+    stuck = make_task(tasks.mark_then_wait_for, str(tmp_path / "stuck"), str(gate), timeout=0)
+    worker, first = await first_running(pool, stuck)
+    markers = [tmp_path / f"ran-{n}" for n in range(3)]
+    behind = [
+        await send_ahead(pool, worker, make_task(tasks.mark_ran, str(marker)), ahead=3)
+        for marker in markers
+    ]
+    assert pool.try_acquire_ahead(3, stalled_after=0.0) is None  # not behind a stuck one
+    await asyncio.sleep(0.05)
+    assert not pool.take_back_stalled(after=0.05)  # asked back; nothing else sent ahead
+    # The child answers while its task still runs: they are free long before the gate.
+    done, _ = await asyncio.wait(behind, timeout=5)
+    assert done == set(behind) and not first.done()
+    for job in behind:
+        back = await job
+        assert back.kind is OutcomeKind.NOT_STARTED and back.error is None
+    assert worker.held == [stuck.id] and worker.alive
+    gate.touch()
+    assert value(await first) is None  # the stuck task was left alone and finished
+    assert not any(marker.exists() for marker in markers)  # and they never ran there
+    # The skipped frames left the worker's stream in step: its next task runs normally.
+    again = await pool.run(await acquire(pool), make_task(tasks.add, 2, 3))
+    assert value(again) == 5 and again.pid == worker.pid
+
+
+async def test_only_workers_whose_task_ran_past_the_limit_give_tasks_back(
+    make_pool: MakePool,
+) -> None:
+    pool = await make_pool(1)
+    worker, first = await first_running(pool, make_task(tasks.sleep_for, 0.5))
+    ahead = await send_ahead(pool, worker, make_task(tasks.add, 1, 2))
+    assert pool.take_back_stalled(after=60.0)  # not stalled: still ahead, check again later
+    assert value(await ahead) == 3  # it ran where it was sent
+    assert value(await first) == 0.5
+
+
+async def test_a_task_cancelled_behind_a_long_one_is_settled_before_that_one_ends(
+    make_pool: MakePool, tmp_path: Path
+) -> None:
+    pool = await make_pool(1)
+    gate = tmp_path / "gate"
+    worker, first = await first_running(
+        pool, make_task(tasks.mark_then_wait_for, str(tmp_path / "long"), str(gate), timeout=0)
+    )
+    marker = tmp_path / "ran"
+    ahead = make_task(tasks.mark_ran, str(marker))
+    second = await send_ahead(pool, worker, ahead)
+    assert pool.abort(ahead.id, "cancelled", ErrorKind.CANCELLED, OutcomeKind.ABORTED, "Cancelled")
+    cancelled = await asyncio.wait_for(second, 5)  # the gate is still shut
+    assert cancelled.kind is OutcomeKind.ABORTED and not first.done()
+    gate.touch()
+    assert value(await first) is None and worker.alive
+    assert not marker.exists()
+
+
+async def test_a_supervisor_moves_tasks_sent_ahead_of_a_hung_task_to_its_other_worker(
+    tmp_path: Path,
+) -> None:
+    q = AsyncOmniQ(Settings(base_dir=tmp_path / "store", procs=2, event_storage_type="none"))
+    await q.open()
+    gate, marks = tmp_path / "gate", tmp_path / "marks"
+    marks.mkdir()
+    try:
+        async with q.worker_pool(concurrency=2) as workers:
+            asked_back: list[str] = []
+            take_back = WorkerProcess.take_back
+
+            def counting(self: WorkerProcess, task_id: str) -> None:
+                asked_back.append(task_id)
+                take_back(self, task_id)
+
+            WorkerProcess.take_back = counting  # type: ignore[method-assign]
+            try:
+                await q.enqueue(tasks.add, 1, 2)  # measured: the pacer knows tasks are short
+                assert await workers.process_tasks(limit=1) == 1
+                # No timeout: without the take-back, the tasks sent ahead of the hung one
+                # would wait for ever while the other worker idles.
+                hung = await q.enqueue(tasks.mark_then_wait_for, str(marks / "hung"), str(gate))
+                short = [await q.enqueue(tasks.sleep_for, 0.002) for _ in range(300)]
+                run = asyncio.create_task(workers.process_tasks())
+                # Settled: the measured task and the 300 short ones (not the hung one).
+                await wait_until(lambda: workers.processed == 301, 30, "the short tasks settled")
+                assert (marks / "hung").exists()
+                stored = [await q.get_task(i) for i in short]
+                assert all(t is not None and t.status is TaskStatus.COMPLETED for t in stored)
+                assert all(t.attempts == 1 for t in stored if t is not None)  # run once each
+                assert asked_back  # some were sent ahead of the hung task, and came back
+                hung_task = await q.get_task(hung)
+                assert hung_task is not None and hung_task.status is TaskStatus.RUNNING
+                gate.touch()
+                await wait_until(lambda: not workers.pool.holds(), 30, "the hung task ended")
+                workers.request_stop()
+                await run
+            finally:
+                WorkerProcess.take_back = take_back  # type: ignore[method-assign]
+        finished = await q.get_task(hung)
+        assert finished is not None and finished.status is TaskStatus.COMPLETED
+    finally:
+        await q.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from omniq_mp.config import Settings
 from omniq_mp.models import Task
 from omniq_mp.queue import AsyncTaskQueue
@@ -48,6 +50,12 @@ def test_tasks_far_under_a_millisecond_are_sent_three_ahead_per_worker() -> None
     assert paced(task_s=0.040, claim_s=0.001).ahead() == 1
     assert paced(task_s=0.060, claim_s=0.001).ahead() == 0  # over ahead_below: none
     assert Pacer(2, 32, ahead_below=0.05).ahead() == 0  # nothing measured yet
+
+
+def test_a_task_is_stalled_after_ten_average_tasks_and_never_under_100_ms() -> None:
+    assert Pacer(2, 32, ahead_below=0.05).stalled_after() == 0.1  # nothing measured yet
+    assert paced(task_s=0.0001, claim_s=0.001).stalled_after() == 0.1
+    assert paced(task_s=0.04, claim_s=0.001).stalled_after() == pytest.approx(0.4)
 
 
 def test_send_ahead_below_zero_sends_nothing_ahead() -> None:
