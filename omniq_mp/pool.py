@@ -256,10 +256,12 @@ class WorkerProcess:
             return await self._died(begin)
         return self._done(frame, begin)
 
-    def withdraw(self, task_id: str, error: TaskError, grace: float, kind: OutcomeKind) -> None:
+    def withdraw(
+        self, task_id: str, error: TaskError | None, grace: float, kind: OutcomeKind
+    ) -> None:
         """Take back a task sent ahead that has not started: the child skips it and its
         ``run`` returns ``kind`` with ``error``. If it started meanwhile, it is stopped as
-        :meth:`abort` would."""
+        :meth:`abort` would; without an ``error`` (only asked back), it runs on here."""
         self._withdrawn[task_id] = (error, grace, kind)
         if (number := self._numbers.get(task_id)) is not None:  # else: not even sent yet
             self._send(ipc.encode(ipc.SKIP, {"task_id": task_id, "n": number}))
@@ -268,11 +270,12 @@ class WorkerProcess:
         """Ask for a task sent ahead back, to run elsewhere: its ``run`` returns
         NOT_STARTED as soon as the child confirms it skipped it. One that started
         meanwhile runs on here."""
-        if task_id in self._withdrawn or task_id == self.current:
-            return
-        self._withdrawn[task_id] = (None, 0.0, OutcomeKind.NOT_STARTED)
-        if (number := self._numbers.get(task_id)) is not None:  # else: not even sent yet
-            self._send(ipc.encode(ipc.SKIP, {"task_id": task_id, "n": number}))
+        if task_id not in self._withdrawn and task_id != self.current:
+            self.withdraw(task_id, None, 0.0, OutcomeKind.NOT_STARTED)
+
+    def stalled(self, since: float) -> bool:
+        """Whether its running task started at monotonic time ``since`` or before."""
+        return self.current is not None and self.started_at <= since
 
     def _not_started(self, task: Task, begin: float) -> Outcome:
         duration = time.monotonic() - begin
@@ -574,7 +577,7 @@ class ProcessPool:
                     self.max_tasks_per_child is not None
                     and worker.tasks_run + held + 1 > self.max_tasks_per_child
                 )
-                or (worker.current is not None and worker.started_at <= stalled_since)
+                or worker.stalled(stalled_since)
             ):
                 continue
             if best is None or (held, worker.started_at) < (len(best.held), best.started_at):
@@ -638,7 +641,7 @@ class ProcessPool:
         for worker in self._workers:
             if len(worker.held) < 2:
                 continue
-            if worker.current is None or worker.started_at > stalled_since:
+            if not worker.stalled(stalled_since):
                 still_ahead = True  # not stalled (yet)
                 continue
             for task_id in worker.held[1:]:
