@@ -53,7 +53,7 @@ from omniq_mp.stats import (
 from omniq_mp.storage import open_storage
 from omniq_mp.storage.base import QueueStats, Storage
 from omniq_mp.stores import open_result_storage
-from omniq_mp.task_builder import TaskBuilder, TaskOptions, sign_payload
+from omniq_mp.task_builder import ReferenceBuilders, TaskBuilder, TaskOptions, sign_payload
 from omniq_mp.units import parse_duration
 from omniq_mp.wakeup import CLIENTS, SUPERVISORS, Poker, WakeListener
 from omniq_mp.watcher import ResultWatcher
@@ -135,6 +135,7 @@ class AsyncOmniQ:
         self._workers: AsyncWorkerPool | None = None
         self._runner: asyncio.Task[int] | None = None
         self.watcher = ResultWatcher(self.storage.get_many)
+        self._plain_builders = ReferenceBuilders(self.builder)
         wake_dir = self.settings.wake_dir
         self._supervisors = None if wake_dir is None else Poker(wake_dir, SUPERVISORS)
         self._notes: set[asyncio.Task[None]] = set()  # dedup log lines of thread enqueues
@@ -231,7 +232,8 @@ class AsyncOmniQ:
         keyword arguments named like a task option are that option)."""
         options = {name: kwargs.pop(name) for name in _OPTIONS if name in kwargs}
         call_args, call_kwargs = _split_call(args, kwargs)
-        return self.builder(func, **options).build(call_args, call_kwargs)
+        builder = self.builder(func, **options) if options else self._plain_builders.get(func)
+        return builder.build(call_args, call_kwargs)
 
     def builder(
         self,

@@ -92,6 +92,11 @@ class CallPickler:
             except Exception as exc:
                 raise SerializationError(_blame(target, (), {}, exc)) from exc
 
+    @property
+    def by_reference(self) -> bool:
+        """The target is written as a name the worker resolves, not as pickled code."""
+        return isinstance(self._written, str)
+
     def dumps(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
         """The payload of ``target(*args, **kwargs)``.
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 import time
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
+
+import cloudpickle
 
 from omniq_mp.config import check_seconds
 from omniq_mp.errors import ConfigError, SerializationError
@@ -21,7 +24,15 @@ from omniq_mp.serialization import CallPickler, callable_name
 from omniq_mp.signing import ANY, PAYLOAD, Signer, strip
 from omniq_mp.units import format_bytes, parse_bytes, parse_duration
 
-__all__ = ["INT64_MAX", "INT64_MIN", "TaskBuilder", "TaskOptions", "build_task", "sign_payload"]
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "ReferenceBuilders",
+    "TaskBuilder",
+    "TaskOptions",
+    "build_task",
+    "sign_payload",
+]
 
 # Stores keep integers in 64 bits (SQLite's INTEGER, PostgreSQL's bigint): a larger one
 # would fail the enqueue with an OverflowError deep in the driver, not name the option.
@@ -107,6 +118,12 @@ class TaskBuilder:
         self._signer = signer
         self._max_payload_size = max_payload_size
 
+    @property
+    def by_reference(self) -> bool:
+        """The target is stored as a name the worker resolves (an importable function or
+        a dotted path), so its tasks do not depend on the state of the caller's globals."""
+        return self._pickler.by_reference
+
     def build(
         self,
         args: Sequence[Any] = (),
@@ -155,6 +172,47 @@ class TaskBuilder:
             result_ttl=o.result_ttl,
         )
         return sign_payload(task, self._signer, recurring=o.interval is not None)
+
+
+class ReferenceBuilders:
+    """The builders of option-less calls, kept per target, for targets the worker imports
+    by name: ``enqueue(f, x)`` in a loop then pays for its arguments only, not for checking
+    options and inspecting ``f`` again (about a fifth of a single enqueue's CPU).
+
+    A by-value target (lambda, closure, ``__main__`` function) is never kept: its pickle
+    carries its globals as they are at each enqueue. A module registered with cloudpickle's
+    ``register_pickle_by_value`` after a builder was kept turns its functions into by-value
+    targets, so a change of that registry forgets every kept builder.
+
+    :param make: builds the builder of a target (the client's defaults applied).
+    """
+
+    _KEPT = 256  # targets; past this the cache starts over (a long-lived client may see
+    # many distinct functions, and each entry holds its function alive)
+
+    def __init__(self, make: Callable[[Callable[..., Any] | str], TaskBuilder]) -> None:
+        self._make = make
+        self._kept: dict[Callable[..., Any] | str, TaskBuilder] = {}
+        self._registry = cloudpickle.list_registry_pickle_by_value()
+
+    def get(self, target: Callable[..., Any] | str) -> TaskBuilder:
+        """The builder of calls to ``target`` with default options."""
+        # Only types that hash by identity or by value: an arbitrary callable object may
+        # define __eq__ without __hash__, or compare equal to a different callable.
+        if not isinstance(target, str) and type(target) is not types.FunctionType:
+            return self._make(target)
+        registry = cloudpickle.list_registry_pickle_by_value()
+        if registry != self._registry:
+            self._kept.clear()
+            self._registry = registry
+        builder = self._kept.get(target)
+        if builder is None:
+            builder = self._make(target)
+            if builder.by_reference:
+                if len(self._kept) >= self._KEPT:
+                    self._kept.clear()
+                self._kept[target] = builder
+        return builder
 
 
 def build_task(
