@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
@@ -34,7 +35,7 @@ from omniq_mp.events import EventRecorder, enqueued_events
 from omniq_mp.events import follow as follow_events
 from omniq_mp.eventstore import Event, EventStorage, EventType, StoredEvent, open_event_storage
 from omniq_mp.futures import TaskHandle
-from omniq_mp.models import Task, TaskStatus, first_later_eta
+from omniq_mp.models import Settlement, Task, TaskStatus, first_later_eta
 from omniq_mp.progress import ProgressBar
 from omniq_mp.result_writer import ResultWriter
 from omniq_mp.results.base import ResultStorage, TaskResult
@@ -56,7 +57,7 @@ from omniq_mp.stores import open_result_storage
 from omniq_mp.task_builder import ReferenceBuilders, TaskBuilder, TaskOptions, sign_payload
 from omniq_mp.units import parse_duration
 from omniq_mp.wakeup import CLIENTS, SUPERVISORS, Poker, WakeListener
-from omniq_mp.watcher import ResultWatcher
+from omniq_mp.watcher import ResultWatcher, StoredSignal
 from omniq_mp.worker import HEARTBEAT_INTERVAL, AsyncWorkerPool
 
 __all__ = ["AsyncOmniQ"]
@@ -66,6 +67,8 @@ __all__ = ["AsyncOmniQ"]
 _LOGGED_ONE_BY_ONE = 100
 # The task options build() and enqueue() take among a call's keyword arguments.
 _OPTIONS = tuple(f.name for f in fields(TaskOptions))
+# Seconds between a waiting thread's looks when nothing pokes it (the watcher's range).
+_FIRST_LOOK_PAUSE, _LAST_LOOK_PAUSE = 0.002, 0.05
 
 
 def _resolve_settings(
@@ -139,8 +142,9 @@ class AsyncOmniQ:
         wake_dir = self.settings.wake_dir
         self._supervisors = None if wake_dir is None else Poker(wake_dir, SUPERVISORS)
         self._notes: set[asyncio.Task[None]] = set()  # dedup log lines of thread enqueues
+        self.stored = StoredSignal()  # for threads that wait in place (OmniQ.get_result)
         self._wakes = (
-            None if wake_dir is None else WakeListener(wake_dir, CLIENTS, self.watcher.poke)
+            None if wake_dir is None else WakeListener(wake_dir, CLIENTS, self._outcomes_stored)
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -198,10 +202,19 @@ class AsyncOmniQ:
         await self.open()
         workers = self.worker_pool()
         await workers.start()
-        workers.on_settled.append(lambda task, _: self.watcher.notify(task.id))
+        workers.on_settled.append(self._settled_here)
         self._workers = workers
         self._runner = asyncio.create_task(workers.process_tasks(), name="omniq-supervisor")
         return self
+
+    def _outcomes_stored(self) -> None:
+        # A supervisor in another process poked: outcomes were committed there.
+        self.watcher.poke()
+        self.stored.bump()
+
+    def _settled_here(self, task: Task, _: Settlement) -> None:
+        self.watcher.notify(task.id)
+        self.stored.bump()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -608,12 +621,42 @@ class AsyncOmniQ:
         except TimeoutError:
             self.watcher.unwatch(task_id, on_finished)
             current = await self.queue.get_task(task_id) or task
-            raise ResultTimeoutError(await self._timeout_message(current, timeout)) from None
+            raise ResultTimeoutError(await self.timeout_message(current, timeout)) from None
         if found is None:
             raise TaskNotFoundError(f"task {task_id} no longer exists in {self._where()}")
         return found
 
-    async def _timeout_message(self, task: Task, timeout: float | None) -> str:
+    def wait_in_thread(self, task_id: str, timeout: float | None) -> Task | None:
+        """:meth:`wait_finished` in the calling thread (not the loop's), for the synchronous
+        client: the task once finished, or as it stands when ``timeout`` runs out (not
+        finished, then); None when it is missing or this path is unavailable, and the
+        caller goes through :meth:`wait_finished`. Available when the store can read from
+        any thread (SQLite) and fewer than a handful of threads already wait this way.
+
+        Each look is a read on the thread's own connection, made on a poke or settlement
+        (``stored``), else after a pause growing from 2 to 50 ms as the watcher's sweeps
+        do: an idle round trip's result arrives without two trips through the store's
+        thread and this client's loop."""
+        get_blocking = getattr(self.storage, "get_blocking", None)  # optional capability
+        if not self._open or get_blocking is None or not self.stored.enter():
+            return None
+        try:
+            deadline = math.inf if timeout is None else time.monotonic() + timeout
+            pause = _FIRST_LOOK_PAUSE
+            while True:
+                seen = self.stored.generation
+                task: Task | None = get_blocking(task_id)
+                left = deadline - time.monotonic()
+                if task is None or task.status.is_terminal or left <= 0:
+                    return task
+                if not self.stored.wait_after(seen, min(pause, left)):
+                    pause = min(pause * 2, _LAST_LOOK_PAUSE)
+        finally:
+            self.stored.leave()
+
+    async def timeout_message(self, task: Task, timeout: float | None) -> str:
+        """The ResultTimeoutError message for ``task``, still unfinished after ``timeout``
+        seconds: its state, and how to start a worker when none serves this store."""
         text = (
             f"task {task.id} ({task.func_name}) did not finish within {timeout:g}s: "
             f"it is {task.status.value} after {task.attempts} attempt(s)"

@@ -75,9 +75,13 @@ class LoopThread:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
+    def on_loop_thread(self) -> bool:
+        """The caller runs on this loop's own thread (where blocking would stall it)."""
+        return threading.current_thread() is self._thread
+
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and wait for it; Ctrl-C cancels it."""
-        if threading.current_thread() is self._thread:
+        if self.on_loop_thread():
             coro.close()
             raise RuntimeError(
                 "a blocking omniq_mp call was made from a callback on omniq_mp's own loop "

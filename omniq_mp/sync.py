@@ -12,7 +12,7 @@ from typing import Any
 from omniq_mp.config import Settings
 from omniq_mp.core import AsyncOmniQ, task_value
 from omniq_mp.decorator import TaskFunction
-from omniq_mp.errors import TaskNotFoundError
+from omniq_mp.errors import ResultTimeoutError, TaskNotFoundError
 from omniq_mp.eventstore import Event, EventStorage
 from omniq_mp.executor import OmniQExecutor
 from omniq_mp.futures import TaskFuture, settle_future
@@ -93,7 +93,13 @@ class OmniQ:
 
     def get_result(self, task_id: str, timeout: float | None = None) -> Any:
         """Wait for and return the task's value; see :meth:`AsyncOmniQ.get_result`."""
-        return self._loop.call(self._async.get_result(task_id, timeout))
+        task = None if self._loop.on_loop_thread() else self._async.wait_in_thread(task_id, timeout)
+        if task is None:  # missing (the result store may hold it), or no waiting in place
+            return self._loop.call(self._async.get_result(task_id, timeout))
+        if not task.status.is_terminal:
+            message = self._loop.call(self._async.timeout_message(task, timeout))
+            raise ResultTimeoutError(message)
+        return task_value(task, self._async.queue.signer)
 
     def get_stored_result(self, task_id: str) -> TaskResult | None:
         """The task's record in the configured result store (None if absent or none)."""

@@ -5,13 +5,14 @@ task."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 
 from loguru import logger
 
 from omniq_mp.models import Task
 
-__all__ = ["ResultWatcher"]
+__all__ = ["ResultWatcher", "StoredSignal"]
 
 Finished = Callable[[str, Task | None], None]  # (task id, the finished task or None: gone)
 
@@ -121,3 +122,48 @@ class ResultWatcher:
                     logger.opt(exception=True).error("a completion callback of {} failed", task_id)
             done += 1
         return done
+
+
+class StoredSignal:
+    """Wakes threads that wait for outcomes in their own thread: bumped whenever outcomes
+    may have been stored (a supervisor's poke, this process's own settlements).
+
+    A waiter notes :attr:`generation`, reads what it waits for, and, if that is not there
+    yet, calls :meth:`wait_after` with the generation it noted: an outcome stored between
+    its read and its wait is not missed.
+
+    :param readers: threads that may wait here at once; one more is refused by
+        :meth:`enter` and waits through the shared :class:`ResultWatcher` instead, whose
+        sweeps read many tasks at once (each waiter here reads its own task on every bump).
+    """
+
+    def __init__(self, readers: int = 8) -> None:
+        self.generation = 0
+        self._readers = readers
+        self._inside = 0
+        self._changed = threading.Condition(threading.Lock())
+
+    def bump(self) -> None:
+        """Outcomes may have been stored: wake every waiting thread (from any thread)."""
+        with self._changed:
+            self.generation += 1
+            self._changed.notify_all()
+
+    def enter(self) -> bool:
+        """Claim a waiter's place; False when all are taken. Pair with :meth:`leave`."""
+        with self._changed:
+            if self._inside >= self._readers:
+                return False
+            self._inside += 1
+            return True
+
+    def leave(self) -> None:
+        """Give back the place :meth:`enter` claimed."""
+        with self._changed:
+            self._inside -= 1
+
+    def wait_after(self, generation: int, timeout: float) -> bool:
+        """Block until :meth:`bump` moves past ``generation`` or ``timeout`` seconds pass;
+        True if it moved."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.generation != generation, timeout)

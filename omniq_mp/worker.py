@@ -478,6 +478,8 @@ class AsyncWorkerPool:
             self._drop_outcomes(pairs)
             return
         crash_point("after_settle_commit")
+        if self._clients is not None:  # first: a client waiting on a result reads it now
+            self._clients.poke()
         for (task, settlement), ok in zip(pairs, applied, strict=True):
             self._let_go(task)
             if not ok:
@@ -490,8 +492,6 @@ class AsyncWorkerPool:
                 self._note_follow_up(settlement)
             for callback in self.on_settled:
                 callback(task, settlement)
-        if self._clients is not None:
-            self._clients.poke()
         if not self._held:
             self._idle.set()
         self._wake.set()  # a limit may be reached, or more may be claimed

@@ -243,6 +243,19 @@ class SQLiteStorage:
             raise ValueError(f"a task id in this batch already exists: {exc}") from None
         raise _stayed_locked(self.path)
 
+    def get_blocking(self, task_id: str) -> Task | None:
+        """:meth:`get` in the calling thread, on that thread's own connection: how the
+        synchronous client waits for a result without two trips through the store's
+        thread and the event loop for every look."""
+        conn = self._caller_connection()
+        try:
+            rows = self._rows_with_results(
+                conn, f"SELECT {COLUMNS}, seq FROM tasks WHERE id = ?", (task_id,)
+            )
+        except sqlite3.Error as exc:
+            raise storage_error(self.path, exc) from exc
+        return row_task(rows[0]) if rows else None
+
     def _caller_connection(self) -> sqlite3.Connection:
         self._open_thread()  # the same "not open" error as every other method
         held: tuple[int, sqlite3.Connection] | None = getattr(self._callers, "conn", None)

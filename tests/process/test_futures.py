@@ -170,7 +170,7 @@ def test_map_with_progress_draws_done_and_failed(
 
 
 def test_executor_is_a_concurrent_futures_executor(settings: Settings) -> None:
-    with OmniQExecutor(procs=2, base_dir=settings.base_dir, timeout=0.5) as executor:
+    with OmniQExecutor(procs=2, base_dir=settings.base_dir, timeout=0.5, max_retries=0) as executor:
         assert isinstance(executor, cf.Executor)
         # submit's keyword arguments all reach the function, reserved-looking ones too
         assert executor.submit(lambda timeout: timeout * 2, timeout=21).result(30) == 42
