@@ -214,7 +214,7 @@ class AsyncOmniQ:
 
     def _settled_here(self, task: Task, _: Settlement) -> None:
         self.watcher.notify(task.id)
-        self.stored.bump()
+        self.stored.settled(task.id)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -638,7 +638,7 @@ class AsyncOmniQ:
         do: an idle round trip's result arrives without two trips through the store's
         thread and this client's loop."""
         get_blocking = getattr(self.storage, "get_blocking", None)  # optional capability
-        if not self._open or get_blocking is None or not self.stored.enter():
+        if not self._open or get_blocking is None or not self.stored.enter(task_id):
             return None
         try:
             deadline = math.inf if timeout is None else time.monotonic() + timeout
@@ -652,7 +652,7 @@ class AsyncOmniQ:
                 if not self.stored.wait_after(seen, min(pause, left)):
                     pause = min(pause * 2, _LAST_LOOK_PAUSE)
         finally:
-            self.stored.leave()
+            self.stored.leave(task_id)
 
     async def timeout_message(self, task: Task, timeout: float | None) -> str:
         """The ResultTimeoutError message for ``task``, still unfinished after ``timeout``

@@ -125,21 +125,23 @@ class ResultWatcher:
 
 
 class StoredSignal:
-    """Wakes threads that wait for outcomes in their own thread: bumped whenever outcomes
-    may have been stored (a supervisor's poke, this process's own settlements).
+    """Wakes threads that wait for a task's outcome in their own thread: on a poke (a
+    supervisor elsewhere stored outcomes, which ones unknown) or when this process's own
+    supervisor settles a task one of them waits for.
 
-    A waiter notes :attr:`generation`, reads what it waits for, and, if that is not there
-    yet, calls :meth:`wait_after` with the generation it noted: an outcome stored between
-    its read and its wait is not missed.
+    A waiter enters with its task id, notes :attr:`generation`, reads the task, and, if
+    it is not finished, calls :meth:`wait_after` with the generation it noted: an outcome
+    stored between its read and its wait is not missed.
 
     :param readers: threads that may wait here at once; one more is refused by
         :meth:`enter` and waits through the shared :class:`ResultWatcher` instead, whose
-        sweeps read many tasks at once (each waiter here reads its own task on every bump).
+        sweeps read many tasks at once (each waiter here reads its own task on every poke).
     """
 
     def __init__(self, readers: int = 8) -> None:
         self.generation = 0
         self._readers = readers
+        self._waited: dict[str, int] = {}  # task id: threads waiting for it
         self._inside = 0
         self._changed = threading.Condition(threading.Lock())
 
@@ -149,18 +151,30 @@ class StoredSignal:
             self.generation += 1
             self._changed.notify_all()
 
-    def enter(self) -> bool:
-        """Claim a waiter's place; False when all are taken. Pair with :meth:`leave`."""
+    def settled(self, task_id: str) -> None:
+        """This process settled ``task_id``: wake the waiters only if one waits for it (a
+        drain settles thousands of tasks a second that nobody here waits for)."""
+        if task_id in self._waited:  # entered before its first read: never missed
+            self.bump()
+
+    def enter(self, task_id: str) -> bool:
+        """Claim a waiter's place for ``task_id`` (before the first read of it); False
+        when all are taken. Pair with :meth:`leave`."""
         with self._changed:
             if self._inside >= self._readers:
                 return False
             self._inside += 1
+            self._waited[task_id] = self._waited.get(task_id, 0) + 1
             return True
 
-    def leave(self) -> None:
+    def leave(self, task_id: str) -> None:
         """Give back the place :meth:`enter` claimed."""
         with self._changed:
             self._inside -= 1
+            if self._waited[task_id] == 1:
+                del self._waited[task_id]
+            else:
+                self._waited[task_id] -= 1
 
     def wait_after(self, generation: int, timeout: float) -> bool:
         """Block until :meth:`bump` moves past ``generation`` or ``timeout`` seconds pass;

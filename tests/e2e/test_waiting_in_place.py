@@ -62,10 +62,10 @@ def test_a_timeout_in_place_is_worded_as_on_the_loop(tmp_path: Path) -> None:
 def test_more_waiting_threads_than_places_all_get_their_results(tmp_path: Path) -> None:
     with OmniQ(Settings(base_dir=tmp_path, procs=2)) as q:
         places = 0
-        while q._async.stored.enter():  # count the places, then give them back
+        while q._async.stored.enter("probe"):  # count the places, then give them back
             places += 1
         for _ in range(places):
-            q._async.stored.leave()
+            q._async.stored.leave("probe")
         threads = places + 4  # the rest wait through the loop's watcher
 
         def round_trip(i: int) -> int:
@@ -75,4 +75,4 @@ def test_more_waiting_threads_than_places_all_get_their_results(tmp_path: Path) 
             assert list(pool.map(round_trip, range(threads * 3))) == [
                 3**i for i in range(threads * 3)
             ]
-        assert [q._async.stored.enter() for _ in range(places)] == [True] * places
+        assert [q._async.stored.enter("probe") for _ in range(places)] == [True] * places

@@ -33,6 +33,22 @@ def test_without_a_bump_the_wait_times_out() -> None:
 
 def test_places_are_limited_and_given_back() -> None:
     signal = StoredSignal(readers=2)
-    assert [signal.enter(), signal.enter(), signal.enter()] == [True, True, False]
-    signal.leave()
-    assert signal.enter() is True
+    assert [signal.enter("a"), signal.enter("a"), signal.enter("b")] == [True, True, False]
+    signal.leave("a")
+    assert signal.enter("b") is True
+
+
+def test_a_settlement_wakes_waiters_only_when_one_waits_for_that_task() -> None:
+    # An embedded supervisor settles every task of a drain: a thread waiting for one of
+    # them must not be woken (and read again) for each of the others.
+    signal = StoredSignal()
+    assert signal.enter("waited")
+    seen = signal.generation
+    signal.settled("another")
+    assert signal.generation == seen
+    signal.settled("waited")
+    assert signal.wait_after(seen, 60) is True
+    signal.leave("waited")
+    seen = signal.generation
+    signal.settled("waited")  # nobody waits for it any more
+    assert signal.generation == seen
