@@ -1,17 +1,14 @@
 """A client keeps the builder of an option-less call to an importable function, so an
-``enqueue`` loop pays only for its arguments; nothing a task carries may go stale by it."""
+``enqueue`` loop pays only for its arguments; nothing a task carries may go stale by it
+(a module registered by value later: ``test_call_pickling.py``)."""
 
 from __future__ import annotations
 
 import os.path
-import subprocess
-import sys
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 import pytest
 
 from omniq_mp import OmniQ
@@ -91,42 +88,3 @@ def test_task_options_of_one_call_do_not_stick_to_the_next(client: OmniQ) -> Non
     assert (plain.queue, plain.priority) == ("default", 0)
     func, args, _ = loads_call(plain.payload)
     assert func is os.path.join and args == ("a",)
-
-
-def test_a_module_registered_by_value_after_an_enqueue_travels_by_value(
-    client: OmniQ, tmp_path: Path
-) -> None:
-    # A notebook user whose first task failed with "No module named ..." registers the
-    # module by value and enqueues again: that task must carry the code.
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "reuse_helpers.py").write_text("def triple(x):\n    return 3 * x\n")
-    sys.path.insert(0, str(source))
-    try:
-        import reuse_helpers  # type: ignore[import-not-found]
-
-        before = client.build(reuse_helpers.triple, 14)
-        cloudpickle.register_pickle_by_value(reuse_helpers)
-        try:
-            after = client.build(reuse_helpers.triple, 14)
-        finally:
-            cloudpickle.unregister_pickle_by_value(reuse_helpers)
-    finally:
-        sys.path.remove(str(source))
-        sys.modules.pop("reuse_helpers", None)
-    assert b"reuse_helpers:triple" in before.payload
-    path = tmp_path / "payload.bin"
-    path.write_bytes(after.payload)
-    script = textwrap.dedent(
-        f"""
-        from pathlib import Path
-        from omniq_mp.serialization import loads_call
-        func, args, kwargs = loads_call(Path({str(path)!r}).read_bytes())
-        print(func(*args, **kwargs))
-        """
-    )
-    ran = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=60
-    )
-    assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.strip() == "42"

@@ -3,14 +3,19 @@ worker's imports, whatever shortcut the producer took."""
 
 from __future__ import annotations
 
+import importlib
 import os.path
 import subprocess
 import sys
 import textwrap
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cloudpickle
 
+from omniq_mp import OmniQ
 from omniq_mp.serialization import dumps_call, loads_call
 
 
@@ -65,25 +70,49 @@ def test_an_argument_of_a_main_subclass_of_a_builtin_type_still_runs(tmp_path: P
     assert run_elsewhere(payload, tmp_path) == repr(("Tag", 5, "Tag"))
 
 
-def test_a_module_registered_by_value_is_carried_to_workers_that_lack_it(
-    tmp_path: Path,
-) -> None:
+@contextmanager
+def helper_module(tmp_path: Path) -> Iterator[types.ModuleType]:
+    """A module of one function, ``triple``, importable here but not by a worker (it lives
+    in a folder only this process has on its path)."""
     source = tmp_path / "src"
     source.mkdir()
     (source / "private_helpers.py").write_text("def triple(x):\n    return 3 * x\n")
     sys.path.insert(0, str(source))
     try:
-        import private_helpers  # type: ignore[import-not-found]
-
-        cloudpickle.register_pickle_by_value(private_helpers)
-        try:
-            payload = dumps_call(private_helpers.triple, (14,), {})
-        finally:
-            cloudpickle.unregister_pickle_by_value(private_helpers)
+        yield importlib.import_module("private_helpers")
     finally:
         sys.path.remove(str(source))
         sys.modules.pop("private_helpers", None)
+
+
+def test_a_module_registered_by_value_is_carried_to_workers_that_lack_it(
+    tmp_path: Path,
+) -> None:
+    with helper_module(tmp_path) as helpers:
+        cloudpickle.register_pickle_by_value(helpers)
+        try:
+            payload = dumps_call(helpers.triple, (14,), {})
+        finally:
+            cloudpickle.unregister_pickle_by_value(helpers)
     assert run_elsewhere(payload, tmp_path) == "42"
+
+
+def test_a_module_registered_by_value_after_an_enqueue_travels_by_value(
+    tmp_path: Path,
+) -> None:
+    # A notebook user whose first task failed with "No module named ..." registers the
+    # module by value and enqueues again: that task must carry the code, even though the
+    # client keeps the builder of a function it sent by name.
+    client = OmniQ(base_dir=tmp_path / "store", event_storage_type="none")
+    with helper_module(tmp_path) as helpers:
+        before = client.build(helpers.triple, 14)
+        cloudpickle.register_pickle_by_value(helpers)
+        try:
+            after = client.build(helpers.triple, 14)
+        finally:
+            cloudpickle.unregister_pickle_by_value(helpers)
+    assert b"private_helpers:triple" in before.payload
+    assert run_elsewhere(after.payload, tmp_path) == "42"
 
 
 def test_a_lambda_with_arguments_of_every_kind_runs(tmp_path: Path) -> None:
