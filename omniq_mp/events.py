@@ -139,9 +139,12 @@ class EventRecorder:
         while not stopping:
             batch: list[Event] = []
             item = await self._queue.get()
-            if item is not None:
+            if item is not None and self._queue.qsize() < _BATCH:
                 # Linger briefly so one write carries many events: a commit per event
-                # would compete with the supervisor for its one core.
+                # would compete with the supervisor for its one core. Not while a full
+                # batch waits: a linger per batch capped the writer at 500 events per
+                # 50 ms, below what a drain emits (two per task), and the backlog grew
+                # toward the capacity, past which events are dropped.
                 await asyncio.sleep(_LINGER)
             while True:
                 if item is None:
