@@ -35,13 +35,20 @@ async def stored_ids(storage: MemoryEventStorage) -> list[str | None]:
     return [s.event.task_id for s in await storage.read(after=0, limit=100_000)]
 
 
+def recorder_lingering(
+    seconds: float, monkeypatch: pytest.MonkeyPatch
+) -> tuple[EventRecorder, CountingStorage]:
+    """A recorder over a counting store whose writer lingers ``seconds`` for company."""
+    monkeypatch.setattr(events, "_LINGER", seconds)
+    storage = CountingStorage()
+    return EventRecorder(storage), storage
+
+
 async def test_a_backlog_is_written_without_a_linger_per_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # With a 2 s linger, lingering before each of the 10 batches would take 20 s.
-    monkeypatch.setattr(events, "_LINGER", 2.0)
-    storage = CountingStorage()
-    recorder = EventRecorder(storage)
+    recorder, storage = recorder_lingering(2.0, monkeypatch)
     recorder.emit_many([started(i) for i in range(5_000)])
     recorder.start()
     await asyncio.wait_for(recorder.stop(), 10)
@@ -52,9 +59,7 @@ async def test_a_backlog_is_written_without_a_linger_per_batch(
 async def test_a_trickle_of_events_still_shares_one_write(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(events, "_LINGER", 0.5)
-    storage = CountingStorage()
-    recorder = EventRecorder(storage)
+    recorder, storage = recorder_lingering(0.5, monkeypatch)
     recorder.start()
     recorder.emit(started(0))
     for _ in range(3):  # the writer takes the first event and lingers
