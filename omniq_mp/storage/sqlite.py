@@ -249,9 +249,7 @@ class SQLiteStorage:
         thread and the event loop for every look."""
         conn = self._caller_connection()
         try:
-            rows = self._rows_with_results(
-                conn, f"SELECT {COLUMNS}, seq FROM tasks WHERE id = ?", (task_id,)
-            )
+            rows = self._rows_with_results(conn, f"{_SELECT_TASKS} WHERE id = ?", (task_id,))
         except sqlite3.Error as exc:
             raise storage_error(self.path, exc) from exc
         return row_task(rows[0]) if rows else None
@@ -542,7 +540,7 @@ class SQLiteStorage:
     async def _tasks(self, where: str, params: Sequence[Any], *, damaged: str) -> list[Task]:
         """The decodable tasks ``where`` selects; ``damaged`` says what becomes of the rest:
         _RAISE (StorageError naming the row), _SKIP (logged once), or _QUARANTINE."""
-        sql = f"SELECT {COLUMNS}, seq FROM tasks {where}"
+        sql = f"{_SELECT_TASKS} {where}"
         rows = await self._read(sql, params, fetch=self._rows_with_results)
         if damaged == _RAISE:
             return [row_task(r) for r in rows]
@@ -560,7 +558,7 @@ class SQLiteStorage:
         def body(conn: sqlite3.Connection) -> None:
             rows = self._rows_with_results(
                 conn,
-                f"SELECT {COLUMNS}, seq FROM tasks WHERE seq IN ({', '.join('?' * len(seqs))})",
+                f"{_SELECT_TASKS} WHERE seq IN ({', '.join('?' * len(seqs))})",
                 list(seqs),
             )
             _quarantine(conn, _decode_rows(rows)[1], time.time())
@@ -772,6 +770,8 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
 
 
 _IN_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
+# Task rows as row_task decodes them, seq last (it names a damaged row to quarantine).
+_SELECT_TASKS = f"SELECT {COLUMNS}, seq FROM tasks"
 # Unreferenced result files younger than this are left alone by the sweep: they may be
 # another supervisor's, written a moment before its settle commits.
 _SIDE_FILE_GRACE = 3600.0
