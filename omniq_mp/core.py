@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import fields
@@ -67,8 +66,6 @@ __all__ = ["AsyncOmniQ"]
 _LOGGED_ONE_BY_ONE = 100
 # The task options build() and enqueue() take among a call's keyword arguments.
 _OPTIONS = tuple(f.name for f in fields(TaskOptions))
-# Seconds between a waiting thread's looks when nothing pokes it (the watcher's range).
-_FIRST_LOOK_PAUSE, _LAST_LOOK_PAUSE = 0.002, 0.05
 
 
 def _resolve_settings(
@@ -631,28 +628,15 @@ class AsyncOmniQ:
         client: the task once finished, or as it stands when ``timeout`` runs out (not
         finished, then); None when it is missing or this path is unavailable, and the
         caller goes through :meth:`wait_finished`. Available when the store can read from
-        any thread (SQLite) and fewer than a handful of threads already wait this way.
+        any thread (SQLite) and a place is free in ``stored`` (8 threads at once).
 
-        Each look is a read on the thread's own connection, made on a poke or settlement
-        (``stored``), else after a pause growing from 2 to 50 ms as the watcher's sweeps
-        do: an idle round trip's result arrives without two trips through the store's
-        thread and this client's loop."""
+        Each look is a read on the thread's own connection, made when a poke or a
+        settlement concerns it (see :meth:`StoredSignal.wait_for`): an idle round trip's
+        result arrives without two trips through the store's thread and this loop."""
         get_blocking = getattr(self.storage, "get_blocking", None)  # optional capability
-        if not self._open or get_blocking is None or not self.stored.enter(task_id):
+        if not self._open or get_blocking is None:
             return None
-        try:
-            deadline = math.inf if timeout is None else time.monotonic() + timeout
-            pause = _FIRST_LOOK_PAUSE
-            while True:
-                seen = self.stored.generation
-                task: Task | None = get_blocking(task_id)
-                left = deadline - time.monotonic()
-                if task is None or task.status.is_terminal or left <= 0:
-                    return task
-                if not self.stored.wait_after(seen, min(pause, left)):
-                    pause = min(pause * 2, _LAST_LOOK_PAUSE)
-        finally:
-            self.stored.leave(task_id)
+        return self.stored.wait_for(task_id, get_blocking, timeout)
 
     async def timeout_message(self, task: Task, timeout: float | None) -> str:
         """The ResultTimeoutError message for ``task``, still unfinished after ``timeout``

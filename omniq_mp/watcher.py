@@ -5,7 +5,10 @@ task."""
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 
 from loguru import logger
@@ -125,13 +128,9 @@ class ResultWatcher:
 
 
 class StoredSignal:
-    """Wakes threads that wait for a task's outcome in their own thread: on a poke (a
-    supervisor elsewhere stored outcomes, which ones unknown) or when this process's own
-    supervisor settles a task one of them waits for.
-
-    A waiter enters with its task id, notes :attr:`generation`, reads the task, and, if
-    it is not finished, calls :meth:`wait_after` with the generation it noted: an outcome
-    stored between its read and its wait is not missed.
+    """Lets threads wait for a task's outcome in their own thread (:meth:`wait_for`),
+    woken on a poke (a supervisor elsewhere stored outcomes, which ones unknown) or when
+    this process's own supervisor settles a task one of them waits for.
 
     :param readers: threads that may wait here at once; one more is refused by
         :meth:`enter` and waits through the shared :class:`ResultWatcher` instead, whose
@@ -141,9 +140,33 @@ class StoredSignal:
     def __init__(self, readers: int = 8) -> None:
         self.generation = 0
         self._readers = readers
-        self._waited: dict[str, int] = {}  # task id: threads waiting for it
-        self._inside = 0
+        self._waited: Counter[str] = Counter()  # task id: threads waiting for it
         self._changed = threading.Condition(threading.Lock())
+
+    def wait_for(
+        self, task_id: str, read: Callable[[str], Task | None], timeout: float | None
+    ) -> Task | None:
+        """Read ``task_id`` with ``read`` (in this thread) until it is finished or missing,
+        or ``timeout`` seconds pass; the last read, or None when every place is taken.
+
+        It reads again on each :meth:`bump` that concerns it, else after a pause growing
+        from 2 to 50 ms, as the watcher's sweeps do. The generation is noted before each
+        read, so an outcome stored between a read and the wait after it is not missed."""
+        if not self.enter(task_id):
+            return None
+        try:
+            deadline = math.inf if timeout is None else time.monotonic() + timeout
+            pause = _MIN_DELAY
+            while True:
+                seen = self.generation
+                task = read(task_id)
+                left = deadline - time.monotonic()
+                if task is None or task.status.is_terminal or left <= 0:
+                    return task
+                if not self.wait_after(seen, min(pause, left)):
+                    pause = min(pause * 2, _MAX_DELAY)
+        finally:
+            self.leave(task_id)
 
     def bump(self) -> None:
         """Outcomes may have been stored: wake every waiting thread (from any thread)."""
@@ -161,20 +184,17 @@ class StoredSignal:
         """Claim a waiter's place for ``task_id`` (before the first read of it); False
         when all are taken. Pair with :meth:`leave`."""
         with self._changed:
-            if self._inside >= self._readers:
+            if self._waited.total() >= self._readers:
                 return False
-            self._inside += 1
-            self._waited[task_id] = self._waited.get(task_id, 0) + 1
+            self._waited[task_id] += 1
             return True
 
     def leave(self, task_id: str) -> None:
         """Give back the place :meth:`enter` claimed."""
         with self._changed:
-            self._inside -= 1
-            if self._waited[task_id] == 1:
+            self._waited[task_id] -= 1
+            if not self._waited[task_id]:
                 del self._waited[task_id]
-            else:
-                self._waited[task_id] -= 1
 
     def wait_after(self, generation: int, timeout: float) -> bool:
         """Block until :meth:`bump` moves past ``generation`` or ``timeout`` seconds pass;
