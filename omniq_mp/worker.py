@@ -128,6 +128,7 @@ class AsyncWorkerPool:
         self._next_due: float | None = None  # the earliest known ETA still ahead
         self._idle = asyncio.Event()  # set when nothing is held
         self._idle.set()
+        self._claimed = asyncio.Event()  # set by a claim that found tasks (see _watch_loop)
         self._stopping = False
         self._started_at = time.time()
         self._jobs: set[asyncio.Task[Any]] = set()  # runs of tasks, strong refs
@@ -137,7 +138,9 @@ class AsyncWorkerPool:
         )
         self.watch = TaskWatch(self.pool, self.queue.storage, lambda: self._held, self._drop)
         self._services: list[asyncio.Task[None]] = []
-        self.loop_lag = LoopLagProbe()  # read and reset by each heartbeat (_beat)
+        # Read and reset by each heartbeat (_beat); sampled every 0.1 s while tasks are
+        # held, every second while none are.
+        self.loop_lag = LoopLagProbe(busy=lambda: bool(self._held))
         wake_dir = self.settings.wake_dir
         # Producers in other processes poke us when they enqueue; we poke their clients
         # when we store outcomes (see wakeup.py): millisecond reactions without polling.
@@ -296,6 +299,8 @@ class AsyncWorkerPool:
             self._ready.append(task)
         if tasks:
             self._idle.clear()
+            self._claimed.set()
+            self.loop_lag.hurry()
             # A recompute during this claim's await may have passed ``began``.
             self._confirmed_floor = min(self._confirmed_floor, began)
         elif not self._held:
@@ -799,6 +804,9 @@ class AsyncWorkerPool:
 
     async def _watch_loop(self) -> None:
         while True:
+            if not self._held:  # nothing to watch: sleep until a claim, not 10 times a second
+                self._claimed.clear()
+                await self._claimed.wait()
             await asyncio.sleep(WATCH_INTERVAL)
             await _guard("task watch", self.watch.step)
 

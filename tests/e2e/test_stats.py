@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from omniq_mp import AsyncOmniQ, OmniQ, Settings
+from omniq_mp import AsyncOmniQ, OmniQ, Settings, TaskStatus
 from tests.e2e.conftest import Cli, start_workers
-from tests.waiting import wait_for
+from tests.waiting import until, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -83,10 +83,21 @@ async def test_a_stall_of_the_supervisors_loop_shows_in_its_next_heartbeat_only(
                         return beats[0].loop_lag
                     await asyncio.sleep(0.05)
 
+            # A held task: the probe samples every 0.1 s (idle, every second).
+            held = await q.enqueue(time.sleep, 60)
+            processing = asyncio.create_task(workers.process_tasks(limit=1))
+
+            async def running() -> bool:
+                task = await q.get_task(held)
+                return task is not None and task.status is TaskStatus.RUNNING
+
+            await until(running, 30, "the task to start")
             await lag_in_next_beat()  # past start-up
             time.sleep(0.4)  # blocks the supervisor's loop: this test shares it
             assert await lag_in_next_beat() >= 0.3
             assert await lag_in_next_beat() < 0.3  # reported once, then reset
             assert workers.loop_lag.overall >= 0.3
+            await q.cancel(held)
+            assert await processing == 1  # the cancelled task, settled
     finally:
         await q.close()

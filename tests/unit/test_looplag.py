@@ -49,6 +49,42 @@ def test_the_same_on_uvloop_which_the_supervisor_runs_on() -> None:
     run(_blocked_loop_is_seen_once())
 
 
+class _CountingProbe(LoopLagProbe):
+    samples = 0
+
+    def note(self, lag: float) -> None:
+        self.samples += 1
+        super().note(lag)
+
+
+async def test_an_idle_probe_sleeps_long_and_work_ends_that_sleep_at_once() -> None:
+    busy = False
+    probe = _CountingProbe(INTERVAL, idle_interval=60, busy=lambda: busy)
+    task = asyncio.create_task(probe.run())
+    try:
+        await asyncio.sleep(10 * INTERVAL)
+        assert probe.samples == 0  # idle: no wake-up every INTERVAL
+        busy = True
+        probe.hurry()  # a claim: sampling resumes now, not 60 s from now
+        time.sleep(BLOCK)  # a stall right after the claim is late by all of it
+
+        async def seen() -> bool:
+            return probe.peek() >= 0.25
+
+        await until(seen, 5, "the stall after the hurry to show")
+        before = probe.samples
+        await asyncio.sleep(10 * INTERVAL)
+        assert probe.samples > before + 2  # busy: every INTERVAL again
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def test_hurry_without_an_idle_sleep_does_nothing() -> None:
+    LoopLagProbe().hurry()  # not running: no sleep to end, no error
+
+
 def test_a_negative_lag_counts_as_none() -> None:
     probe = LoopLagProbe()
     probe.note(-0.001)  # the stdlib loop may run a timer a clock tick early
@@ -58,3 +94,5 @@ def test_a_negative_lag_counts_as_none() -> None:
 def test_a_non_positive_interval_is_refused() -> None:
     with pytest.raises(ValueError, match="interval must be positive"):
         LoopLagProbe(0)
+    with pytest.raises(ValueError, match="idle_interval must be positive"):
+        LoopLagProbe(idle_interval=-1)
