@@ -107,7 +107,8 @@ class Settings:
         beside the queue), ``"file"``, ``"memory"``, ``"postgres"``, ``"redis"``, ``"nats"``
         or ``"none"``; by default ``"memory"`` for the memory backend, ``"postgres"`` (the
         queue's database) for the postgres backend and ``"sqlite"`` otherwise.
-    :param event_storage_path: the event database file or folder; default in ``base_dir``.
+    :param event_storage_path: the event database file (sqlite; in a folder that exists,
+        ``events.db`` inside it) or folder (file); default in ``base_dir``.
     :param event_storage_url: Redis or NATS server of the event store (default: local).
     :param event_storage_dsn: PostgreSQL DSN of the event store (default: ``dsn``).
     :param event_ttl: seconds events are kept; None keeps them.
@@ -115,8 +116,8 @@ class Settings:
         the queue: ``"sqlite"``, ``"file"`` (fsspec: a folder or URL), ``"memory"``,
         ``"postgres"``, ``"redis"`` or ``"nats"``. None (default): results live in the
         queue store only. Either way ``get_result`` finds them.
-    :param result_storage_path: its SQLite file or file-store folder/URL (default in
-        ``base_dir``).
+    :param result_storage_path: its SQLite file (in a folder that exists, ``results.db``
+        inside it) or file-store folder/URL (default in ``base_dir``).
     :param result_storage_url: its Redis or NATS server (default: local, standard port).
     :param result_storage_dsn: its PostgreSQL DSN (default: ``dsn``).
     :param event_storage_base_dir: another name for ``event_storage_path``.

@@ -66,7 +66,7 @@ def event_storage_at(
     if kind == "memory":
         return eventstore.MemoryEventStorage()
     if kind == "sqlite":
-        return eventstore.SQLiteEventStorage(Path(path or "./omniq_data/events.db"))
+        return eventstore.SQLiteEventStorage(_sqlite_file(path, "events.db"))
     if kind == "file":
         return eventstore.FileEventStorage(Path(path or "./omniq_data/events"))
     if kind in ("postgres", "postgresql"):
@@ -97,7 +97,7 @@ def result_storage_at(
     if kind == "memory":
         return results.MemoryResultStorage()
     if kind == "sqlite":
-        return results.SQLiteResultStorage(Path(path or "./omniq_data/results.db"))
+        return results.SQLiteResultStorage(_sqlite_file(path, "results.db"))
     if kind == "file":
         return results.FileResultStorage(str(path or "./omniq_data/results"))
     if kind in ("postgres", "postgresql"):
@@ -111,6 +111,16 @@ def result_storage_at(
     raise ConfigError(
         f"result_storage_type must be sqlite, file, memory, postgres, redis or nats; got {kind!r}"
     )
+
+
+def _sqlite_file(path: str | Path | None, name: str) -> Path:
+    # A folder that exists gets the database inside it under its usual name: the
+    # ``*_base_dir`` spellings of these settings invite a folder, and SQLite itself would
+    # only say "unable to open database file".
+    if path is None:
+        return Path("./omniq_data") / name
+    path = Path(path)
+    return path / name if path.is_dir() else path
 
 
 def _servers(url: str | None) -> list[str]:

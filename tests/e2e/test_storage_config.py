@@ -83,6 +83,28 @@ def test_results_and_events_go_where_configured(kind: str, tmp_path: Path) -> No
             _cleanup(q, [*ids, failing])
 
 
+def test_a_folder_given_for_sqlite_stores_holds_their_files(tmp_path: Path) -> None:
+    # The *_base_dir spellings invite a folder: SQLite would refuse to open one.
+    events_dir, results_dir = tmp_path / "events", tmp_path / "results"
+    events_dir.mkdir()
+    results_dir.mkdir()
+    settings = Settings(
+        base_dir=tmp_path / "store",
+        procs=1,
+        event_storage_type="sqlite",
+        event_storage_base_dir=events_dir,
+        result_storage_type="sqlite",
+        result_storage_base_dir=results_dir,
+    )
+    with OmniQ(settings) as q:
+        task_id = q.enqueue(pow, 2, 10)
+        assert q.get_result(task_id, timeout=30) == 1024
+        wait_for(lambda: q.get_stored_result(task_id) is not None, 15, "the stored result")
+        kinds = [e.event_type for e in q.get_events(task_id)]
+        assert kinds[0] is EventType.ENQUEUED and kinds[-1] is EventType.COMPLETED
+    assert (events_dir / "events.db").is_file() and (results_dir / "results.db").is_file()
+
+
 def _run(q: OmniQ, coro: Any) -> Any:
     return q._loop.call(coro)
 
