@@ -172,14 +172,22 @@ class _Frames:
                     continue
                 self._read_pending()
                 if self._skips:  # answer them now; the frames taken back are dropped
-                    kept = [f for f in self._ahead if f is None or not self._skipped(f)]
-                    self._ahead = collections.deque(kept)
+                    self._drop_skipped()
 
     def _start(self, frame: ipc.Frame) -> None:
         self._started = max(self._started, int(frame.meta.get("n", 0)))
         self._running = True
         if not self._helper_awake.is_set():  # under the lock: the helper cannot miss it
             self._helper_awake.set()
+
+    def _drop_skipped(self) -> None:
+        # Each frame taken back is answered (SKIPPED, inside _skipped) and left out; the
+        # rest keep their order. None is the end-of-stream mark: always kept.
+        kept: collections.deque[ipc.Frame | None] = collections.deque()
+        for frame in self._ahead:
+            if frame is None or not self._skipped(frame):
+                kept.append(frame)
+        self._ahead = kept
 
     def _skipped(self, run: ipc.Frame) -> bool:
         """Whether ``run`` was taken back; if so, the supervisor is told (SKIPPED)."""
