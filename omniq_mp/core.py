@@ -227,6 +227,7 @@ class AsyncOmniQ:
             concurrency=concurrency,
             queues=queues,
             recorder=self.recorder,
+            open_stores=self.open,
         )
         if self.result_writer is not None:
             # Every settlement, not only terminal ones: a requested cancel turns a retry

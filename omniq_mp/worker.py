@@ -31,7 +31,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from loguru import logger
@@ -73,6 +73,9 @@ class AsyncWorkerPool:
     :param concurrency: worker processes; defaults to ``settings.procs``.
     :param queues: queue names served; defaults to ``settings.queues``.
     :param recorder: where task and worker events go (None: no events).
+    :param open_stores: awaited first by :meth:`start`: opens the stores (and starts the
+        recorder) when they are not open yet; ``AsyncOmniQ.worker_pool`` passes its own
+        ``open``. Without it, open the storage before starting.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class AsyncWorkerPool:
         concurrency: int | None = None,
         queues: Sequence[str] | None = None,
         recorder: EventRecorder | None = None,
+        open_stores: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = (settings or Settings()).with_overrides(
             procs=concurrency, queues=tuple(queues) if queues else None
@@ -90,6 +94,7 @@ class AsyncWorkerPool:
         self.queue = queue if isinstance(queue, AsyncTaskQueue) else self.settings.task_queue(queue)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.events = SupervisorEvents(recorder, self.worker_id)
+        self._open_stores = open_stores
         self.pool = ProcessPool(
             self.settings.procs,
             start_method=self.settings.start_method,
@@ -162,6 +167,8 @@ class AsyncWorkerPool:
 
     async def start(self) -> None:
         """Start the worker processes and the background services."""
+        if self._open_stores is not None:  # else claims would fail until someone opened
+            await self._open_stores()
         warn_if_exposed(self.queue.storage, signing=self.settings.signing_key is not None)
         await self.pool.start()
         for name, loop in (

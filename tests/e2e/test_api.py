@@ -21,6 +21,7 @@ from omniq_mp import (
     TaskStatus,
 )
 from omniq_mp.errors import ConfigError, RemoteTraceback, ResultTimeoutError
+from omniq_mp.eventstore import EventType
 
 pytestmark = pytest.mark.e2e
 
@@ -148,6 +149,22 @@ async def test_worker_pool_processes_a_limited_number_of_tasks(tmp_path: Path) -
     task = await q.get_task(ids[0])
     assert task is not None and task.status is TaskStatus.COMPLETED and task.attempts == 1
     await q.close()
+
+
+async def test_a_worker_pool_of_a_client_not_yet_opened_opens_it(tmp_path: Path) -> None:
+    # Tasks stored by another client; this one's first call is worker_pool().
+    producer = OmniQ(Settings(base_dir=tmp_path))  # no `with`: that starts a supervisor
+    ids = [producer.enqueue(pow, 3, n) for n in range(3)]
+    producer.close()
+    q = AsyncOmniQ(Settings(base_dir=tmp_path))
+    try:
+        async with q.worker_pool(concurrency=1) as workers:
+            assert await asyncio.wait_for(workers.process_tasks(burst=True), 60) == 3
+        assert [await q.get_result(i, timeout=5) for i in ids] == [1, 3, 9]
+        kinds = [e.event_type for e in await q.get_events(ids[0])]
+        assert EventType.COMPLETED in kinds  # the client's event recorder ran too
+    finally:
+        await q.close()
 
 
 def test_a_cron_schedule_fires_its_task_when_due(tmp_path: Path) -> None:
