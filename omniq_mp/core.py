@@ -33,6 +33,7 @@ from omniq_mp.errors import (
 from omniq_mp.events import EventRecorder, enqueued_events
 from omniq_mp.events import follow as follow_events
 from omniq_mp.eventstore import Event, EventStorage, EventType, StoredEvent, open_event_storage
+from omniq_mp.executor import check_chunksize, chunked, run_chunk
 from omniq_mp.futures import TaskHandle
 from omniq_mp.models import Settlement, Task, TaskStatus, first_later_eta
 from omniq_mp.progress import ProgressBar
@@ -377,35 +378,57 @@ class AsyncOmniQ:
         self,
         func: Callable[..., Any],
         *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
         progress: bool = False,
         **task_options: Any,
     ) -> list[Any]:
-        """``[func(*args) for args in zip(*iterables)]`` run as tasks, stored in batches;
-        the first failure raises (and cancels the rest). ``progress=True`` shows a bar."""
-        ids: list[str] = []
+        """``[func(*args) for args in zip(*iterables)]`` run as tasks, stored in batches,
+        as :meth:`OmniQ.map`: ``chunksize`` > 1 runs that many calls per task; ``timeout``
+        (seconds from this call) raises ``TimeoutError``; the first failure raises. Either
+        way what has not finished is cancelled. ``progress=True`` shows a bar."""
+        check_chunksize(chunksize)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         calls = iter(zip(*iterables, strict=False))
-        builder = self.builder(func, **task_options)
+        builder = self.builder(func if chunksize == 1 else run_chunk, **task_options)
+        ids: list[str] = []
+        sizes: list[int] = []
         try:
-            while batch := list(itertools.islice(calls, 500)):
-                tasks = [builder.build(a) for a in batch]
+            while batch := list(itertools.islice(calls, 500 * chunksize)):
+                if chunksize == 1:
+                    tasks = [builder.build(args) for args in batch]
+                    sizes += [1] * len(batch)
+                else:
+                    chunks = chunked(batch, chunksize)
+                    tasks = [builder.build((func, chunk)) for chunk in chunks]
+                    sizes += [len(chunk) for chunk in chunks]
                 ids += await self.enqueue_tasks(tasks)
         except BaseException:
             await asyncio.gather(*(self.cancel(i) for i in ids), return_exceptions=True)
             raise
-        with ProgressBar(len(ids), getattr(func, "__name__", "tasks"), progress) as bar:
+        with ProgressBar(sum(sizes), getattr(func, "__name__", "tasks"), progress) as bar:
+            counted = (self._counted(i, bar, n) for i, n in zip(ids, sizes, strict=True))
+            waits = asyncio.gather(*counted)
             try:
-                return await asyncio.gather(*(self._counted(i, bar) for i in ids))
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                values = await asyncio.wait_for(waits, left)
             except BaseException:
                 await asyncio.gather(*(self.cancel(i) for i in ids), return_exceptions=True)
                 raise
+        if chunksize == 1:
+            return values
+        return [value for chunk in values for value in chunk]
 
-    async def _counted(self, task_id: str, bar: ProgressBar) -> Any:
+    async def _counted(self, task_id: str, bar: ProgressBar, calls: int = 1) -> Any:
         try:
             value = await self.get_result(task_id)
         except BaseException:
-            bar.count(ok=False)
+            for _ in range(calls):
+                bar.count(ok=False)
             raise
-        bar.count(ok=True)
+        for _ in range(calls):
+            bar.count(ok=True)
         return value
 
     def task(self, func: Callable[..., Any] | None = None, /, **task_options: Any) -> Any:

@@ -38,6 +38,17 @@ def run_chunk(func: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> lis
     return values
 
 
+def check_chunksize(chunksize: object) -> None:
+    """Refuse a ``map`` chunk size that is not an int of at least 1."""
+    if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
+        raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+
+
+def chunked(batch: Sequence[Any], chunksize: int) -> list[Sequence[Any]]:
+    """``batch`` cut into consecutive runs of ``chunksize`` (the last may be shorter)."""
+    return [batch[i : i + chunksize] for i in range(0, len(batch), chunksize)]
+
+
 async def _gather(values: list[Any]) -> list[Any]:
     return [await v if inspect.isawaitable(v) else v for v in values]
 
@@ -115,8 +126,7 @@ class OmniQExecutor(Executor):
         from the iterator and, as in the standard library, cancels what has not finished.
         ``progress=True`` shows a progress bar of done and failed tasks.
         """
-        if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
-            raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+        check_chunksize(chunksize)
         deadline = None if timeout is None else time.monotonic() + timeout
         iterables = tuple(iterables)
         hints = [operator.length_hint(it, -1) for it in iterables]
@@ -144,7 +154,7 @@ class OmniQExecutor(Executor):
                 if chunksize == 1:
                     tasks = [self._build(fn, args, {}) for args in batch]
                 else:
-                    chunks = [batch[i : i + chunksize] for i in range(0, len(batch), chunksize)]
+                    chunks = chunked(batch, chunksize)
                     tasks = [self._build(run_chunk, (fn, chunk), {}) for chunk in chunks]
                 new = self._submit_tasks(tasks)
                 submitted += len(batch)
@@ -216,7 +226,7 @@ class OmniQExecutor(Executor):
 
 
 def _sizes(batch: list[Any], chunksize: int) -> list[int]:
-    return [len(batch[i : i + chunksize]) for i in range(0, len(batch), chunksize)]
+    return [len(chunk) for chunk in chunked(batch, chunksize)]
 
 
 def _counter(bar: ProgressBar, size: int) -> Callable[[Any], None]:

@@ -30,6 +30,7 @@ from omniq_mp import (
 )
 from tests.process import decorated
 from tests.process.support import exists, wait_until_sync
+from tests.waiting import until
 
 pytestmark = pytest.mark.process
 
@@ -206,6 +207,21 @@ def test_submit_of_something_unpicklable_fails_at_once_naming_the_type(q: OmniQ)
         q.submit(lambda: lock)
     with pytest.raises(SerializationError, match="argument 0"):
         q.executor().submit(id, threading.Lock())
+
+
+async def test_async_map_takes_chunksize_and_timeout_as_the_sync_one(settings: Settings) -> None:
+    async with AsyncOmniQ(settings) as q:
+        assert await q.map(lambda x: -x, range(100), chunksize=16) == [-i for i in range(100)]
+        assert await q.map(abs, [], chunksize=8) == []
+        with pytest.raises(ValueError, match="chunksize must be an int >= 1"):
+            await q.map(abs, [1], chunksize=0)
+        with pytest.raises(TimeoutError):  # the whole map's time, not a per-task kill
+            await q.map(time.sleep, [30, 30], timeout=0.5)
+
+        async def both_cancelled() -> bool:
+            return (await q.stats()).cancelled == 2
+
+        await until(both_cancelled, 15, "the two unfinished tasks to be cancelled")
 
 
 async def test_async_submit_returns_awaitable_handles(settings: Settings) -> None:
