@@ -35,7 +35,7 @@ from omniq_mp.events import follow as follow_events
 from omniq_mp.eventstore import Event, EventStorage, EventType, StoredEvent, open_event_storage
 from omniq_mp.executor import check_chunksize, chunked, run_chunk
 from omniq_mp.futures import TaskHandle
-from omniq_mp.models import Settlement, Task, TaskStatus, first_later_eta
+from omniq_mp.models import Settlement, Task, TaskStatus, finished_status, first_later_eta
 from omniq_mp.progress import ProgressBar
 from omniq_mp.result_writer import ResultWriter
 from omniq_mp.results.base import ResultStorage, TaskResult
@@ -727,14 +727,22 @@ class AsyncOmniQ:
     async def purge(
         self,
         older_than: timedelta | float | str,
-        statuses: Sequence[TaskStatus] = (TaskStatus.COMPLETED, TaskStatus.FAILED),
+        statuses: Sequence[TaskStatus | str] | str = (TaskStatus.COMPLETED, TaskStatus.FAILED),
     ) -> int:
         """Delete tasks in ``statuses`` that finished more than ``older_than`` ago
-        (seconds, a timedelta, or text like ``"7d"``)."""
-        await self.open()
+        (seconds, a timedelta, or text like ``"7d"``). Statuses are TaskStatus members or
+        their names in any case (``"completed"``; one string may list several, comma
+        separated, as the CLI's ``--status``).
+
+        :raises ConfigError: a status a task does not end in, or a bad ``older_than``.
+        """
+        if isinstance(statuses, str):
+            statuses = [part for part in statuses.split(",") if part.strip()]
+        chosen = [finished_status(status, "statuses") for status in statuses]
         before = time.time() - parse_duration("older_than", older_than)
+        await self.open()
         total = 0
-        while (removed := await self.storage.purge_finished(before, statuses, 500)) > 0:
+        while (removed := await self.storage.purge_finished(before, chosen, 500)) > 0:
             total += removed
         return total
 

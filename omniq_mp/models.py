@@ -51,6 +51,23 @@ _TERMINAL = frozenset(
 )
 
 
+def finished_status(value: TaskStatus | str, what: str) -> TaskStatus:
+    """``value`` (a TaskStatus, or its name in any case) as a status a task ends in.
+
+    :raises ConfigError: anything else; the message names ``what`` and the choices.
+    """
+    from omniq_mp.errors import ConfigError  # errors stays free of model imports
+
+    try:
+        status = TaskStatus(value.strip().upper() if isinstance(value, str) else value)
+    except ValueError:
+        status = TaskStatus.PENDING  # refused below, with the same message
+    if not status.is_terminal:
+        names = ", ".join(s.value.lower() for s in TaskStatus if s.is_terminal)
+        raise ConfigError(f"{what} takes finished statuses ({names}), got {value!r}")
+    return status
+
+
 class ErrorKind(enum.StrEnum):
     """Why an attempt failed; decides whether a retry can help."""
 

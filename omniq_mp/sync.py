@@ -172,7 +172,7 @@ class OmniQ:
     def purge(
         self,
         older_than: timedelta | float | str,
-        statuses: Sequence[TaskStatus] = (TaskStatus.COMPLETED, TaskStatus.FAILED),
+        statuses: Sequence[TaskStatus | str] | str = (TaskStatus.COMPLETED, TaskStatus.FAILED),
     ) -> int:
         """Delete old finished tasks; see :meth:`AsyncOmniQ.purge`."""
         return self._loop.call(self._async.purge(older_than, statuses))

@@ -167,6 +167,26 @@ async def test_a_worker_pool_of_a_client_not_yet_opened_opens_it(tmp_path: Path)
         await q.close()
 
 
+def test_purge_takes_status_names_as_the_cli_does(tmp_path: Path) -> None:
+    with OmniQ(Settings(base_dir=tmp_path, procs=1)) as q:
+        done = q.enqueue(pow, 2, 3)
+        failed = q.enqueue("math.sqrt", -1, max_retries=0)
+        cancelled = q.enqueue(pow, 2, 4, eta=timedelta(hours=1))
+        assert q.get_result(done, timeout=30) == 8
+        with pytest.raises(TaskFailedError, match="math domain error"):
+            q.get_result(failed, timeout=30)
+        assert q.cancel(cancelled)
+        time.sleep(0.01)  # purge takes tasks finished more than older_than ago
+        with pytest.raises(ConfigError, match=r"statuses takes finished statuses .* 'running'"):
+            q.purge(0.005, ["completed", "running"])
+        with pytest.raises(ConfigError, match="'complete'"):
+            q.purge(0.005, "complete")
+        assert q.get_task(done) is not None  # a refused purge deleted nothing
+        assert q.purge(0.005, ["Completed", TaskStatus.FAILED]) == 2
+        assert q.purge(0.005, "cancelled") == 1
+        assert [q.get_task(i) for i in (done, failed, cancelled)] == [None, None, None]
+
+
 def test_a_cron_schedule_fires_its_task_when_due(tmp_path: Path) -> None:
     import sqlite3
 
