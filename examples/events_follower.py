@@ -21,14 +21,15 @@ async def main() -> None:
         async for stored in q.events(follow=True, after=start):
             event = stored.event
             if event.task_id in ids:
-                print(f"{stored.position:>4} {event.event_type.value:<10} {event.task_id[:8]}")
+                # ids begin with their creation time: the last digits tell tasks apart
+                print(f"{stored.position:>4} {event.event_type.value:<10} {event.task_id[-8:]}")
                 if event.event_type in TERMINAL:
                     finished.add(event.task_id)
             if finished == ids:
                 break
         one = sorted(ids)[0]
         history = [e.event_type.value for e in await q.get_events(one)]
-        print(f"history of {one[:8]}: {' -> '.join(history)}")
+        print(f"history of {one[-8:]}: {' -> '.join(history)}")
 
 
 asyncio.run(main())

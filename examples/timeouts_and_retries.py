@@ -28,9 +28,10 @@ with OmniQ(procs=2, retry_delay=0.2) as q, tempfile.TemporaryDirectory() as scra
     quick = q.submit(sum, [1, 2, 3])
     for future in concurrent.futures.as_completed([overrun, retried, quick], timeout=60):
         try:
-            print(f"{future.task_id[:8]}: {future.result()!r}")
+            # ids begin with their creation time: the last digits tell tasks apart
+            print(f"{future.task_id[-8:]}: {future.result()!r}")
         except TaskFailedError as exc:
-            print(f"{future.task_id[:8]}: {exc.error_type}: {exc.message}")
+            print(f"{future.task_id[-8:]}: {exc.error_type}: {exc.message}")
     task = q.get_task(retried.task_id)
     assert task is not None
     print(f"the flaky task ran {task.attempts} times")

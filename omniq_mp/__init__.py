@@ -25,6 +25,7 @@ from omniq_mp.errors import (
     StorageFullError,
     StorageReadOnlyError,
     TaskCancelledError,
+    TaskDeadError,
     TaskFailedError,
     TaskNotFoundError,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "StorageReadOnlyError",
     "Task",
     "TaskCancelledError",
+    "TaskDeadError",
     "TaskError",
     "TaskFailedError",
     "TaskFunction",
