@@ -1,13 +1,16 @@
-"""``omniq-mp db``: the PostgreSQL queue schema's migrations, applied or inspected."""
+"""``omniq-mp db``: the PostgreSQL queue schema's migrations, applied or inspected.
+
+The DSN and schema come from the settings every command builds (``omniq-mp --config``,
+then ``OMNIQ_*`` variables), and ``--dsn``/``--schema`` win over both."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import click
 
+from omniq_mp.cli_common import settings_from
 from omniq_mp.errors import OmniqError
 from omniq_mp.pg import DEFAULT_DSN
 from omniq_mp.runtime import run
@@ -21,16 +24,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _connection_options(fn: F) -> F:
     fn = click.option(
         "--schema",
-        default="omniq",
-        show_default=True,
-        help="Schema holding the queue tables.",
+        default=None,
+        help="Schema holding the queue tables [env OMNIQ_POSTGRES_SCHEMA; default omniq].",
     )(fn)
     return click.option(
         "--dsn",
-        default=lambda: os.environ.get("OMNIQ_DSN", DEFAULT_DSN),
-        show_default="env OMNIQ_DSN, else " + DEFAULT_DSN,
-        help="PostgreSQL address, postgresql://user:password@host:port/database.",
+        default=None,
+        help="PostgreSQL address, postgresql://user:password@host:port/database "
+        f"[env OMNIQ_DSN; default {DEFAULT_DSN}].",
     )(fn)
+
+
+def _target(dsn: str | None, schema: str | None) -> tuple[str, str]:
+    """The DSN and schema to work on: the options, over ``OMNIQ_*``, over the config file."""
+    settings = settings_from(dsn=dsn, postgres_schema=schema)
+    return settings.postgres_dsn, settings.postgres_schema
 
 
 def _run(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -48,32 +56,36 @@ def db() -> None:
 
 @db.command()
 @_connection_options
-def upgrade(dsn: str, schema: str) -> None:
+def upgrade(dsn: str | None, schema: str | None) -> None:
     """Apply pending migrations, then print the version."""
     from omniq_mp.storage.postgres import PostgresStorage
 
+    url, name = _target(dsn, schema)
+
     async def work() -> tuple[list[int], int]:
-        store = PostgresStorage(dsn, schema=schema)
+        store = PostgresStorage(url, schema=name)
         return await store.upgrade(), await store.schema_version()
 
     applied, version = _run(work)
     if applied:
         done = ", ".join(str(v) for v in applied)
-        click.echo(f"schema {schema}: applied migration {done}; now at version {version}")
+        click.echo(f"schema {name}: applied migration {done}; now at version {version}")
     else:
-        click.echo(f"schema {schema}: already at version {version}")
+        click.echo(f"schema {name}: already at version {version}")
 
 
 @db.command()
 @_connection_options
-def version(dsn: str, schema: str) -> None:
+def version(dsn: str | None, schema: str | None) -> None:
     """Print the schema's version (0: not created yet)."""
     from omniq_mp.storage.postgres import PostgresStorage
     from omniq_mp.storage.postgres_migrations import LATEST
 
+    url, name = _target(dsn, schema)
+
     async def work() -> int:
-        return await PostgresStorage(dsn, schema=schema).schema_version()
+        return await PostgresStorage(url, schema=name).schema_version()
 
     current = _run(work)
     note = "up to date" if current == LATEST else f"this omniq_mp knows up to {LATEST}"
-    click.echo(f"schema {schema}: version {current} ({note})")
+    click.echo(f"schema {name}: version {current} ({note})")
