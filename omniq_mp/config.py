@@ -304,12 +304,21 @@ class Settings:
             known = {f.name for f in fields(cls)}
             for name, value in read_config_file(config_file, known).items():
                 values[name] = _from_file(name, value, hints[name], config_file)
+        from_file = set(values)
         for f in fields(cls):
             raw = env.get(f"OMNIQ_{f.name.upper()}")
             if raw is not None and raw != "":
                 values[f.name] = _parse_env(f.name, raw, hints[f.name])
-        values.update({k: v for k, v in explicit.items() if v is not None})
-        return cls(**values)
+                from_file.discard(f.name)
+        given = {k: v for k, v in explicit.items() if v is not None}
+        values.update(given)
+        from_file -= set(given)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            if config_file is not None:
+                _blame_file(cls, exc, {n: values[n] for n in from_file}, config_file)
+            raise
 
 
 OmniQConfig = Settings
@@ -423,10 +432,28 @@ def _from_file(name: str, value: Any, hint: Any, source: str | Path) -> Any:
         try:
             return _parse_env(name, value, hint)
         except ConfigError as exc:
-            raise ConfigError(
-                f"{source}: {exc}".replace(f"OMNIQ_{name.upper()}=", f"{name}=")
-            ) from None
+            raise _in_file(source, name, exc) from None
     return value
+
+
+def _in_file(source: str | Path, name: str, exc: ConfigError) -> ConfigError:
+    """``exc``, about the value of ``name`` that came from the config file ``source``,
+    as an error naming the file (and the field as the file spells it)."""
+    return ConfigError(f"{source}: {exc}".replace(f"OMNIQ_{name.upper()}=", f"{name}="))
+
+
+def _blame_file(
+    cls: type[Settings], exc: ConfigError, file_values: Mapping[str, Any], source: str | Path
+) -> None:
+    """Raise ``exc`` naming the config file when a value the file gave (and nothing
+    overrode) fails the same way on its own: a number, a choice, a list the file got wrong.
+    An error that needs several fields, or comes from elsewhere, is left as it is."""
+    for name, value in file_values.items():
+        try:
+            cls(**{name: value})
+        except ConfigError as alone:
+            if str(alone) == str(exc):
+                raise _in_file(source, name, exc) from None
 
 
 def _parse_env(name: str, raw: str, hint: Any) -> Any:
