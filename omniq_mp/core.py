@@ -424,11 +424,9 @@ class AsyncOmniQ:
         try:
             value = await self.get_result(task_id)
         except BaseException:
-            for _ in range(calls):
-                bar.count(ok=False)
+            bar.count(ok=False, items=calls)
             raise
-        for _ in range(calls):
-            bar.count(ok=True)
+        bar.count(ok=True, items=calls)
         return value
 
     def task(self, func: Callable[..., Any] | None = None, /, **task_options: Any) -> Any:

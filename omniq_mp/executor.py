@@ -231,8 +231,6 @@ def _sizes(batch: list[Any], chunksize: int) -> list[int]:
 
 def _counter(bar: ProgressBar, size: int) -> Callable[[Any], None]:
     def count(future: Any) -> None:
-        ok = not future.cancelled() and future.exception() is None
-        for _ in range(size):
-            bar.count(ok)
+        bar.count(not future.cancelled() and future.exception() is None, items=size)
 
     return count

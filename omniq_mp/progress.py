@@ -43,15 +43,15 @@ class ProgressBar:
                     self._bar.total = seen
                     self._bar.refresh()
 
-    def count(self, ok: bool) -> None:
-        """Record one finished item."""
+    def count(self, ok: bool, items: int = 1) -> None:
+        """Record ``items`` finished items (a chunk of calls ends as one task)."""
         with self._lock:
-            self.done += 1
-            self.failed += not ok
+            self.done += items
+            self.failed += 0 if ok else items
             if self._bar is not None:
                 if self._bar.total is not None and self.done > self._bar.total:
                     self._bar.total = self.done  # tasks arrived after the bar began
-                self._bar.update(1)
+                self._bar.update(items)
                 if not ok:
                     self._bar.set_postfix(failed=self.failed, refresh=False)
 

@@ -168,6 +168,9 @@ def test_map_with_progress_draws_done_and_failed(
     with pytest.raises(TaskFailedError):
         next(results)
     assert "failed=1" in capsys.readouterr().err
+    # A chunk of calls is one task but counts as its calls: 30 over 4 tasks of up to 8.
+    assert q.map(lambda x: x, range(30), chunksize=8, progress=True) == list(range(30))
+    assert "30/30" in capsys.readouterr().err
 
 
 def test_executor_is_a_concurrent_futures_executor(settings: Settings) -> None:
@@ -209,9 +212,13 @@ def test_submit_of_something_unpicklable_fails_at_once_naming_the_type(q: OmniQ)
         q.executor().submit(id, threading.Lock())
 
 
-async def test_async_map_takes_chunksize_and_timeout_as_the_sync_one(settings: Settings) -> None:
+async def test_async_map_takes_chunksize_and_timeout_as_the_sync_one(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
     async with AsyncOmniQ(settings) as q:
-        assert await q.map(lambda x: -x, range(100), chunksize=16) == [-i for i in range(100)]
+        negated = await q.map(lambda x: -x, range(100), chunksize=16, progress=True)
+        assert negated == [-i for i in range(100)]
+        assert "100/100" in capsys.readouterr().err  # chunks count as their calls
         assert await q.map(abs, [], chunksize=8) == []
         with pytest.raises(ValueError, match="chunksize must be an int >= 1"):
             await q.map(abs, [1], chunksize=0)
