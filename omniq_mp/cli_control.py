@@ -14,7 +14,7 @@ import click
 
 from omniq_mp.cli_common import INT64_MAX, fail, handles_errors, settings_from, store_options
 from omniq_mp.errors import ConfigError, TaskNotFoundError
-from omniq_mp.models import TaskStatus, finished_status
+from omniq_mp.models import TaskStatus, finished_statuses
 from omniq_mp.sync import OmniQ
 from omniq_mp.units import parse_duration
 
@@ -103,7 +103,7 @@ def purge(older_than: str, statuses: str, **options: Any) -> None:
     """Delete finished tasks older than --older-than."""
     try:
         parse_duration("--older-than", older_than)
-        chosen = [finished_status(s, "--status") for s in statuses.split(",") if s.strip()]
+        chosen = finished_statuses(statuses, "--status")
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     q = _open(**options)

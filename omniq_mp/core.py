@@ -35,7 +35,7 @@ from omniq_mp.events import follow as follow_events
 from omniq_mp.eventstore import Event, EventStorage, EventType, StoredEvent, open_event_storage
 from omniq_mp.executor import check_chunksize, chunked, run_chunk
 from omniq_mp.futures import TaskHandle
-from omniq_mp.models import Settlement, Task, TaskStatus, finished_status, first_later_eta
+from omniq_mp.models import Settlement, Task, TaskStatus, finished_statuses, first_later_eta
 from omniq_mp.progress import ProgressBar
 from omniq_mp.result_writer import ResultWriter
 from omniq_mp.results.base import ResultStorage, TaskResult
@@ -734,9 +734,7 @@ class AsyncOmniQ:
 
         :raises ConfigError: a status a task does not end in, or a bad ``older_than``.
         """
-        if isinstance(statuses, str):
-            statuses = [part for part in statuses.split(",") if part.strip()]
-        chosen = [finished_status(status, "statuses") for status in statuses]
+        chosen = finished_statuses(statuses, "statuses")
         before = time.time() - parse_duration("older_than", older_than)
         await self.open()
         total = 0

@@ -51,7 +51,18 @@ _TERMINAL = frozenset(
 )
 
 
-def finished_status(value: TaskStatus | str, what: str) -> TaskStatus:
+def finished_statuses(values: Iterable[TaskStatus | str] | str, what: str) -> list[TaskStatus]:
+    """``values`` as statuses a task ends in: TaskStatus members or their names in any
+    case, or one string listing them comma separated (``"completed,failed"``).
+
+    :raises ConfigError: any other value; the message names ``what`` and the choices.
+    """
+    if isinstance(values, str):
+        values = [part for part in values.split(",") if part.strip()]
+    return [_finished_status(value, what) for value in values]
+
+
+def _finished_status(value: TaskStatus | str, what: str) -> TaskStatus:
     """``value`` (a TaskStatus, or its name in any case) as a status a task ends in.
 
     :raises ConfigError: anything else; the message names ``what`` and the choices.
