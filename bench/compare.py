@@ -12,7 +12,8 @@ omniq_mp's ratio to each anchor.
 * omniq_mp uses its SQLite default (synchronous=FULL): every acknowledged enqueue and
   every stored result survives power loss.
 
-Workloads: durable no-op (enqueue, drain, end to end), single and batched enqueue, idle
+Workloads: durable no-op (enqueue, drain, end to end), single and batched enqueue,
+enqueue from concurrent producers (threads, and coroutines against Huey's threads), idle
 enqueue-to-result latency from another process, CPU-bound efficiency (200 x 20 ms),
 timeout settling, and memory (supervisor RSS idle and with a backlog, child USS).
 
@@ -23,6 +24,7 @@ timeout settling, and memory (supervisor RSS idle and with a backlog, child USS)
 from __future__ import annotations
 
 import argparse
+import asyncio
 import concurrent.futures
 import contextlib
 import os
@@ -30,6 +32,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +51,8 @@ from _common import (
 
 HERE = Path(__file__).resolve().parent
 PROCS = 2
+PRODUCERS = 8  # threads enqueueing at once
+COROUTINES = 64  # coroutines enqueueing at once
 SYSTEMS = ("omniq_mp", "ProcessPoolExecutor", "pebble", "huey")
 ANCHORS = SYSTEMS[1:]
 
@@ -174,6 +179,69 @@ def omniq_enqueue_sync(n: int) -> float:
         finally:
             q.close()
     return rate
+
+
+def in_threads(threads: int, calls: int, call: Callable[[], object]) -> float:
+    """Calls/s of ``call`` made ``calls`` times in all, shared by ``threads`` threads."""
+    each = calls // threads
+    workers = [
+        threading.Thread(target=lambda: [call() for _ in range(each)]) for _ in range(threads)
+    ]
+    began = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return each * threads / (time.perf_counter() - began)
+
+
+def omniq_enqueue_threads(n: int) -> float:
+    """Tasks/s of ``OmniQ.enqueue`` called from :data:`PRODUCERS` threads at once (a
+    threaded web app): calls that meet a commit under way share the next one."""
+    from anchor_tasks import noop
+
+    from omniq_mp import OmniQ
+
+    with scratch_dir() as base_dir:
+        q = OmniQ(base_dir=base_dir, event_storage_type="sqlite")
+        try:
+            q.enqueue(noop)  # opens the stores
+            rate = in_threads(PRODUCERS, n, lambda: q.enqueue(noop))
+            check(q.stats().pending, n // PRODUCERS * PRODUCERS + 1, "omniq_mp thread enqueues")
+        finally:
+            q.close()
+    return rate
+
+
+def omniq_enqueue_gathered(n: int) -> float:
+    """Tasks/s of ``AsyncOmniQ.enqueue`` awaited by :data:`COROUTINES` coroutines at once
+    (an asyncio web app)."""
+    from anchor_tasks import noop
+
+    from omniq_mp import AsyncOmniQ, Settings
+    from omniq_mp.runtime import run
+
+    each = n // COROUTINES
+
+    async def main(base_dir: Path) -> float:
+        q = AsyncOmniQ(Settings(base_dir=base_dir, event_storage_type="sqlite"))
+        await q.open()
+        try:
+
+            async def producer() -> None:
+                for _ in range(each):
+                    await q.enqueue(noop)
+
+            began = time.perf_counter()
+            await asyncio.gather(*(producer() for _ in range(COROUTINES)))
+            rate = each * COROUTINES / (time.perf_counter() - began)
+            check((await q.stats()).pending, each * COROUTINES, "omniq_mp gathered enqueues")
+            return rate
+        finally:
+            await q.close()
+
+    with scratch_dir() as base_dir:
+        return run(main(base_dir))
 
 
 def omniq_enqueue_many(n: int) -> float:
@@ -497,6 +565,21 @@ def huey_durable(n: int) -> tuple[float, float, float]:
         return n / (enqueued - began), drain, n / ((enqueued - began) + n / drain)
 
 
+def huey_enqueue_threads(n: int) -> float:
+    """Tasks/s of Huey's enqueue called from :data:`PRODUCERS` threads at once."""
+    with scratch_dir() as base_dir:
+        os.environ["BENCH_HUEY_DB"] = str(base_dir / "huey.db")
+        import importlib
+
+        import huey_tasks
+
+        importlib.reload(huey_tasks)
+        huey_tasks.huey_noop()  # opens the database
+        rate = in_threads(PRODUCERS, n, huey_tasks.huey_noop)
+        check(len(huey_tasks.huey), n // PRODUCERS * PRODUCERS + 1, "huey thread enqueues")
+    return rate
+
+
 def huey_latency(samples: int, fast_poll: bool) -> list[float]:
     with scratch_dir() as base_dir:
         db = base_dir / "huey.db"
@@ -567,6 +650,10 @@ def measure(quick: bool) -> list[Row]:
         "enqueue_async": Row(
             "enqueue, one call and one commit each, asyncio client", "tasks/s", True
         ),
+        "threads": Row(f"enqueue from {PRODUCERS} threads at once, sync client", "tasks/s", True),
+        "gathered": Row(
+            f"enqueue from {COROUTINES} coroutines at once, asyncio client", "tasks/s", True
+        ),
         "batched": Row("enqueue in batches of 1,000", "tasks/s", True),
         "many": Row(f"enqueue_many, {many:,} tasks", "tasks/s", True),
         "lat50": Row("idle enqueue-to-result, p50", "ms", False),
@@ -598,6 +685,8 @@ def measure(quick: bool) -> list[Row]:
         ):
             rows[key].add("omniq_mp", value)
         rows["enqueue"].add("omniq_mp", omniq_enqueue_sync(n))
+        rows["threads"].add("omniq_mp", omniq_enqueue_threads(n))
+        rows["gathered"].add("omniq_mp", omniq_enqueue_gathered(n))
         rows["many"].add("omniq_mp", omniq_enqueue_many(many))
         times = omniq_latency(latency_samples)
         for key, share in (("lat50", 50), ("lat50_poll", 50), ("lat99", 99), ("lat99_poll", 99)):
@@ -622,6 +711,9 @@ def measure(quick: bool) -> list[Row]:
         h_single, h_drain, h_e2e = huey_durable(n)
         rows["enqueue"].add("huey", h_single)
         rows["enqueue_async"].add("huey", h_single)
+        h_threads = huey_enqueue_threads(n)
+        rows["threads"].add("huey", h_threads)
+        rows["gathered"].add("huey", h_threads)
         rows["drain"].add("huey", h_drain)
         rows["e2e"].add("huey", h_e2e)
         for fast_poll, suffix in ((False, ""), (True, "_poll")):
