@@ -2,14 +2,15 @@
 
 Usage errors exit 2 (click's convention), runtime errors (an unusable store, a failed
 task in ``result``) exit 1 with one line on stderr; no tracebacks for expected failures.
-SIGTERM or SIGINT stops ``workers`` gracefully; a second one stops it at once, and
-either way unfinished tasks go back to the queue.
+SIGTERM, SIGINT or SIGHUP (its terminal closed) stops ``workers`` gracefully; a second
+one stops it at once, and either way unfinished tasks go back to the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
@@ -31,14 +32,15 @@ from omniq_mp.cli_common import (
     describe_store,
     fail,
     handles_errors,
-    settings_from,
     store_options,
+    store_settings,
 )
 from omniq_mp.cli_control import cancel, dead, pause, periodic, purge, resume, retry
 from omniq_mp.cli_db import db
 from omniq_mp.cli_events import events, stats, top
 from omniq_mp.config import START_METHODS, Settings
 from omniq_mp.core import AsyncOmniQ
+from omniq_mp.dotted_path import is_dotted_path
 from omniq_mp.errors import ConfigError, ResultTimeoutError, TaskFailedError
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.progress import ProgressBar
@@ -108,7 +110,7 @@ def cli(ctx: click.Context, log_level: str | None, config: Path | None) -> None:
 @handles_errors
 def workers(burst: bool, progress: bool | None, metrics_port: int | None, **options: Any) -> None:
     """Run a supervisor and its worker processes against the store."""
-    settings = settings_from(**options)
+    settings = store_settings(**options)
     if progress is None:
         progress = burst and sys.stderr.isatty()
     done = run(_serve(settings, burst, metrics_port, progress))
@@ -129,11 +131,14 @@ async def _serve(
             bar = await _progress_bar(omniq, workers)
         await workers.start()
         try:
-            return await workers.process_tasks(burst=burst)
+            await workers.process_tasks(burst=burst)
         finally:
             await workers.stop()
             if refresher is not None:
                 refresher.cancel()
+        # Counted after stop(), not from process_tasks: on SIGTERM the tasks that finish
+        # within the shutdown grace settle in stop().
+        return workers.processed
     finally:
         if bar is not None:
             bar.close()
@@ -174,12 +179,17 @@ def _install_signal_handlers(workers: AsyncWorkerPool) -> None:
     def on_signal(signum: int) -> None:
         received.append(signum)
         if len(received) == 1:
-            click.echo("omniq-mp workers: stopping gracefully (signal again to force)", err=True)
+            with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+                click.echo(
+                    "omniq-mp workers: stopping gracefully (signal again to force)", err=True
+                )
             workers.request_stop()
         else:
             workers.pool.abort_all(f"fast shutdown on signal {signum}")
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    # SIGHUP: a closed terminal or ssh session would otherwise kill the supervisor at once
+    # and leave its tasks RUNNING until their leases lapse.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, on_signal, sig)
 
 
@@ -227,15 +237,22 @@ def enqueue(
     """Enqueue FUNC_PATH (package.module.function) with ARGS (each parsed as JSON when it
     is valid JSON, else taken as a string; put -- before them when one starts with a
     dash, as a negative number does); prints the task id."""
-    if "." not in func_path.replace(":", "."):
+    if not is_dotted_path(func_path):
         raise click.BadParameter(
-            "expected a dotted path like package.module.function", param_hint="FUNC_PATH"
+            f"expected a dotted path like package.module.function, got {func_path!r}",
+            param_hint="FUNC_PATH",
         )
+    if options["tz"] is not None and options["cron"] is None:
+        # Without --cron, enqueue would pass tz= on to the function as an argument.
+        raise click.UsageError("--tz is the timezone of --cron; it needs --cron")
+    if delay is not None and options["cron"] is not None:
+        # A schedule's runs fall due at its cron times; the delay would be dropped unseen.
+        raise click.UsageError("--delay cannot be combined with --cron: the cron times say when")
     kwargs = _parse_kwargs(kwargs_json)
     chosen = {name: value for name, value in options.items() if value is not None}
     if delay is not None:
         chosen["eta"] = timedelta(seconds=delay)
-    q = OmniQ(settings_from(backend=backend, base_dir=base_dir, dsn=dsn))
+    q = OmniQ(store_settings(backend=backend, base_dir=base_dir, dsn=dsn))
     try:
         task_id = q.enqueue(
             func_path, args=[_parse_value(a) for a in args], kwargs=kwargs, **chosen
@@ -277,7 +294,7 @@ def _parse_kwargs(text: str | None) -> dict[str, Any]:
 @handles_errors
 def result(task_id: str, wait: float, show_traceback: bool, **options: Any) -> None:
     """Print the result of TASK_ID (exit 1 if it failed or is not finished)."""
-    q = OmniQ(settings_from(**options))
+    q = OmniQ(store_settings(**options))
     try:
         value = q.get_result(task_id, timeout=wait)
     except TaskFailedError as exc:
@@ -299,7 +316,7 @@ def result(task_id: str, wait: float, show_traceback: bool, **options: Any) -> N
 @handles_errors
 def status(as_json: bool, **options: Any) -> None:
     """Show task counts by status and the live workers."""
-    settings = settings_from(**options)
+    settings = store_settings(**options)
     stats, live = run(_status(settings))
     if as_json:
         click.echo(json.dumps({"tasks": stats.__dict__, "workers": [w.__dict__ for w in live]}))
@@ -331,7 +348,7 @@ def demo(**options: Any) -> None:
     """Enqueue a mix of tasks into the store, run them, and print a summary."""
     from omniq_mp.demo import demo_tasks
 
-    settings = settings_from(**options)
+    settings = store_settings(in_process=True, **options)
     began = time.perf_counter()
     with OmniQ(settings) as q, tempfile.TemporaryDirectory() as scratch:
         labelled = [
@@ -339,8 +356,8 @@ def demo(**options: Any) -> None:
             for label, fn, args, opts in demo_tasks(Path(scratch))
         ]
         click.echo(
-            f"enqueued {len(labelled)} tasks into {settings.backend} store "
-            f"{settings.base_dir}; running on {settings.procs} processes",
+            f"enqueued {len(labelled)} tasks into the {describe_store(settings)}; "
+            f"running on {settings.procs} processes",
             err=True,
         )
         _follow(q, [tid for _, tid in labelled])

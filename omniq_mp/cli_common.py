@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import select
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,8 @@ from omniq_mp.task_builder import INT64_MAX, INT64_MIN  # IntRange bounds of opt
 __all__ = [
     "INT64_MAX",
     "INT64_MIN",
+    "NonEmptyPath",
+    "NonEmptyText",
     "Seconds",
     "TaskArgsCommand",
     "describe_store",
@@ -25,6 +29,7 @@ __all__ = [
     "handles_errors",
     "settings_from",
     "store_options",
+    "store_settings",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -88,16 +93,38 @@ def _is_number(text: str) -> bool:
     return True
 
 
+class NonEmptyPath(click.Path):
+    """A path that is not the empty string. ``--base-dir "$DIR"`` with DIR unset would
+    otherwise put a store in the current folder (``Path("")`` is ``.``); an empty
+    OMNIQ_* variable means "unset", but an empty option is a mistake."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value == "":
+            self.fail("must not be empty", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class NonEmptyText(click.types.StringParamType):
+    """Text that is not empty: ``--dsn ""`` would quietly mean the default server."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = super().convert(value, param, ctx)
+        if text == "":
+            self.fail("must not be empty", param, ctx)
+        return text
+
+
 def store_options(fn: F) -> F:
     """``--backend``, ``--base-dir`` and ``--dsn``, shared by every command."""
     fn = click.option(
         "--dsn",
+        type=NonEmptyText(),
         default=None,
         help="PostgreSQL queue address, postgresql://user:pass@host:5432/db [env OMNIQ_DSN].",
     )(fn)
     fn = click.option(
         "--base-dir",
-        type=click.Path(path_type=Path),
+        type=NonEmptyPath(path_type=Path),
         default=None,
         help="Store folder [env OMNIQ_BASE_DIR; default ./omniq_data].",
     )(fn)
@@ -119,6 +146,39 @@ def settings_from(**explicit: Any) -> Settings:
         return Settings.from_env(config_file=config_file, **explicit)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def store_settings(*, in_process: bool = False, **options: Any) -> Settings:
+    """:func:`settings_from` for a command that works on the queue store (``options``
+    holds ``--backend``, ``--base-dir`` and ``--dsn``), refusing a store it cannot mean.
+
+    :param in_process: the command runs its own workers in this process (``demo``), so a
+        ``memory`` store works; for every other command it would be an empty queue that
+        vanishes on exit (an enqueue printing the id of a task nobody can ever run).
+    """
+    settings = settings_from(**options)
+    if settings.backend == "memory" and not in_process:
+        raise click.UsageError(
+            "backend memory keeps tasks inside one process, so this command would see an "
+            "empty queue that vanishes on exit: use sqlite, file or postgres"
+        )
+    if options.get("dsn") is not None and not _uses_dsn(settings):
+        # Otherwise the DSN is ignored and the work goes to the local store instead.
+        raise click.UsageError(
+            f"--dsn is the PostgreSQL queue's address, but the backend is "
+            f"{settings.backend}: add --backend postgres (or set OMNIQ_BACKEND=postgres)"
+        )
+    return settings
+
+
+def _uses_dsn(settings: Settings) -> bool:
+    """Whether any store of ``settings`` connects to ``settings.dsn``: the queue, or an
+    event or result store on PostgreSQL without an address of its own."""
+    return (
+        settings.backend == "postgres"
+        or (settings.event_storage_type == "postgres" and not settings.event_storage_dsn)
+        or (settings.result_storage_type == "postgres" and not settings.result_storage_dsn)
+    )
 
 
 def describe_store(settings: Settings) -> str:
@@ -146,6 +206,10 @@ def handles_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except OmniqError as exc:
             fail(str(exc))
+        except BrokenPipeError as exc:
+            if not _stdout_closed():
+                fail(exc.strerror or str(exc))
+            _quit_quietly()
         except OSError as exc:
             # A store's file refused us where no StorageError wraps it yet (a read-only
             # or full file system, permissions): still one line, never a traceback.
@@ -153,6 +217,28 @@ def handles_errors(fn: F) -> F:
             fail(f"{where}{exc.strerror or exc}")
 
     return wrapper  # type: ignore[return-value]
+
+
+def _stdout_closed() -> bool:
+    """Whether whoever reads our stdout has gone (``omniq-mp events | head``): the pipe
+    then polls as an error, so a broken pipe elsewhere is still reported."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return False
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLERR and POLLHUP are always reported
+    return any(flags & select.POLLERR for _, flags in poller.poll(0))
+
+
+def _quit_quietly() -> NoReturn:
+    """Exit 1 without a word: the reader stopped reading, as ``head`` does; an "error:
+    Broken pipe" line would blame the queue for it. Stdout goes to /dev/null first, or the
+    interpreter's last flush of the unwritten lines prints an exception at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(1)
 
 
 def _refuse_undecodable_text(values: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import click
 
-from omniq_mp.cli_common import INT64_MAX, fail, handles_errors, settings_from, store_options
+from omniq_mp.cli_common import INT64_MAX, fail, handles_errors, store_options, store_settings
 from omniq_mp.errors import ConfigError, TaskNotFoundError
 from omniq_mp.models import TaskStatus, finished_statuses
 from omniq_mp.sync import OmniQ
@@ -22,7 +22,7 @@ __all__ = ["cancel", "dead", "pause", "periodic", "purge", "resume", "retry"]
 
 
 def _open(**options: Any) -> OmniQ:
-    return OmniQ(settings_from(**options))
+    return OmniQ(store_settings(**options))
 
 
 @click.command()
@@ -81,6 +81,8 @@ def retry(task_ids: tuple[str, ...], every: bool, **options: Any) -> None:
         q.close()
     for task_id in revived:
         click.echo(f"re-queued {task_id}")
+    if every and not revived:
+        click.echo("no dead tasks")  # as `dead` says; silence reads like a hang or a fault
     if missing:
         fail(f"no such task: {', '.join(missing)}")
     skipped = [t for t in task_ids if t not in revived]
@@ -106,6 +108,11 @@ def purge(older_than: str, statuses: str, **options: Any) -> None:
         chosen = finished_statuses(statuses, "--status")
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    if not chosen:
+        # An empty list would purge nothing and still say "purged 0 task(s)".
+        raise click.BadParameter(
+            "give at least one of completed, failed, cancelled, dead", param_hint="--status"
+        )
     q = _open(**options)
     try:
         removed = q.purge(older_than, chosen)

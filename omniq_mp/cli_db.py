@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from omniq_mp.cli_common import settings_from
+from omniq_mp.cli_common import NonEmptyText, settings_from
 from omniq_mp.errors import OmniqError
 from omniq_mp.pg import DEFAULT_DSN
 from omniq_mp.runtime import run
@@ -24,11 +24,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _connection_options(fn: F) -> F:
     fn = click.option(
         "--schema",
+        type=NonEmptyText(),
         default=None,
         help="Schema holding the queue tables [env OMNIQ_POSTGRES_SCHEMA; default omniq].",
     )(fn)
     return click.option(
         "--dsn",
+        type=NonEmptyText(),
         default=None,
         help="PostgreSQL address, postgresql://user:password@host:port/database "
         f"[env OMNIQ_DSN; default {DEFAULT_DSN}].",

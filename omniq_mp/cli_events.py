@@ -6,11 +6,12 @@ import asyncio
 import json
 import signal
 from datetime import datetime
+from types import FrameType
 from typing import Any
 
 import click
 
-from omniq_mp.cli_common import INT64_MAX, handles_errors, settings_from, store_options
+from omniq_mp.cli_common import INT64_MAX, handles_errors, store_options, store_settings
 from omniq_mp.core import AsyncOmniQ
 from omniq_mp.eventstore import Event, EventType
 from omniq_mp.runtime import run
@@ -27,9 +28,11 @@ def _parse_types(text: str | None) -> list[EventType] | None:
             chosen.append(EventType(name))
         except ValueError:
             known = ", ".join(t.value for t in EventType)
-            raise click.BadParameter(f"unknown event type {name!r}; known: {known}") from None
+            raise click.BadParameter(
+                f"unknown event type {name!r}; known: {known}", param_hint="--type"
+            ) from None
     if not chosen:
-        raise click.BadParameter("give at least one event type")
+        raise click.BadParameter("give at least one event type", param_hint="--type")
     return chosen
 
 
@@ -58,7 +61,7 @@ def events(
 ) -> None:
     """Print task and worker events, oldest first."""
     chosen = _parse_types(types)
-    settings = settings_from(**options)
+    settings = store_settings(**options)
 
     async def show() -> None:
         q = AsyncOmniQ(settings)
@@ -91,7 +94,7 @@ def events(
 @handles_errors
 def stats(as_json: bool, **options: Any) -> None:
     """Show queue depths, totals, last-minute throughput and what each worker runs."""
-    settings = settings_from(**options)
+    settings = store_settings(**options)
 
     async def collect() -> tuple[Any, Any, Any]:
         q = AsyncOmniQ(settings)
@@ -127,7 +130,18 @@ def top(interval: float, **options: Any) -> None:
     """Live view of supervisors, worker processes, their tasks and queue depths (q quits)."""
     from omniq_mp.top import run_top
 
-    run_top(settings_from(**options), interval)
+    settings = store_settings(**options)
+    # SIGTERM (``kill``, ``timeout 60 omniq-mp top``) ends the view as Ctrl-C does, so it
+    # restores the terminal: killed outright, it would leave the shell without echo.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run_top(settings, interval)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _stats_text(totals: Any, queues: Any, workers: Any) -> str:

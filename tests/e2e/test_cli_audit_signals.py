@@ -1,0 +1,162 @@
+"""``omniq-mp`` as real processes meet the outside world: a reader that stops reading,
+SIGTERM to ``workers`` while a task runs, SIGTERM to ``top`` on a terminal."""
+
+from __future__ import annotations
+
+import os
+import pty
+import signal
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from omniq_mp import OmniQ
+from omniq_mp.models import TaskStatus
+from tests.e2e.conftest import cli_env, start_workers
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_reader_that_stops_reading_is_not_reported_as_an_error(tmp_path: Path) -> None:
+    # `omniq-mp events | head -1`: the events fill more than a pipe holds, so the command
+    # is still writing when the reader goes; it used to print "error: Broken pipe".
+    store = tmp_path / "store"
+    q = OmniQ(base_dir=store)
+    try:
+        q.enqueue_many("math.pow", [(2, n) for n in range(3000)])
+    finally:
+        q.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omniq_mp", "events"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(store),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert b"ENQUEUED" in proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 1
+    assert err == ""
+
+
+def _task_waiting_for(marker: Path) -> object:
+    """A task that runs until ``marker`` exists (at most a minute), then returns "done"."""
+
+    def wait_for_marker() -> str:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "done"
+
+    return wait_for_marker
+
+
+def test_workers_count_the_tasks_that_finish_in_the_shutdown_grace(tmp_path: Path) -> None:
+    # The exit line counted only what settled before the stop request: a task that
+    # finished during the grace period (and so completed) was left out.
+    store, marker = tmp_path / "store", tmp_path / "marker"
+    q = OmniQ(base_dir=store)
+    try:
+        task_id = q.enqueue(_task_waiting_for(marker))
+        workers = start_workers(store, "--procs", "1")
+        try:
+            wait_for(
+                lambda: q.get_task(task_id).status is TaskStatus.RUNNING,  # type: ignore[union-attr]
+                60,
+                "the task to start",
+            )
+            workers.send_signal(signal.SIGTERM)
+            assert workers.stderr is not None
+            line = workers.stderr.readline()
+            assert "stopping gracefully" in line, line
+            marker.touch()  # the task ends now, inside the shutdown grace
+            _, err = workers.communicate(timeout=60)
+        finally:
+            if workers.poll() is None:
+                workers.kill()
+                workers.wait()
+        assert workers.returncode == 0, err
+        assert q.get_result(task_id, timeout=0) == "done"
+        assert "omniq-mp workers: 1 task attempt(s) settled" in err
+    finally:
+        q.close()
+
+
+def _echo_on(fd: int) -> bool:
+    return bool(termios.tcgetattr(fd)[3] & termios.ECHO)
+
+
+def test_top_restores_the_terminal_on_sigterm(tmp_path: Path) -> None:
+    # top turns echo off to read q; killed by SIGTERM (`kill`, `timeout 60 omniq-mp top`)
+    # it used to leave the shell without echo.
+    master, slave = pty.openpty()
+    assert _echo_on(master)
+    top = subprocess.Popen(
+        [sys.executable, "-m", "omniq_mp", "top", "--interval", "0.2"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=cli_env(tmp_path / "store"),
+        start_new_session=True,
+    )
+    os.close(slave)
+
+    def drain() -> None:  # a full terminal buffer would block top's redraws
+        try:
+            while os.read(master, 65536):
+                pass
+        except OSError:  # EIO once top has exited and the terminal is gone
+            pass
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: not _echo_on(master), 60, "top to take the terminal")
+        top.send_signal(signal.SIGTERM)
+        assert top.wait(timeout=60) == 0
+        assert _echo_on(master)
+    finally:
+        if top.poll() is None:
+            top.kill()
+            top.wait()
+        reader.join(timeout=10)  # top has exited: its read of the terminal ends with EIO
+        os.close(master)
+
+
+def test_workers_stop_gracefully_when_their_terminal_hangs_up(tmp_path: Path) -> None:
+    # SIGHUP (an ssh session or terminal closing) used to kill the supervisor outright,
+    # leaving its task RUNNING until the lease lapsed; it now stops as SIGTERM does and
+    # hands the unfinished task back to the queue at once.
+    store, marker = tmp_path / "store", tmp_path / "marker"
+    q = OmniQ(base_dir=store)
+    try:
+        task_id = q.enqueue(_task_waiting_for(marker))
+        workers = start_workers(store, "--procs", "1", "--shutdown-grace", "0.2")
+        try:
+            wait_for(
+                lambda: q.get_task(task_id).status is TaskStatus.RUNNING,  # type: ignore[union-attr]
+                60,
+                "the task to start",
+            )
+            workers.send_signal(signal.SIGHUP)
+            _, err = workers.communicate(timeout=60)
+        finally:
+            marker.touch()
+            if workers.poll() is None:
+                workers.kill()
+                workers.wait()
+        assert workers.returncode == 0, err
+        assert "stopping gracefully" in err
+        task = q.get_task(task_id)
+        assert task is not None and task.status is TaskStatus.PENDING
+        assert task.attempts == 0  # a graceful stop charges no attempt
+    finally:
+        q.close()
