@@ -11,16 +11,21 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import math
 import operator
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
+from omniq_mp.config import Settings
+from omniq_mp.errors import ConfigError
 from omniq_mp.futures import TaskFuture
 from omniq_mp.models import Task
 from omniq_mp.progress import ProgressBar
+from omniq_mp.task_builder import TaskOptions
 
 if TYPE_CHECKING:
     from omniq_mp.sync import OmniQ
@@ -28,6 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["OmniQExecutor", "run_chunk"]
 
 _BATCH = 500  # tasks stored per transaction while submitting many
+# The task options an executor fixes for all its tasks (a key would fold them all into one
+# task, and an interval or cron would make each one recur).
+_TASK_OPTIONS = ("timeout", "max_retries", "queue", "priority", "max_memory", "result_ttl")
 
 
 def run_chunk(func: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -42,6 +50,15 @@ def check_chunksize(chunksize: object) -> None:
     """Refuse a ``map`` chunk size that is not an int of at least 1."""
     if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
         raise ValueError(f"chunksize must be an int >= 1, got {chunksize!r}")
+
+
+def check_map_timeout(timeout: object) -> None:
+    """Refuse a ``map`` timeout that is not None or a number of seconds (negative and zero
+    are allowed: as in the standard library, they mean "do not wait")."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout):
+        raise ConfigError(f"timeout must be None or a number of seconds, got {timeout!r}")
 
 
 def chunked(batch: Sequence[Any], chunksize: int) -> list[Sequence[Any]]:
@@ -79,16 +96,7 @@ class OmniQExecutor(Executor):
         **settings: Any,
     ) -> None:
         self._owns = omniq is None
-        if omniq is None:
-            from omniq_mp.sync import OmniQ
-
-            omniq = OmniQ(**settings).__enter__()
-        elif settings:
-            raise TypeError(
-                f"settings {sorted(settings)} apply only when the executor owns its OmniQ"
-            )
-        self.omniq = omniq
-        self.options: dict[str, Any] = {
+        options: dict[str, Any] = {
             "timeout": timeout,
             "max_retries": max_retries,
             "queue": queue,
@@ -96,6 +104,16 @@ class OmniQExecutor(Executor):
             "max_memory": max_memory,
             "result_ttl": result_ttl,
         }
+        _refuse_extra(settings, owned=omniq is None)
+        # Checked before any worker starts: a bad option would otherwise surface only at
+        # the first submit, after an owned supervisor was already up.
+        _check_options(options)
+        if omniq is None:
+            from omniq_mp.sync import OmniQ
+
+            omniq = OmniQ(**settings).__enter__()
+        self.omniq = omniq
+        self.options = options
         self._pending: set[TaskFuture] = set()
         self._lock = threading.Lock()
         self._shutdown = False
@@ -127,6 +145,7 @@ class OmniQExecutor(Executor):
         ``progress=True`` shows a progress bar of done and failed tasks.
         """
         check_chunksize(chunksize)
+        check_map_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         iterables = tuple(iterables)
         hints = [operator.length_hint(it, -1) for it in iterables]
@@ -189,7 +208,9 @@ class OmniQExecutor(Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; optionally cancel what has not finished, and wait for the
-        rest. An executor that started its own supervisor stops it (after waiting)."""
+        rest. An executor that started its own supervisor stops it once its futures are
+        done: after waiting, or with ``wait=False`` in a background thread, so that (as
+        the standard library promises) the futures still complete."""
         with self._lock:
             self._shutdown = True
             pending = list(self._pending)
@@ -197,13 +218,24 @@ class OmniQExecutor(Executor):
             for future in pending:
                 future.cancel()
         if wait:
-            for future in pending:
-                try:
-                    future.exception()
-                except BaseException:  # cancelled: nothing to wait for
-                    pass
-        if self._owns:
+            _wait_all(pending)
+        if not self._owns:
+            return
+        if wait or all(future.done() for future in pending):
             self.omniq.close()
+            return
+        # A daemon: at interpreter exit the client's own exit hook closes it, and
+        # futures still pending then never finish (this thread must not block the exit).
+        threading.Thread(
+            target=self._close_when_done,
+            args=(pending,),
+            name="omniq-executor-shutdown",
+            daemon=True,
+        ).start()
+
+    def _close_when_done(self, pending: list[TaskFuture]) -> None:
+        _wait_all(pending)
+        self.omniq.close()
 
     def _build(self, fn: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> Task:
         options = {k: v for k, v in self.options.items() if v is not None}
@@ -223,6 +255,38 @@ class OmniQExecutor(Executor):
     def _discard(self, future: Any) -> None:
         with self._lock:
             self._pending.discard(future)
+
+
+def _wait_all(futures: Iterable[TaskFuture]) -> None:
+    for future in futures:
+        try:
+            future.exception()
+        except BaseException:  # cancelled: nothing to wait for
+            pass
+
+
+def _refuse_extra(names: dict[str, Any], *, owned: bool) -> None:
+    """Explain keyword arguments an executor cannot take: task options it does not fix
+    for its tasks, or, on a client given to it, settings (only an owned client takes
+    them; an unknown name there is left to Settings, which names it)."""
+    refused = sorted(set(names) & ({f.name for f in fields(TaskOptions)} | {"cron", "tz"}))
+    if refused:
+        raise TypeError(
+            f"an executor (and OmniQ.map) sets only the task options "
+            f"{', '.join(_TASK_OPTIONS)}; got {refused}"
+        )
+    if owned or not names:
+        return
+    unknown = sorted(set(names) - {f.name for f in fields(Settings)})
+    if unknown:
+        raise TypeError(f"unknown options {unknown}; an executor takes {', '.join(_TASK_OPTIONS)}")
+    raise TypeError(f"settings {sorted(names)} apply only when the executor owns its OmniQ")
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    """Raise ConfigError for a bad task option, as ``enqueue`` would (None: the client's
+    default, checked by its settings)."""
+    TaskOptions.checked(**{k: v for k, v in options.items() if v is not None})
 
 
 def _sizes(batch: list[Any], chunksize: int) -> list[int]:

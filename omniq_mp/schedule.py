@@ -80,6 +80,8 @@ class Schedule:
 
 
 def _zone(tz: str) -> ZoneInfo:
+    if not isinstance(tz, str):
+        raise ConfigError(f"tz must be an IANA timezone name like 'Europe/Berlin', got {tz!r}")
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
@@ -92,6 +94,14 @@ def check_cron(expression: str, tz: str) -> None:
     """Raise ConfigError unless ``expression`` is a valid 5-field cron and ``tz`` a zone."""
     if not isinstance(expression, str):
         raise ConfigError(f"cron must be a string like '*/5 * * * *', got {expression!r}")
+    # cronsim also takes six fields, the first being seconds: "* * * * * *" would start a
+    # task every second where a crontab-minded reader expects five fields.
+    fields = len(expression.split())
+    if fields != 5:
+        raise ConfigError(
+            f"invalid cron expression {expression!r}: 5 fields (minute hour day month "
+            f"weekday) expected, got {fields}"
+        )
     zone = _zone(tz)
     try:
         next(CronSim(expression, datetime.now(zone)))
