@@ -15,6 +15,7 @@ from omniq_mp.core import AsyncOmniQ
 from omniq_mp.decorator import TaskFunction
 from omniq_mp.envelope import VersionSkewError
 from omniq_mp.errors import (
+    ClientClosedError,
     ConfigError,
     OmniqError,
     ResultTimeoutError,
@@ -46,6 +47,7 @@ __all__ = [
     "AsyncOmniQ",
     "AsyncTaskQueue",
     "AsyncWorkerPool",
+    "ClientClosedError",
     "ConfigError",
     "LargePayloadWarning",
     "OmniQ",

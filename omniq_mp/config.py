@@ -18,6 +18,7 @@ from pathlib import Path
 from types import UnionType
 from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
+from omniq_mp.dotted_path import is_dotted_path
 from omniq_mp.errors import ConfigError
 from omniq_mp.signing import Signer, settings_problem
 from omniq_mp.units import parse_bytes
@@ -195,7 +196,7 @@ class Settings:
             ("max_start_failures", 1),
         ):
             _check_int(name, getattr(self, name), minimum=minimum)
-        if self.worker_init is not None and not _DOTTED_PATH.fullmatch(self.worker_init):
+        if self.worker_init is not None and not is_dotted_path(self.worker_init):
             raise ConfigError(
                 "worker_init must be a dotted path like 'package.module.function' or "
                 f"'package.module:function', got {self.worker_init!r}"
@@ -208,6 +209,7 @@ class Settings:
         for name in _OPTIONAL_DURATIONS:
             if getattr(self, name) is not None:
                 check_seconds(name, getattr(self, name))
+        _check_lease_and_schema(self)
         if not self.queues or not all(isinstance(q, str) and q for q in self.queues):
             raise ConfigError(f"queues must be non-empty names, got {self.queues!r}")
         _check_signing(self)
@@ -227,9 +229,7 @@ class Settings:
         ):
             if getattr(self, alias) is not None and getattr(self, name) is None:
                 set_(self, name, getattr(self, alias))
-        queues: Any = self.queues
-        if isinstance(queues, str):
-            set_(self, "queues", _split_queues(queues))
+        set_(self, "queues", _queue_names(self.queues))
         if self.event_storage_type is None:
             # Events live beside the queue: in one process, on one machine, or on the
             # database that all hosts share.
@@ -323,6 +323,9 @@ class Settings:
 
 OmniQConfig = Settings
 
+MIN_LEASE_TTL = 1.0
+_SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # as omniq_mp.pg.identifier takes
+
 _DURATIONS = (
     "lease_ttl",
     "poll_interval",
@@ -342,10 +345,6 @@ _INT_MINIMUMS = (
     ("prefetch", 0),
     ("max_crashes", 1),
     ("max_start_failures", 1),
-)
-_IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
-_DOTTED_PATH = re.compile(
-    rf"{_IDENTIFIER}(\.{_IDENTIFIER})*(:{_IDENTIFIER}(\.{_IDENTIFIER})*|\.{_IDENTIFIER})"
 )
 
 
@@ -374,6 +373,21 @@ def _check_choice(name: str, value: Any, choices: tuple[str | None, ...]) -> Non
     if value not in choices:
         names = ", ".join(str(c) for c in choices)
         raise ConfigError(f"{name} must be one of {names}; got {value!r}")
+
+
+def _check_lease_and_schema(settings: Settings) -> None:
+    if settings.lease_ttl < MIN_LEASE_TTL:
+        # Leases are renewed every lease_ttl/4 and a task whose renewals fail is killed at
+        # 70% of it: a few store round trips must fit, or nothing ever finishes.
+        raise ConfigError(
+            f"lease_ttl must be at least {MIN_LEASE_TTL:g} s, got {settings.lease_ttl!r}"
+        )
+    if not _SQL_NAME.fullmatch(settings.postgres_schema):
+        # Interpolated into statements, so refused here rather than quoted there.
+        raise ConfigError(
+            "postgres_schema must be letters, digits and underscores (at most 63, not "
+            f"starting with a digit), got {settings.postgres_schema!r}"
+        )
 
 
 def _check_text_fields(settings: Settings) -> None:
@@ -419,6 +433,17 @@ def _check_signing(settings: Settings) -> None:
         raise ConfigError(problem)
 
 
+def _queue_names(queues: Any) -> Any:
+    """``queues`` as the tuple its type says: "a,b" split, a list copied (a caller's list
+    would stay mutable through a frozen Settings, and make it unhashable); anything else
+    is left for the checks to refuse by name."""
+    if isinstance(queues, str):
+        return _split_queues(queues)
+    if isinstance(queues, list):
+        return tuple(queues)
+    return queues
+
+
 def _split_queues(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -456,6 +481,10 @@ def _blame_file(
                 raise _in_file(source, name, exc) from None
 
 
+# Fields where "none" is one of the choices (events off), not "unset, use the default".
+_NONE_IS_A_CHOICE = frozenset({"event_storage_type"})
+
+
 def _parse_env(name: str, raw: str, hint: Any) -> Any:
     text = str(hint)
     try:
@@ -463,7 +492,7 @@ def _parse_env(name: str, raw: str, hint: Any) -> Any:
             return _split_queues(raw)
         if "Path" in text:
             return Path(raw)
-        if raw.lower() == "none" and "None" in text:
+        if raw.lower() == "none" and "None" in text and name not in _NONE_IS_A_CHOICE:
             return None
         if "str" in text:
             return raw  # parsed by the field's own check (sizes like "1GB")
@@ -472,8 +501,17 @@ def _parse_env(name: str, raw: str, hint: Any) -> Any:
         if "float" in text:
             return None if raw.lower() == "none" else float(raw)
     except ValueError:
-        raise ConfigError(f"OMNIQ_{name.upper()}={raw!r} is not a valid {text}") from None
+        raise ConfigError(f"OMNIQ_{name.upper()}={raw!r} is not a valid {_kind(hint)}") from None
     return raw
+
+
+def _kind(hint: Any) -> str:
+    """A field's type hint as a reader says it: "int", "float or none" (not "<class 'int'>")."""
+    parts = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+    names = (
+        "none" if part is type(None) else getattr(part, "__name__", str(part)) for part in parts
+    )
+    return " or ".join(names)
 
 
 # Derived from the hints once: a text field added to Settings is checked without an edit.

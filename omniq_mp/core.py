@@ -19,10 +19,11 @@ from typing import Any
 
 from loguru import logger
 
-from omniq_mp.config import Settings, size_setting
+from omniq_mp.config import Settings, check_seconds, size_setting
 from omniq_mp.decorator import TaskFunction
 from omniq_mp.dsn import redact
 from omniq_mp.errors import (
+    ClientClosedError,
     ConfigError,
     ResultTimeoutError,
     TaskCancelledError,
@@ -67,6 +68,12 @@ __all__ = ["AsyncOmniQ"]
 _LOGGED_ONE_BY_ONE = 100
 # The task options build() and enqueue() take among a call's keyword arguments.
 _OPTIONS = tuple(f.name for f in fields(TaskOptions))
+# Task options a cron schedule refuses, and why.
+_NOT_WITH_CRON = {
+    "key": "each due time is its own task",
+    "interval": "the cron expression says when the task runs again",
+    "eta": "the cron expression says when the task first runs",
+}
 
 
 def _resolve_settings(
@@ -99,6 +106,12 @@ def _split_call(
             raise ConfigError("pass keyword arguments inline or as kwargs={...}, not both")
         return call_args, call_kwargs
     return call_args, kwargs
+
+
+def _wait_seconds(timeout: float | None) -> float | None:
+    """A wait's ``timeout``: None (no limit) or seconds >= 0; anything else (NaN, text, a
+    negative number) is a ConfigError before any waiting, not a hang or a TypeError."""
+    return None if timeout is None else check_seconds("timeout", timeout, allow_zero=True)
 
 
 class AsyncOmniQ:
@@ -173,8 +186,9 @@ class AsyncOmniQ:
         self._open = True
 
     async def close(self) -> None:
-        """Stop the embedded supervisor, if any, and close the store."""
-        await self.watcher.close()
+        """Stop the embedded supervisor, if any, and close the store. Futures and waiters
+        of tasks still unfinished then raise :class:`ClientClosedError` (the tasks stay
+        stored); those that finished during the supervisor's stop get their outcome."""
         if self._notes:  # log lines of keys deduplicated by thread enqueues
             await asyncio.gather(*self._notes, return_exceptions=True)
         if self._workers is not None:
@@ -182,6 +196,7 @@ class AsyncOmniQ:
             await workers.stop()
             if self._runner is not None:
                 await self._runner
+        await self.watcher.close()  # while the store is still open: a last look
         if self._open:
             if self._wakes is not None:
                 self._wakes.stop()
@@ -243,6 +258,11 @@ class AsyncOmniQ:
         """Validate and pickle a call into a Task without storing it (see :meth:`enqueue`:
         keyword arguments named like a task option are that option)."""
         options = {name: kwargs.pop(name) for name in _OPTIONS if name in kwargs}
+        if "tz" in kwargs:  # a reserved name: it would reach the function as an argument
+            raise ConfigError(
+                "tz= goes with cron= (the schedule's timezone); pass an argument named tz "
+                "as kwargs={'tz': ...}"
+            )
         call_args, call_kwargs = _split_call(args, kwargs)
         builder = self.builder(func, **options) if options else self._plain_builders.get(func)
         return builder.build(call_args, call_kwargs)
@@ -267,7 +287,7 @@ class AsyncOmniQ:
         many tasks costs only their arguments. A by-value ``func`` (lambda, closure,
         ``__main__`` function) carries its globals as they are now to every task."""
         options = TaskOptions.checked(
-            queue=queue or self.settings.queues[0],
+            queue=self.settings.queues[0] if queue is None else queue,
             priority=priority,
             eta=eta,
             interval=interval,
@@ -301,8 +321,9 @@ class AsyncOmniQ:
         (or while paused) run once, at the next opportunity.
         """
         check_cron(cron, tz)
-        if kwargs.get("key") is not None:
-            raise ConfigError("key= cannot be combined with cron=: each due time is its own task")
+        for option, why in _NOT_WITH_CRON.items():
+            if kwargs.get(option) is not None:
+                raise ConfigError(f"{option}= cannot be combined with cron=: {why}")
         # Each firing is a new task with a new id: the payload is signed for any task.
         template = sign_payload(
             self.build(func, *args, **kwargs), self.queue.signer, recurring=True
@@ -602,7 +623,10 @@ class AsyncOmniQ:
             task = await self.wait_finished(task_id, timeout)
         except TaskNotFoundError:
             # Purged from the queue store (result_ttl), but perhaps kept in the result store.
-            stored = await self.get_stored_result(task_id)
+            try:
+                stored = await self.get_stored_result(task_id)
+            except ValueError:  # an id the result store cannot name was never stored there
+                stored = None
             if stored is None:
                 raise
             return result_value(stored, self.queue.signer)
@@ -622,6 +646,7 @@ class AsyncOmniQ:
         :raises ResultTimeoutError: not finished within ``timeout`` seconds.
         :raises TaskNotFoundError: no task has this id.
         """
+        timeout = _wait_seconds(timeout)
         await self.open()
         task = await self.queue.get_task(task_id)
         if task is None:
@@ -630,8 +655,12 @@ class AsyncOmniQ:
             return task
         finished: asyncio.Future[Task | None] = asyncio.get_running_loop().create_future()
 
-        def on_finished(_: str, task: Task | None) -> None:
-            if not finished.done():
+        def on_finished(_: str, task: Task | ClientClosedError | None) -> None:
+            if finished.done():
+                return
+            if isinstance(task, ClientClosedError):
+                finished.set_exception(task)
+            else:
                 finished.set_result(task)
 
         self.watcher.watch(task_id, on_finished)
@@ -658,7 +687,7 @@ class AsyncOmniQ:
         get_blocking = getattr(self.storage, "get_blocking", None)  # optional capability
         if not self._open or get_blocking is None:
             return None
-        return self.stored.wait_for(task_id, get_blocking, timeout)
+        return self.stored.wait_for(task_id, get_blocking, _wait_seconds(timeout))
 
     async def timeout_message(self, task: Task, timeout: float | None) -> str:
         """The ResultTimeoutError message for ``task``, still unfinished after ``timeout``
@@ -673,6 +702,12 @@ class AsyncOmniQ:
                 f"; no worker is serving {self._where()}: start one with "
                 f"`omniq-mp workers --base-dir {self.settings.base_dir}`, "
                 "or use `with OmniQ(...)` to run tasks in this process"
+            )
+        elif task.status is TaskStatus.PENDING and all(task.queue not in w.queues for w in live):
+            served = sorted({name for w in live for name in w.queues})
+            text += (
+                f"; no live worker serves its queue {task.queue!r} (they serve "
+                f"{', '.join(map(repr, served))}): start one with `--queues {task.queue}`"
             )
         return text
 
@@ -709,16 +744,38 @@ class AsyncOmniQ:
             raise TaskNotFoundError(f"no task with id {task_id!r} in {self._where()}")
         if task.status is TaskStatus.RUNNING and self._workers is not None:
             self._workers.watch.cancel(task_id)  # ours: no need to wait for the watch
+        if task.status is TaskStatus.CANCELLED and self.result_writer is not None:
+            # Cancelled before it ran: no supervisor settles it, so copy its outcome here
+            # (a running one is copied by the supervisor that stops it).
+            self.result_writer.finished(task_id)
         return task.status is TaskStatus.CANCELLED or task.cancel_requested
+
+    def cancel_soon(self, task_id: str) -> None:
+        """:meth:`cancel` in the background, from a callback on this client's loop; a
+        failure is logged."""
+
+        async def cancel() -> None:
+            try:
+                await self.cancel(task_id)
+            except Exception as exc:
+                logger.bind(task_id=task_id).error("cancelling task {} failed: {}", task_id, exc)
+
+        note = asyncio.get_running_loop().create_task(cancel())
+        self._notes.add(note)  # held until done: the loop keeps only weak references
+        note.add_done_callback(self._notes.discard)
 
     async def dead(self, limit: int = 100) -> list[Task]:
         """Quarantined tasks (DEAD), newest first, each with its attempts' ``history``."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"limit must be a whole number of tasks >= 1, got {limit!r}")
         await self.open()
         return await self.storage.list_tasks(TaskStatus.DEAD, None, limit)
 
     async def retry(self, task_ids: Sequence[str] | None = None) -> list[str]:
         """Re-queue the given DEAD or FAILED tasks (every DEAD one when None) with fresh
-        budgets; returns the ids re-queued."""
+        budgets; returns the ids re-queued. One id may be given as a plain string."""
+        if isinstance(task_ids, str):  # not its characters, one by one
+            task_ids = [task_ids]
         await self.open()
         return await self.storage.revive(task_ids, time.time())
 
@@ -743,7 +800,10 @@ class AsyncOmniQ:
         return total
 
     async def stats(self, queues: Sequence[str] | None = None) -> QueueStats:
-        """Task counts by status."""
+        """Task counts by status, in the named queues (all when None; one name may be
+        given as a plain string)."""
+        if isinstance(queues, str):  # not its characters, one by one
+            queues = [queues]
         await self.open()
         return await self.queue.stats(queues)
 

@@ -60,6 +60,10 @@ class WorkerStartError(OmniqError, RuntimeError):
     ``worker_init_timeout``, or the process died while starting; the message says which."""
 
 
+class ClientClosedError(OmniqError, RuntimeError):
+    """A call on a client after its ``close()`` (or the end of its ``with`` block)."""
+
+
 class TaskNotFoundError(OmniqError, KeyError):
     """No task with this id exists in the store."""
 

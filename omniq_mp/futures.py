@@ -13,7 +13,7 @@ import concurrent.futures
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
-from omniq_mp.errors import TaskCancelledError, TaskNotFoundError
+from omniq_mp.errors import ClientClosedError, TaskCancelledError, TaskNotFoundError
 from omniq_mp.models import Task
 
 if TYPE_CHECKING:
@@ -63,11 +63,16 @@ class TaskFuture(concurrent.futures.Future[Any]):
         return f"<TaskFuture {self.task_id} {self._state.lower()}>"
 
 
-def settle_future(future: TaskFuture, task: Task | None, value_of: Callable[[Task], Any]) -> None:
-    """Complete ``future`` from its finished ``task`` (None: the task no longer exists)."""
+def settle_future(
+    future: TaskFuture, task: Task | ClientClosedError | None, value_of: Callable[[Task], Any]
+) -> None:
+    """Complete ``future`` from its finished ``task`` (None: the task no longer exists; an
+    error: its client closed first)."""
     if future.done():
         return
     try:
+        if isinstance(task, ClientClosedError):
+            raise task
         if task is None:
             raise TaskNotFoundError(f"task {future.task_id} no longer exists (purged?)")
         value = value_of(task)

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from omniq_mp.errors import ClientClosedError
+
 __all__ = ["LoopThread", "call_at_exit", "new_event_loop", "run"]
 
 T = TypeVar("T")
@@ -87,7 +89,7 @@ class LoopThread:
                 "a blocking omniq_mp call was made from a callback on omniq_mp's own loop "
                 "thread (e.g. a future's done-callback); call it from another thread"
             )
-        future = self.submit(coro)
+        future = self.submit(coro)  # a closed loop raises here, before any wait
         try:
             return future.result()
         except BaseException:
@@ -96,7 +98,12 @@ class LoopThread:
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Start ``coro`` on the loop without waiting (for pipelining: the caller prepares
-        the next piece of work while this one runs)."""
+        the next piece of work while this one runs).
+
+        :raises ClientClosedError: the loop was stopped (its client closed)."""
+        if not self.running:
+            coro.close()  # never to run: no "coroutine was never awaited" warning
+            raise ClientClosedError("this omniq_mp client is closed; make a new one to go on")
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def stop(self) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 import cloudpickle
 from loguru import logger
 
+from omniq_mp.dotted_path import split_dotted_path
 from omniq_mp.envelope import VersionSkewError, code_hash, local_header, seal, split
 from omniq_mp.errors import SerializationError
 from omniq_mp.signing import RESULT, Signer, open_blob
@@ -200,9 +201,7 @@ def _blame(
 
 def resolve(path: str) -> Callable[..., Any]:
     """Import ``package.module.function`` or ``package.module:function``."""
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
+    module_name, attr = split_dotted_path(path)
     if not module_name or not attr:
         raise ImportError(f"{path!r} is not a dotted path like 'package.module.function'")
     try:

@@ -12,7 +12,7 @@ from typing import Any
 from omniq_mp.config import Settings
 from omniq_mp.core import AsyncOmniQ, task_value
 from omniq_mp.decorator import TaskFunction
-from omniq_mp.errors import ResultTimeoutError, TaskNotFoundError
+from omniq_mp.errors import ClientClosedError, ResultTimeoutError, TaskNotFoundError
 from omniq_mp.eventstore import Event, EventStorage
 from omniq_mp.executor import OmniQExecutor
 from omniq_mp.futures import TaskFuture, settle_future
@@ -130,7 +130,8 @@ class OmniQ:
         return self._loop.call(self._async.get_task(task_id))
 
     def cancel(self, task_id: str) -> bool:
-        """Cancel a task that has not started."""
+        """Cancel a task: a pending one never starts, a running one is killed; see
+        :meth:`AsyncOmniQ.cancel`."""
         return self._loop.call(self._async.cancel(task_id))
 
     def stats(self, queues: Sequence[str] | None = None) -> QueueStats:
@@ -228,14 +229,23 @@ class OmniQ:
 
     def future_of(self, task_id: str) -> TaskFuture:
         """A future for ``task_id`` without checking that it exists (see :meth:`future`)."""
-        future = TaskFuture(task_id, self.cancel)
+        future = TaskFuture(task_id, self._cancel_from_future)
         signer = self._async.queue.signer  # results are verified before they are unpickled
 
-        def finished(_: str, task: Task | None) -> None:
+        def finished(_: str, task: Task | ClientClosedError | None) -> None:
             settle_future(future, task, lambda t: task_value(t, signer))
 
         self._loop.loop.call_soon_threadsafe(self._async.watcher.watch, task_id, finished)
         return future
+
+    def _cancel_from_future(self, task_id: str) -> bool:
+        """``TaskFuture.cancel``: :meth:`cancel`, except in a callback on the loop's own
+        thread (another future's done-callback), where waiting would stall the loop: the
+        cancel is sent, False returned, and the future turns cancelled once it is stored."""
+        if not self._loop.on_loop_thread():
+            return self.cancel(task_id)
+        self._async.cancel_soon(task_id)
+        return False
 
     def executor(self, **task_options: Any) -> OmniQExecutor:
         """A ``concurrent.futures.Executor`` on this client; ``task_options`` (``timeout``,

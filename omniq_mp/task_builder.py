@@ -17,6 +17,7 @@ from typing import Any
 import cloudpickle
 
 from omniq_mp.config import check_seconds
+from omniq_mp.dotted_path import is_dotted_path
 from omniq_mp.errors import ConfigError, SerializationError
 from omniq_mp.models import Task
 from omniq_mp.payload_size import warn_if_large
@@ -110,8 +111,8 @@ class TaskBuilder:
         signer: Signer | None = None,
         max_payload_size: int | None = None,
     ) -> None:
-        if isinstance(target, str) and not target.strip():
-            raise ConfigError("the dotted path must not be empty")
+        if isinstance(target, str):
+            _check_dotted_path(target)
         self.options = options
         self._pickler = CallPickler(target)
         self._func_name = callable_name(target)
@@ -145,6 +146,9 @@ class TaskBuilder:
             kwargs = {}
         elif not isinstance(kwargs, Mapping):
             raise ConfigError(f"kwargs must be a dict, got {type(kwargs).__name__}")
+        elif kwargs and not all(type(name) is str for name in kwargs):
+            names = [name for name in kwargs if type(name) is not str]
+            raise ConfigError(f"kwargs keys must be argument names (strings), got {names[0]!r}")
         payload = self._pickler.dumps(args, kwargs)
         target = self._pickler.target
         limit = self._max_payload_size
@@ -255,13 +259,26 @@ def _check_int64(name: str, value: object, minimum: int) -> None:
         raise ConfigError(f"{name} must be {bounds}, got {value!r}")
 
 
+def _check_dotted_path(path: str) -> None:
+    # Checked here, not when a worker fails to import it: a path that cannot name a
+    # function would otherwise be stored and fail every attempt.
+    if not is_dotted_path(path):
+        raise ConfigError(
+            f"{path!r} is not a dotted path: name a module and a function, like "
+            "'package.module.function' or 'package.module:function'"
+        )
+
+
 def _eta_seconds(eta: datetime | timedelta | None, now: float) -> float:
     if eta is None:
         return now
     if isinstance(eta, timedelta):
         return now + eta.total_seconds()
     if isinstance(eta, datetime):
-        return eta.timestamp()  # a naive datetime is local time, as datetime.now() gives
+        try:
+            return eta.timestamp()  # a naive datetime is local time, as datetime.now() gives
+        except (ValueError, OverflowError, OSError):  # datetime.min, far past or future
+            raise ConfigError(f"eta {eta!r} is outside the range of timestamps") from None
     raise ConfigError(f"eta must be a datetime or a timedelta, got {type(eta).__name__}")
 
 

@@ -5,6 +5,7 @@ task."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
@@ -13,11 +14,13 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from loguru import logger
 
+from omniq_mp.errors import ClientClosedError
 from omniq_mp.models import Task
 
 __all__ = ["ResultWatcher", "StoredSignal"]
 
-Finished = Callable[[str, Task | None], None]  # (task id, the finished task or None: gone)
+# (task id, the finished task; None: it is gone; ClientClosedError: nobody will look again)
+Finished = Callable[[str, Task | ClientClosedError | None], None]
 
 _MIN_DELAY = 0.002
 _MAX_DELAY = 0.05  # a result finished elsewhere is seen within 50 ms
@@ -73,11 +76,23 @@ class ResultWatcher:
             self._wake.set()
 
     async def close(self) -> None:
-        """Stop sweeping; callbacks not yet called are dropped."""
+        """Stop sweeping, after one last look at every watched task (the store must still
+        be open); callbacks of tasks still unfinished get a :class:`ClientClosedError`, so
+        no future or waiter is left hanging."""
         if self._runner is not None:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
-        self._watched.clear()
+        if self._watched:
+            with contextlib.suppress(Exception):  # a store that fails now: report as closed
+                await self._check(list(self._watched))
+        watched, self._watched = self._watched, {}
+        for task_id, callbacks in watched.items():
+            closed = ClientClosedError(
+                f"task {task_id} had not finished when its client closed; it stays in the "
+                "store: read its outcome with a new client"
+            )
+            for callback in callbacks:
+                _call(callback, task_id, closed)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -119,12 +134,16 @@ class ResultWatcher:
             if task is not None and not task.status.is_terminal:
                 continue
             for callback in self._watched.pop(task_id, []):
-                try:
-                    callback(task_id, task)
-                except Exception:  # one bad callback must not stop every other future
-                    logger.opt(exception=True).error("a completion callback of {} failed", task_id)
+                _call(callback, task_id, task)
             done += 1
         return done
+
+
+def _call(callback: Finished, task_id: str, outcome: Task | ClientClosedError | None) -> None:
+    try:
+        callback(task_id, outcome)
+    except Exception:  # one bad callback must not stop every other future
+        logger.opt(exception=True).error("a completion callback of {} failed", task_id)
 
 
 class StoredSignal:
