@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from omniq_mp import OmniQ
+from omniq_mp.models import TaskStatus
+from tests.waiting import wait_for
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -44,3 +49,27 @@ def start_workers(base_dir: Path, *args: str, **env: str) -> subprocess.Popen[st
         text=True,
         env=cli_env(base_dir, **env),
     )
+
+
+def task_waiting_for(marker: Path) -> Callable[[], str]:
+    """A task (a closure, so it travels by value) that runs until ``marker`` exists, at
+    most a minute, then returns "done": a task a test holds running for as long as it
+    needs, with no sleep to guess."""
+
+    def wait_for_marker() -> str:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "done"
+
+    return wait_for_marker
+
+
+def wait_running(q: OmniQ, task_id: str) -> None:
+    """Wait (a minute at most) until the task is RUNNING."""
+    wait_for(lambda: _status(q, task_id) is TaskStatus.RUNNING, 60, f"task {task_id} to start")
+
+
+def _status(q: OmniQ, task_id: str) -> TaskStatus | None:
+    task = q.get_task(task_id)
+    return None if task is None else task.status

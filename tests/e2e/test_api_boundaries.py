@@ -15,6 +15,7 @@ import pytest
 from omniq_mp import ClientClosedError, ConfigError, OmniQ, Settings
 from omniq_mp.errors import ResultTimeoutError, TaskCancelledError, TaskNotFoundError
 from omniq_mp.models import TaskStatus
+from tests.e2e.conftest import task_waiting_for, wait_running
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -25,16 +26,6 @@ def q(tmp_path: Path) -> Iterator[OmniQ]:
     client = OmniQ(base_dir=tmp_path / "store")
     yield client
     client.close()
-
-
-def _until_marker(marker: Path) -> Any:
-    def wait() -> str:
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return "done"
-
-    return wait
 
 
 @pytest.mark.parametrize("path", ["nodots", "a b.c", "math..pow", "math.", ".pow", "math:"])
@@ -106,14 +97,10 @@ def test_a_future_of_a_task_unfinished_at_close_raises_instead_of_hanging(
     marker = tmp_path / "marker"
     client = OmniQ(base_dir=tmp_path / "store", procs=2, shutdown_grace=0.2).start()
     try:
-        unfinished = client.submit(_until_marker(marker))
+        unfinished = client.submit(task_waiting_for(marker))
         finished = client.submit(abs, -3)
         assert finished.result(60) == 3
-        wait_for(
-            lambda: client.get_task(unfinished.task_id).status is TaskStatus.RUNNING,  # type: ignore[union-attr]
-            60,
-            "the task to start",
-        )
+        wait_running(client, unfinished.task_id)
     finally:
         client.close()
         marker.touch()
@@ -130,7 +117,7 @@ def test_a_future_of_a_task_unfinished_at_close_raises_instead_of_hanging(
 def test_cancel_in_another_futures_done_callback_cancels_the_task(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     with OmniQ(base_dir=tmp_path / "store", procs=2) as client:
-        slow = client.submit(_until_marker(marker))
+        slow = client.submit(task_waiting_for(marker))
         fast = client.submit(abs, -1)
         fast.add_done_callback(lambda _: slow.cancel())
         try:

@@ -10,14 +10,13 @@ import subprocess
 import sys
 import termios
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from omniq_mp import OmniQ
 from omniq_mp.models import TaskStatus
-from tests.e2e.conftest import cli_env, start_workers
+from tests.e2e.conftest import cli_env, start_workers, task_waiting_for, wait_running
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -47,32 +46,16 @@ def test_a_reader_that_stops_reading_is_not_reported_as_an_error(tmp_path: Path)
     assert err == ""
 
 
-def _task_waiting_for(marker: Path) -> object:
-    """A task that runs until ``marker`` exists (at most a minute), then returns "done"."""
-
-    def wait_for_marker() -> str:
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return "done"
-
-    return wait_for_marker
-
-
 def test_workers_count_the_tasks_that_finish_in_the_shutdown_grace(tmp_path: Path) -> None:
     # The exit line counted only what settled before the stop request: a task that
     # finished during the grace period (and so completed) was left out.
     store, marker = tmp_path / "store", tmp_path / "marker"
     q = OmniQ(base_dir=store)
     try:
-        task_id = q.enqueue(_task_waiting_for(marker))
+        task_id = q.enqueue(task_waiting_for(marker))
         workers = start_workers(store, "--procs", "1")
         try:
-            wait_for(
-                lambda: q.get_task(task_id).status is TaskStatus.RUNNING,  # type: ignore[union-attr]
-                60,
-                "the task to start",
-            )
+            wait_running(q, task_id)
             workers.send_signal(signal.SIGTERM)
             assert workers.stderr is not None
             line = workers.stderr.readline()
@@ -138,14 +121,10 @@ def test_workers_stop_gracefully_when_their_terminal_hangs_up(tmp_path: Path) ->
     store, marker = tmp_path / "store", tmp_path / "marker"
     q = OmniQ(base_dir=store)
     try:
-        task_id = q.enqueue(_task_waiting_for(marker))
+        task_id = q.enqueue(task_waiting_for(marker))
         workers = start_workers(store, "--procs", "1", "--shutdown-grace", "0.2")
         try:
-            wait_for(
-                lambda: q.get_task(task_id).status is TaskStatus.RUNNING,  # type: ignore[union-attr]
-                60,
-                "the task to start",
-            )
+            wait_running(q, task_id)
             workers.send_signal(signal.SIGHUP)
             _, err = workers.communicate(timeout=60)
         finally:
