@@ -814,16 +814,21 @@ class Rig:
             ) from None
 
     def wait_started(
-        self, count: int, keys: Callable[[str], bool] = lambda _: True, within: float = 30.0
+        self,
+        count: int,
+        keys: Callable[[str], bool] = lambda _: True,
+        within: float = 30.0,
+        since_ns: int = 0,
     ) -> list[Record]:
-        """Wait until ``count`` attempts (of keys matching) have started and not ended."""
+        """Wait until ``count`` attempts (of keys matching, started at ``since_ns`` or
+        later) have started and not ended."""
         tail = LedgerTail(self.ledger)
         open_: dict[tuple[str, int], Record] = {}
 
         def enough() -> bool:
             for rec in tail.read():
                 ident = (rec.key, rec.attempt)
-                if rec.event == "start" and keys(rec.key):
+                if rec.event == "start" and keys(rec.key) and rec.ns >= since_ns:
                     open_[ident] = rec
                 elif rec.event in ("end", "died"):
                     open_.pop(ident, None)

@@ -42,6 +42,7 @@ from tests.reliability.harness import (
     Supervisor,
     WriteLock,
     cpu_burners,
+    now_ns,
     p99,
     supervisor_env,
     wait_gone,
@@ -416,9 +417,14 @@ def test_sigterm_is_graceful_and_a_second_one_is_fast(rig: Rig) -> None:
     started = {a.key for a in ledger.parse(rig.ledger).all()}
     assert started == {"long", "short"}, "a task started after SIGTERM"
 
-    # Row 15: a second signal during the graceful stop.
+    # Row 15: a second signal during the graceful stop. A task of 30 s must be running
+    # under this supervisor, so that its graceful stop lasts the grace: "long" runs 0 s
+    # from its second attempt, and a stop of 0.2 s quick tasks alone could end before the
+    # second signal, which would then meet the default handler of an exiting process.
+    held_id = p.add(ledger.sleep, "held", 30.0, 0.0, priority=9)
+    phase_two = now_ns()
     fast = rig.supervisor(name="fast")
-    rig.wait_started(2, keys=lambda k: k == "long" or k.startswith("quick"))
+    rig.wait_started(1, keys=lambda k: k == "held", since_ns=phase_two)
     tree = fast.tree()
     fast.signal(signal.SIGTERM)
     rig.faults.add("SIGTERM", fast.name)
@@ -429,7 +435,7 @@ def test_sigterm_is_graceful_and_a_second_one_is_fast(rig: Rig) -> None:
     assert fast.wait(1.0 + 1.0) == 0, fast.stderr()
     rig.figures.sample("second SIGTERM -> exit", time.monotonic() - second)
     rig.expect_gone(tree, "fast-stopped supervisor's processes")
-    rows = rig.store.rows([long_id, *quick])
+    rows = rig.store.rows([long_id, held_id, *quick])
     assert not [r for r in rows.values() if r.status == "RUNNING"], "a lease was left behind"
 
     rig.supervisor("--burst", name="drain", wait=False).wait(60)
