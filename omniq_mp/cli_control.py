@@ -108,11 +108,6 @@ def purge(older_than: str, statuses: str, **options: Any) -> None:
         chosen = finished_statuses(statuses, "--status")
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    if not chosen:
-        # An empty list would purge nothing and still say "purged 0 task(s)".
-        raise click.BadParameter(
-            "give at least one of completed, failed, cancelled, dead", param_hint="--status"
-        )
     q = _open(**options)
     try:
         removed = q.purge(older_than, chosen)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hin
 
 from omniq_mp.dotted_path import is_dotted_path
 from omniq_mp.errors import ConfigError
+from omniq_mp.pg import is_identifier
 from omniq_mp.signing import Signer, settings_problem
 from omniq_mp.units import parse_bytes
 
@@ -195,14 +195,14 @@ class Settings:
             ("max_crashes", 1),
             ("max_start_failures", 1),
         ):
-            _check_int(name, getattr(self, name), minimum=minimum)
+            check_int(name, getattr(self, name), minimum=minimum)
         if self.worker_init is not None and not is_dotted_path(self.worker_init):
             raise ConfigError(
                 "worker_init must be a dotted path like 'package.module.function' or "
                 f"'package.module:function', got {self.worker_init!r}"
             )
         if self.max_tasks_per_child is not None:
-            _check_int("max_tasks_per_child", self.max_tasks_per_child, minimum=1)
+            check_int("max_tasks_per_child", self.max_tasks_per_child, minimum=1)
         for name in _DURATIONS:
             allow_zero = name in ("shutdown_grace", "send_ahead_below")
             check_seconds(name, getattr(self, name), allow_zero=allow_zero)
@@ -324,7 +324,6 @@ class Settings:
 OmniQConfig = Settings
 
 MIN_LEASE_TTL = 1.0
-_SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # as omniq_mp.pg.identifier takes
 
 _DURATIONS = (
     "lease_ttl",
@@ -364,7 +363,8 @@ def check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
     return float(value)
 
 
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
+def check_int(name: str, value: Any, *, minimum: int) -> None:
+    """Validate a whole number (not a bool) of at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
@@ -382,8 +382,7 @@ def _check_lease_and_schema(settings: Settings) -> None:
         raise ConfigError(
             f"lease_ttl must be at least {MIN_LEASE_TTL:g} s, got {settings.lease_ttl!r}"
         )
-    if not _SQL_NAME.fullmatch(settings.postgres_schema):
-        # Interpolated into statements, so refused here rather than quoted there.
+    if not is_identifier(settings.postgres_schema):  # refused here, not at first connect
         raise ConfigError(
             "postgres_schema must be letters, digits and underscores (at most 63, not "
             f"starting with a digit), got {settings.postgres_schema!r}"

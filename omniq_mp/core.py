@@ -19,7 +19,7 @@ from typing import Any
 
 from loguru import logger
 
-from omniq_mp.config import Settings, check_seconds, size_setting
+from omniq_mp.config import Settings, check_int, check_seconds, size_setting
 from omniq_mp.decorator import TaskFunction
 from omniq_mp.dsn import redact
 from omniq_mp.errors import (
@@ -766,8 +766,7 @@ class AsyncOmniQ:
 
     async def dead(self, limit: int = 100) -> list[Task]:
         """Quarantined tasks (DEAD), newest first, each with its attempts' ``history``."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigError(f"limit must be a whole number of tasks >= 1, got {limit!r}")
+        check_int("limit", limit, minimum=1)
         await self.open()
         return await self.storage.list_tasks(TaskStatus.DEAD, None, limit)
 

@@ -51,15 +51,24 @@ _TERMINAL = frozenset(
 )
 
 
+_FINISHED_NAMES = ", ".join(s.value.lower() for s in TaskStatus if s.is_terminal)
+
+
 def finished_statuses(values: Iterable[TaskStatus | str] | str, what: str) -> list[TaskStatus]:
     """``values`` as statuses a task ends in: TaskStatus members or their names in any
     case, or one string listing them comma separated (``"completed,failed"``).
 
-    :raises ConfigError: any other value; the message names ``what`` and the choices.
+    :raises ConfigError: any other value, or none at all (which would purge nothing and
+        say so as if it had worked); the message names ``what`` and the choices.
     """
+    from omniq_mp.errors import ConfigError  # errors stays free of model imports
+
     if isinstance(values, str):
         values = [part for part in values.split(",") if part.strip()]
-    return [_finished_status(value, what) for value in values]
+    chosen = [_finished_status(value, what) for value in values]
+    if not chosen:
+        raise ConfigError(f"{what}: give at least one of {_FINISHED_NAMES}")
+    return chosen
 
 
 def _finished_status(value: TaskStatus | str, what: str) -> TaskStatus:
@@ -74,8 +83,7 @@ def _finished_status(value: TaskStatus | str, what: str) -> TaskStatus:
     except ValueError:
         status = TaskStatus.PENDING  # refused below, with the same message
     if not status.is_terminal:
-        names = ", ".join(s.value.lower() for s in TaskStatus if s.is_terminal)
-        raise ConfigError(f"{what} takes finished statuses ({names}), got {value!r}")
+        raise ConfigError(f"{what} takes finished statuses ({_FINISHED_NAMES}), got {value!r}")
     return status
 
 

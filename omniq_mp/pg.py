@@ -9,17 +9,23 @@ from omniq_mp.dsn import endpoint, redact
 from omniq_mp.errors import StorageError
 from omniq_mp.extras import require
 
-__all__ = ["DEFAULT_DSN", "create_pool", "identifier"]
+__all__ = ["DEFAULT_DSN", "create_pool", "identifier", "is_identifier"]
 
 DEFAULT_DSN = "postgresql://postgres@localhost:5432/postgres"
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
-def identifier(name: str, what: str = "table name") -> str:
-    """``name`` if it is a plain SQL identifier (it is interpolated into statements, so
+def is_identifier(name: object) -> bool:
+    """Whether ``name`` is a plain SQL identifier: letters, digits and underscores, at
+    most 63, not starting with a digit (names are interpolated into statements, so
     anything else is refused rather than quoted)."""
-    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+    return isinstance(name, str) and _IDENTIFIER.fullmatch(name) is not None
+
+
+def identifier(name: str, what: str = "table name") -> str:
+    """``name`` if it is a plain SQL identifier (see :func:`is_identifier`)."""
+    if not is_identifier(name):
         raise StorageError(
             f"{what} must be letters, digits and underscores (at most 63), got {name!r}"
         )

@@ -178,3 +178,10 @@ def test_settings_refuse_what_could_never_work(settings: dict[str, Any], message
 def test_events_can_be_turned_off_from_the_environment() -> None:
     settings = Settings.from_env(environ={"OMNIQ_EVENT_STORAGE_TYPE": "none"})
     assert settings.event_storage_type == "none"
+
+
+@pytest.mark.parametrize("statuses", ["", ",", []])
+def test_a_purge_of_no_status_at_all_is_refused(q: OmniQ, statuses: Any) -> None:
+    # It purged nothing and returned 0, as if the purge had worked.
+    with pytest.raises(ConfigError, match="give at least one of completed, failed"):
+        q.purge("1s", statuses)
