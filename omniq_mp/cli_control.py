@@ -30,7 +30,8 @@ def _open(**options: Any) -> OmniQ:
 @click.argument("task_id")
 @handles_errors
 def cancel(task_id: str, **options: Any) -> None:
-    """Cancel TASK_ID: a pending task never starts; a running one is killed."""
+    """Cancel TASK_ID: a pending task never starts; a running one is killed. Any run's id
+    of an interval task stops its series."""
     q = _open(**options)
     try:
         before = q.get_task(task_id)
@@ -38,6 +39,9 @@ def cancel(task_id: str, **options: Any) -> None:
             raise TaskNotFoundError(f"no such task: {task_id}")
         if not q.cancel(task_id):
             click.echo(f"task {task_id} already finished ({before.status.value}); nothing to do")
+            return
+        if before.status.is_terminal:  # a finished run of an interval task: its series
+            click.echo(f"interval task {task_id} stopped: no more runs")
             return
         running = before.status is TaskStatus.RUNNING
         click.echo(f"task {task_id} " + ("is being killed" if running else "cancelled"))

@@ -66,6 +66,8 @@ __all__ = ["AsyncOmniQ"]
 # A batch larger than this (enqueue_many, map) logs one line, not one per task: a debug
 # line costs about a microsecond, a tenth of what storing a task costs in a batch.
 _LOGGED_ONE_BY_ONE = 100
+# Runs of an interval series cancel() follows when each one it reaches has just finished.
+_SERIES_HOPS = 3
 # The task options build() and enqueue() take among a call's keyword arguments.
 _OPTIONS = tuple(f.name for f in fields(TaskOptions))
 # Task options a cron schedule refuses, and why.
@@ -731,24 +733,52 @@ class AsyncOmniQ:
         """Cancel a task wherever it is: a pending one never starts; a running one has its
         process killed (by whichever supervisor runs it) and is never retried.
 
+        The id of any run of an ``interval=`` task stops the whole series: its run that
+        is pending (or running) now is cancelled, so no further run is scheduled.
+
         :returns: True if this call cancelled the task or asked for it to be killed; False
             if it had already finished (cancelled included), so there was nothing to do.
         :raises TaskNotFoundError: no task has this id.
         """
         await self.open()
-        before = await self.queue.get_task(task_id)
-        if before is not None and before.status.is_terminal:
-            return False  # already finished, cancelled included: nothing to do
-        task = await self.queue.cancel(task_id)
+        task = await self.queue.get_task(task_id)
         if task is None:
             raise TaskNotFoundError(f"no task with id {task_id!r} in {self._where()}")
+        for _ in range(_SERIES_HOPS):
+            if task.status.is_terminal:
+                current = await self._current_run(task)
+                if current is None:
+                    return False  # already finished, cancelled included: nothing to do
+                task = current
+            cancelled = await self.queue.cancel(task.id)
+            if cancelled is None:  # purged meanwhile
+                return False
+            task = cancelled
+            if task.status is TaskStatus.CANCELLED or task.cancel_requested:
+                break
+            # It finished just before the cancel reached it: an interval task's next run
+            # may be pending now, so look again.
+        else:
+            return False
         if task.status is TaskStatus.RUNNING and self._workers is not None:
-            self._workers.watch.cancel(task_id)  # ours: no need to wait for the watch
+            self._workers.watch.cancel(task.id)  # ours: no need to wait for the watch
         if task.status is TaskStatus.CANCELLED and self.result_writer is not None:
             # Cancelled before it ran: no supervisor settles it, so copy its outcome here
             # (a running one is copied by the supervisor that stops it).
-            self.result_writer.finished(task_id)
-        return task.status is TaskStatus.CANCELLED or task.cancel_requested
+            self.result_writer.finished(task.id)
+        return True
+
+    async def _current_run(self, task: Task) -> Task | None:
+        """The unfinished run of the interval series a finished ``task`` belongs to (its
+        runs share their first run's key), or None."""
+        if task.interval is None or task.key is None or task.status is TaskStatus.CANCELLED:
+            return None
+        holder = await self.storage.key_holder(task.key)
+        current = await self.queue.get_task(holder) if holder is not None else None
+        # A key is the user's to reuse once a series ends: only a run of this series counts.
+        if current is None or current.interval is None or current.func_name != task.func_name:
+            return None
+        return current
 
     def cancel_soon(self, task_id: str) -> None:
         """:meth:`cancel` in the background, from a callback on this client's loop; a

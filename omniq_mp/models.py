@@ -27,6 +27,7 @@ __all__ = [
     "get_error_message",
     "has_error",
     "is_failed",
+    "new_id",
 ]
 
 
@@ -203,7 +204,8 @@ def first_later_eta(tasks: Iterable[Task], now: float) -> float | None:
     return min(later) if later else None
 
 
-def _new_id() -> str:
+def new_id() -> str:
+    """A fresh task id: 32 hex digits, sorting by creation time."""
     # 48 bits of epoch milliseconds, then 80 random bits, as 32 hex digits (a UUIDv7's
     # layout without its version bits). Ids made close in time sort close together, so an
     # enqueue adds to the end of a store's id index instead of to a random page of it:
@@ -253,7 +255,7 @@ class Task:
 
     func_name: str
     payload: bytes
-    id: str = field(default_factory=_new_id)
+    id: str = field(default_factory=new_id)
     queue: str = "default"
     priority: int = 0
     status: TaskStatus = TaskStatus.PENDING

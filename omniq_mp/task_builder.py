@@ -19,7 +19,7 @@ import cloudpickle
 from omniq_mp.config import check_seconds
 from omniq_mp.dotted_path import is_dotted_path
 from omniq_mp.errors import ConfigError, SerializationError
-from omniq_mp.models import Task
+from omniq_mp.models import Task, new_id
 from omniq_mp.payload_size import warn_if_large
 from omniq_mp.serialization import CallPickler, callable_name
 from omniq_mp.signing import ANY, PAYLOAD, Signer, strip
@@ -161,7 +161,9 @@ class TaskBuilder:
             )
         warn_if_large(target, tuple(args), kwargs, len(payload))
         o = self.options
+        task_id = new_id()
         task = Task(
+            id=task_id,
             func_name=self._func_name,
             payload=payload,
             queue=o.queue,
@@ -171,7 +173,9 @@ class TaskBuilder:
             timeout=o.timeout,
             max_retries=o.max_retries,
             created_at=now,
-            key=o.key,
+            # Every run of an interval task has an id of its own and keeps its first run's
+            # key: that key is how cancel() finds the run to stop from any run's id.
+            key=o.key if o.key is not None or o.interval is None else task_id,
             max_memory=o.max_memory,
             result_ttl=o.result_ttl,
         )

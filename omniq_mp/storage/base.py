@@ -157,6 +157,11 @@ class Storage(Protocol):
         its supervisor to kill; return the task as it now is (None if unknown)."""
         ...
 
+    async def key_holder(self, key: str) -> str | None:
+        """The id of the unfinished (PENDING or RUNNING) task holding ``key``, or None:
+        the current run of an interval task, whose runs share their first one's key."""
+        ...
+
     async def cancel_requests(self, task_ids: Sequence[str]) -> set[str]:
         """Those of ``task_ids`` that are RUNNING with a cancellation requested."""
         ...

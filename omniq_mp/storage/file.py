@@ -181,6 +181,10 @@ class FileStorage:
         its supervisor to kill; :return: the task as it now is, None if unknown."""
         return await self._run(lambda t: t.cancel(task_id, now))
 
+    async def key_holder(self, key: str) -> str | None:
+        """The id of the first enqueued unfinished task holding ``key``, or None."""
+        return await self._run(lambda t: t.holder(key))
+
     async def cancel_requests(self, task_ids: Sequence[str]) -> set[str]:
         """Those of ``task_ids`` that are RUNNING with a cancellation requested."""
         ids = list(task_ids)
@@ -692,7 +696,9 @@ class _Tree:
         # task is finished as far as keys go (as if settled first), so a follow-up carrying
         # its key is inserted, not merged into it. One whose id is taken is skipped, as
         # SQLite does: it must not fail the outcomes settled before it in this batch.
-        if s.follow_up is not None and self.find(s.follow_up.id) is None:
+        # An interval task cancelled while it ran ends there: no next run.
+        stopped = settled.status is TaskStatus.CANCELLED
+        if s.follow_up is not None and not stopped and self.find(s.follow_up.id) is None:
             done = task.id if settled.status.is_terminal else None
             self.insert([s.follow_up], finishing=done)
         self.transition(path, settled, seq)

@@ -51,6 +51,10 @@ class MemoryStorage:
             ids.append(task.id)
         return ids
 
+    async def key_holder(self, key: str) -> str | None:
+        """The id of the unfinished task holding ``key``, or None."""
+        return self._unfinished_with_key(key)
+
     def _unfinished_with_key(self, key: str) -> str | None:
         for t in self._tasks.values():
             if t.key == key and not t.status.is_terminal:
@@ -98,7 +102,8 @@ class MemoryStorage:
             ok = task is not None and _holds(task, s.lease_token)
             if ok and task is not None:
                 _apply(task, s)
-                if s.follow_up is not None:
+                # An interval task cancelled while it ran ends there: no next run.
+                if s.follow_up is not None and task.status is not TaskStatus.CANCELLED:
                     await self.enqueue([s.follow_up])
             applied.append(ok)
         return applied

@@ -254,6 +254,7 @@ class PostgresStorage:
         async with self._pool.connection() as conn, conn.transaction():
             rows = await conn.fetch(self._sql.lock_running, [s.task_id for s in settlements])
             tokens = {r["id"]: r["lease_token"] for r in rows}
+            stopped = {r["id"] for r in rows if r["cancel_requested"]}
             applied = []
             for s in settlements:
                 # pop: a second settlement of one attempt in the same batch is stale too.
@@ -267,7 +268,10 @@ class PostgresStorage:
                 await conn.executemany(self._sql.requeue, requeue)
             if finish:
                 await conn.executemany(self._sql.finish, finish)
-            follow_ups = [s.follow_up for s in chosen if s.follow_up is not None]
+            # An interval task cancelled while it ran ends there: no next run.
+            follow_ups = [
+                s.follow_up for s in chosen if s.follow_up is not None and s.task_id not in stopped
+            ]
             if follow_ups:
                 # A follow-up whose key (or id) is taken is skipped, never allowed to fail
                 # the whole batch of outcomes.
@@ -314,6 +318,11 @@ class PostgresStorage:
         """Cancel a PENDING task at once; flag a RUNNING one for its supervisor to kill."""
         rows = await self._pool.fetch(self._sql.cancel, task_id, now)
         return record_task(rows[0]) if rows else await self.get(task_id)
+
+    async def key_holder(self, key: str) -> str | None:
+        """The id of the unfinished task holding ``key``, or None."""
+        rows = await self._pool.fetch(self._sql.key_holders, [key])
+        return str(rows[0]["id"]) if rows else None
 
     async def cancel_requests(self, task_ids: Sequence[str]) -> set[str]:
         """Those of ``task_ids`` that are RUNNING with a cancellation requested."""

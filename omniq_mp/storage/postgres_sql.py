@@ -150,10 +150,10 @@ class Statements:
 
     @property
     def lock_running(self) -> str:
-        """Lease tokens of those of ``$1`` that are RUNNING, locked until the settlement
-        transaction ends so nothing changes them under it."""
+        """Lease tokens and cancel requests of those of ``$1`` that are RUNNING, locked
+        until the settlement transaction ends so nothing changes them under it."""
         return (
-            f"SELECT id, lease_token FROM {self.tasks} "
+            f"SELECT id, lease_token, cancel_requested FROM {self.tasks} "
             "WHERE id = ANY($1::text[]) AND status = 'RUNNING' FOR UPDATE"
         )
 

@@ -402,11 +402,14 @@ class SQLiteStorage:
             limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
             for statement, params in settlement_updates(requeue, finish, limit):
                 conn.execute(statement, params)
-            follow_ups = [task_row(s.follow_up) for s in chosen if s.follow_up is not None]
+            follow_ups = {s.task_id: s.follow_up for s in chosen if s.follow_up is not None}
             if follow_ups:
+                # An interval task cancelled while it ran ends there: no next run.
+                stopped = _cancelled(conn, list(follow_ups))
+                rows = [task_row(t) for i, t in follow_ups.items() if i not in stopped]
                 # A follow-up whose key another unfinished task already holds is skipped
                 # (OR IGNORE), never allowed to fail the whole batch of outcomes.
-                conn.executemany(INSERT.replace("INSERT", "INSERT OR IGNORE", 1), follow_ups)
+                conn.executemany(INSERT.replace("INSERT", "INSERT OR IGNORE", 1), rows)
             return applied
 
         return await self._transaction(body) if settlements else []
@@ -477,6 +480,15 @@ class SQLiteStorage:
 
         await self._transaction(body)
         return await self.get(task_id)
+
+    async def key_holder(self, key: str) -> str | None:
+        """The id of the unfinished task holding ``key``, or None."""
+        rows = await self._read(
+            "SELECT id FROM tasks WHERE unique_key = ? AND status IN ('PENDING', 'RUNNING') "
+            "ORDER BY created_at LIMIT 1",
+            (key,),
+        )
+        return str(rows[0][0]) if rows else None
 
     async def cancel_requests(self, task_ids: Sequence[str]) -> set[str]:
         """Those of ``task_ids`` that are RUNNING with a cancellation requested."""
@@ -930,6 +942,17 @@ def _current_tokens(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, s
         )
         tokens.update(fastjson.loads(found))
     return tokens
+
+
+def _cancelled(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
+    """Those of ``ids`` that are CANCELLED."""
+    found: set[str] = set()
+    for i in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[i : i + _IN_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        sql = f"SELECT id FROM tasks WHERE status = 'CANCELLED' AND id IN ({marks})"
+        found.update(row[0] for row in _fetchall(conn, sql, chunk))
+    return found
 
 
 def _unfinished_with_key(conn: sqlite3.Connection, key: str) -> str | None:

@@ -185,6 +185,34 @@ async def test_follow_up_task_is_inserted_with_the_settlement(store: Storage) ->
     assert (await store.get(nxt.id)) == nxt
 
 
+async def test_a_running_interval_task_cancelled_schedules_no_next_run(store: Storage) -> None:
+    """The cancel request wins over a completion that raced it, next run included: an
+    interval task stopped while it ran must not come back."""
+    await store.enqueue([make(interval=10.0, key="series")])
+    [t] = await claim(store)
+    await store.cancel(t.id, NOW)
+    nxt = t.rerun(NOW + 10, NOW)
+    done = Settlement(
+        t.id, t.lease_token or "", TaskStatus.COMPLETED, finished_at=NOW, follow_up=nxt
+    )
+    assert await store.settle([done]) == [True]
+    assert (await store.get(t.id)).status is TaskStatus.CANCELLED  # type: ignore[union-attr]
+    assert await store.get(nxt.id) is None
+    assert await store.key_holder("series") is None
+
+
+async def test_key_holder_is_the_unfinished_task_holding_the_key(store: Storage) -> None:
+    first = make(key="nightly")
+    await store.enqueue([first, make(key="other")])
+    assert await store.key_holder("nightly") == first.id
+    assert await store.key_holder("unknown") is None
+    [t, _] = await claim(store)
+    assert t.id == first.id and await store.key_holder("nightly") == first.id  # RUNNING
+    done = Settlement(t.id, t.lease_token or "", TaskStatus.COMPLETED, finished_at=NOW)
+    await store.settle([done])
+    assert await store.key_holder("nightly") is None
+
+
 async def test_extend_leases_reports_lost_ones(store: Storage) -> None:
     await store.enqueue([make(), make()])
     a, b = await claim(store)
