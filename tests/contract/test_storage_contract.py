@@ -49,6 +49,22 @@ async def test_a_task_that_has_run_round_trips_every_field_beside_new_ones(store
     assert await store.get(fresh.id) == fresh
 
 
+async def test_a_batch_mixing_set_and_unset_options_round_trips_each_task(store: Storage) -> None:
+    # Stores may write an option unset throughout a batch as a constant: the others of
+    # each task must still land on it.
+    for size in (1, 4, 5):
+        batch = [
+            make(),
+            make(timeout=1.5, key=f"one of {size}"),
+            make(interval=30.0, max_memory=2**20),
+            make(result_ttl=5.0, timeout=2.0),
+            make(status=TaskStatus.CANCELLED, finished_at=NOW),  # not pending: the full row
+        ][:size]
+        assert await store.enqueue(batch) == [t.id for t in batch]
+        for task in batch:
+            assert await store.get(task.id) == task
+
+
 async def test_a_batch_of_thousands_is_stored_whole_and_claimed_in_order(store: Storage) -> None:
     tasks = [make(eta=NOW - 1) for _ in range(1_234)]
     assert await store.enqueue(tasks) == [t.id for t in tasks]
