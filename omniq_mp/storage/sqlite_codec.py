@@ -113,6 +113,8 @@ _GET_RUN_FIELDS = operator.attrgetter(*_NEVER_RUN)
 # of a batched insert.
 _OPTIONAL = ("interval", "timeout", "key", "max_memory", "result_ttl")
 _GET_OPTIONAL = operator.attrgetter(*_OPTIONAL)
+_ALL_UNSET = (None,) * len(_OPTIONAL)
+_GET_STATUS = operator.attrgetter("status")
 
 # Settling an attempt. A task whose cancellation was requested ends CANCELLED whatever
 # its attempt produced (a late result is discarded), so a cancel can never be undone by a
@@ -288,11 +290,14 @@ def task_inserts(
     a quarter less per row than a statement per row.
     """
     rows: list[Sequence[Any]]
+    # map() over C-level getters, not generators: a single enqueue comes this way too.
     never_run = all(map(_NEVER_RUN_VALUES.__eq__, map(_GET_RUN_FIELDS, tasks)))
-    if never_run and all(t.status is TaskStatus.PENDING for t in tasks):
+    if never_run and all(map(TaskStatus.PENDING.__eq__, map(_GET_STATUS, tasks))):
         options = set(map(_GET_OPTIONAL, tasks))  # one tuple when the batch shares options
-        unset = frozenset(
-            name for i, name in enumerate(_OPTIONAL) if all(o[i] is None for o in options)
+        unset = (
+            tuple(map(operator.is_, options.pop(), _ALL_UNSET))
+            if len(options) == 1
+            else tuple(all(o[i] is None for o in options) for i in range(len(_OPTIONAL)))
         )
         head, row, get = _new_task_insert(unset)
         rows = list(map(get, tasks))
@@ -315,13 +320,17 @@ def _many_rows(head: str, row: str, count: int) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _new_task_insert(unset: frozenset[str]) -> tuple[str, str, Callable[[Task], tuple[Any, ...]]]:
+def _new_task_insert(
+    unset: tuple[bool, ...],
+) -> tuple[str, str, Callable[[Task], tuple[Any, ...]]]:
     """(INSERT head, one row's VALUES, the bound fields' getter) for PENDING tasks that
-    have never run and leave ``unset`` None: those columns and the never-run ones keep
-    their defaults (NULL, 0), and the status is written in the statement."""
+    have never run and leave the options flagged in ``unset`` (one flag per name of
+    ``_OPTIONAL``) None: those columns and the never-run ones keep their defaults (NULL,
+    0), and the status is written in the statement."""
+    left_out = {name for name, flag in zip(_OPTIONAL, unset, strict=True) if flag}
     columns, values, bound = [], [], []
     for column, name, _ in _MAPPING:
-        if name in _NEVER_RUN or name in unset:
+        if name in _NEVER_RUN or name in left_out:
             continue
         columns.append(column)
         if name == "status":
