@@ -14,12 +14,14 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from omniq_mp.config import BACKENDS, Settings
+from omniq_mp.dsn import DSN_FORM, dsn_problem
 from omniq_mp.errors import ConfigError, OmniqError
 from omniq_mp.task_builder import INT64_MAX, INT64_MIN  # IntRange bounds of options bound into SQL
 
 __all__ = [
     "INT64_MAX",
     "INT64_MIN",
+    "Dsn",
     "NonEmptyPath",
     "NonEmptyText",
     "Seconds",
@@ -114,11 +116,25 @@ class NonEmptyText(click.types.StringParamType):
         return text
 
 
+class Dsn(NonEmptyText):
+    """A PostgreSQL address that reads as one: a malformed DSN is a usage error naming
+    the option, not a connection error (or a traceback) from the driver later."""
+
+    name = "dsn"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = super().convert(value, param, ctx)
+        problem = dsn_problem(text)
+        if problem is not None:
+            self.fail(f"{problem} (expected {DSN_FORM})", param, ctx)
+        return text
+
+
 def store_options(fn: F) -> F:
     """``--backend``, ``--base-dir`` and ``--dsn``, shared by every command."""
     fn = click.option(
         "--dsn",
-        type=NonEmptyText(),
+        type=Dsn(),
         default=None,
         help="PostgreSQL queue address, postgresql://user:pass@host:5432/db [env OMNIQ_DSN].",
     )(fn)

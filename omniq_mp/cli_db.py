@@ -5,19 +5,17 @@ then ``OMNIQ_*`` variables), and ``--dsn``/``--schema`` win over both."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
-from omniq_mp.cli_common import NonEmptyText, settings_from
-from omniq_mp.errors import OmniqError
+from omniq_mp.cli_common import Dsn, NonEmptyText, handles_errors, settings_from
 from omniq_mp.pg import DEFAULT_DSN
 from omniq_mp.runtime import run
 
 __all__ = ["db"]
 
-T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -30,7 +28,7 @@ def _connection_options(fn: F) -> F:
     )(fn)
     return click.option(
         "--dsn",
-        type=NonEmptyText(),
+        type=Dsn(),
         default=None,
         help="PostgreSQL address, postgresql://user:password@host:port/database "
         f"[env OMNIQ_DSN; default {DEFAULT_DSN}].",
@@ -43,14 +41,6 @@ def _target(dsn: str | None, schema: str | None) -> tuple[str, str]:
     return settings.postgres_dsn, settings.postgres_schema
 
 
-def _run(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``work`` on a fresh loop; expected failures become one line and exit code 1."""
-    try:
-        return run(work())
-    except OmniqError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
 @click.group()
 def db() -> None:
     """PostgreSQL queue schema: apply migrations, show the version."""
@@ -58,6 +48,7 @@ def db() -> None:
 
 @db.command()
 @_connection_options
+@handles_errors
 def upgrade(dsn: str | None, schema: str | None) -> None:
     """Apply pending migrations, then print the version."""
     from omniq_mp.storage.postgres import PostgresStorage
@@ -68,7 +59,7 @@ def upgrade(dsn: str | None, schema: str | None) -> None:
         store = PostgresStorage(url, schema=name)
         return await store.upgrade(), await store.schema_version()
 
-    applied, version = _run(work)
+    applied, version = run(work())
     if applied:
         done = ", ".join(str(v) for v in applied)
         click.echo(f"schema {name}: applied migration {done}; now at version {version}")
@@ -78,6 +69,7 @@ def upgrade(dsn: str | None, schema: str | None) -> None:
 
 @db.command()
 @_connection_options
+@handles_errors
 def version(dsn: str | None, schema: str | None) -> None:
     """Print the schema's version (0: not created yet)."""
     from omniq_mp.storage.postgres import PostgresStorage
@@ -88,6 +80,6 @@ def version(dsn: str | None, schema: str | None) -> None:
     async def work() -> int:
         return await PostgresStorage(url, schema=name).schema_version()
 
-    current = _run(work)
+    current = run(work())
     note = "up to date" if current == LATEST else f"this omniq_mp knows up to {LATEST}"
     click.echo(f"schema {name}: version {current} ({note})")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sys
 from datetime import datetime
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 import click
 
@@ -125,9 +126,29 @@ def stats(as_json: bool, **options: Any) -> None:
 @click.command()
 @store_options
 @click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True)
+@click.option(
+    "--batch",
+    "-b",
+    is_flag=True,
+    help="Plain-text snapshots instead of the live view (the default when stdout is not "
+    "a terminal).",
+)
+@click.option(
+    "--iterations",
+    "-n",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Exit after this many snapshots or redraws [default: run until stopped].",
+)
 @handles_errors
-def top(interval: float, **options: Any) -> None:
-    """Live view of supervisors, worker processes, their tasks and queue depths (q quits)."""
+def top(interval: float, batch: bool, iterations: int | None, **options: Any) -> None:
+    """Live view of supervisors, worker processes, their tasks and queue depths (q quits).
+
+    When stdout is not a terminal (a file, a pipe), or with --batch, it prints a
+    plain-text snapshot every --interval seconds instead, as top -b does: no colours or
+    screen redraws, each snapshot written out at once, a blank line between them, until
+    Ctrl-C, SIGTERM or --iterations snapshots (omniq-mp top -n 1 looks once).
+    """
     from omniq_mp.top import run_top
 
     settings = store_settings(**options)
@@ -135,9 +156,16 @@ def top(interval: float, **options: Any) -> None:
     # restores the terminal: killed outright, it would leave the shell without echo.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        run_top(settings, interval)
+        run_top(settings, interval, iterations, batch=batch or not _is_terminal(sys.stdout))
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced by something without one, or closed
+        return False
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

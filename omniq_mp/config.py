@@ -18,6 +18,7 @@ from types import UnionType
 from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
 from omniq_mp.dotted_path import is_dotted_path
+from omniq_mp.dsn import DSN_FORM, dsn_problem
 from omniq_mp.errors import ConfigError
 from omniq_mp.pg import is_identifier
 from omniq_mp.signing import Signer, settings_problem
@@ -210,6 +211,7 @@ class Settings:
             if getattr(self, name) is not None:
                 check_seconds(name, getattr(self, name))
         _check_lease_and_schema(self)
+        _check_dsns(self)
         if not self.queues or not all(isinstance(q, str) and q for q in self.queues):
             raise ConfigError(f"queues must be non-empty names, got {self.queues!r}")
         _check_signing(self)
@@ -387,6 +389,16 @@ def _check_lease_and_schema(settings: Settings) -> None:
             "postgres_schema must be letters, digits and underscores (at most 63, not "
             f"starting with a digit), got {settings.postgres_schema!r}"
         )
+
+
+def _check_dsns(settings: Settings) -> None:
+    # Refused here, not at first connect, where the driver's error is a traceback or a
+    # failure to reach localhost. An empty one means the default, as it always has.
+    for name in ("dsn", "event_storage_dsn", "result_storage_dsn"):
+        value = getattr(settings, name)
+        problem = dsn_problem(value) if value else None
+        if problem is not None:
+            raise ConfigError(f"{name} is not a PostgreSQL address like {DSN_FORM}: {problem}")
 
 
 def _check_text_fields(settings: Settings) -> None:

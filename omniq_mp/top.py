@@ -2,21 +2,28 @@
 
 Redraws once a second from the store (any process can run it). ``q`` or Ctrl-C exits;
 the terminal is put in cbreak mode only while the view runs, and restored on exit.
+
+In batch mode (``top -b``: chosen when stdout is not a terminal) it prints one plain-text
+snapshot per interval instead, each flushed as it is printed, and leaves the terminal
+alone: a redrawn screen in a file or a pipe is nothing but control codes, and a pager
+reading the same terminal needs its keys.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import select
 import sys
 import termios
 import time
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 
-from rich.console import Group
+from rich.console import Console, Group
 from rich.live import Live
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -34,12 +41,12 @@ async def _snapshot(q: AsyncOmniQ) -> Snapshot:
     return await q.get_global_stats(), await q.get_all_queue_stats(), await q.get_worker_stats()
 
 
-def render(settings: Settings, snapshot: Snapshot) -> Group:
-    """The whole screen for one snapshot."""
+def render(settings: Settings, snapshot: Snapshot, *, keys: bool = True) -> Group:
+    """The whole screen for one snapshot; ``keys``: the view reads ``q`` to quit."""
     totals, queues, workers = snapshot
     title = Text(
         f"omniq-mp top — {settings.backend} store {settings.base_dir} — "
-        f"{datetime.now():%H:%M:%S} — q to quit",
+        f"{datetime.now():%H:%M:%S}{' — q to quit' if keys else ''}",
         style="bold",
     )
     return Group(title, _queue_table(queues), _worker_table(workers, totals))
@@ -103,20 +110,69 @@ def _quit_pressed(timeout: float) -> bool:
     return bool(ready) and sys.stdin.read(1).lower() == "q"
 
 
-def run_top(settings: Settings, interval: float = 1.0, iterations: int | None = None) -> None:
-    """Show the live view until ``q``, Ctrl-C, or ``iterations`` redraws."""
+def run_top(
+    settings: Settings,
+    interval: float = 1.0,
+    iterations: int | None = None,
+    *,
+    batch: bool = False,
+) -> None:
+    """Show the live view until ``q``, Ctrl-C, or ``iterations`` redraws; with ``batch``,
+    print a plain-text snapshot every ``interval`` seconds instead, until Ctrl-C or
+    ``iterations`` snapshots."""
     loop = LoopThread()
     q = AsyncOmniQ(settings)
+
+    def snapshot() -> Snapshot:
+        return loop.call(_snapshot(q))
+
     try:
-        with _keys(), Live(auto_refresh=False, screen=False) as live:
-            count = 0
-            while iterations is None or count < iterations:
-                live.update(render(settings, loop.call(_snapshot(q))), refresh=True)
-                count += 1
-                if _quit_pressed(interval):
-                    break
+        if batch:
+            _print_snapshots(settings, snapshot, interval, iterations)
+        else:
+            _live_view(settings, snapshot, interval, iterations)
     except KeyboardInterrupt:
         pass
     finally:
         loop.call(q.close())
         loop.stop()
+
+
+def _live_view(
+    settings: Settings, snapshot: Callable[[], Snapshot], interval: float, iterations: int | None
+) -> None:
+    with _keys(), Live(auto_refresh=False, screen=False) as live:
+        count = 0
+        while iterations is None or count < iterations:
+            live.update(render(settings, snapshot()), refresh=True)
+            count += 1
+            if _quit_pressed(interval):
+                break
+
+
+def _print_snapshots(
+    settings: Settings, snapshot: Callable[[], Snapshot], interval: float, iterations: int | None
+) -> None:
+    count = 0
+    while True:
+        if count:
+            sys.stdout.write("\n")
+        print_plain(render(settings, snapshot(), keys=False))
+        # A pipe's buffer would otherwise hold the snapshots back until it fills up.
+        sys.stdout.flush()
+        count += 1
+        if iterations is not None and count >= iterations:
+            return
+        time.sleep(interval)
+
+
+def print_plain(screen: Group) -> None:
+    """Print ``screen`` on stdout without colours or other control codes, as wide as its
+    widest row: a file or a pipe has no width, and a task id cut short or wrapped would be
+    lost to grep."""
+    probe = Console(file=io.StringIO(), width=10_000, color_system=None)
+    width = Measurement.get(probe, probe.options, screen).maximum
+    console = Console(
+        file=sys.stdout, width=width, color_system=None, force_terminal=False, highlight=False
+    )
+    console.print(screen)
