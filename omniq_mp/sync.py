@@ -12,7 +12,12 @@ from typing import Any
 from omniq_mp.config import Settings
 from omniq_mp.core import AsyncOmniQ, task_value
 from omniq_mp.decorator import TaskFunction
-from omniq_mp.errors import ClientClosedError, ResultTimeoutError, TaskNotFoundError
+from omniq_mp.errors import (
+    ClientClosedError,
+    ResultTimeoutError,
+    StorageError,
+    TaskNotFoundError,
+)
 from omniq_mp.eventstore import Event, EventStorage
 from omniq_mp.executor import OmniQExecutor
 from omniq_mp.futures import TaskFuture, settle_future
@@ -49,6 +54,7 @@ class OmniQ:
         )
         self.settings = self._async.settings
         self._loop = LoopThread()
+        self._closing = False  # set once close() begins; read by threads in get_result
         # Close at interpreter exit if the user did not: stops workers, closes the store.
         ref = weakref.ref(self)
 
@@ -76,13 +82,19 @@ class OmniQ:
         self.close()
 
     def close(self) -> None:
-        """Stop the embedded supervisor (if any), close the store, stop the loop thread."""
+        """Stop the embedded supervisor (if any), close the store, stop the loop thread.
+        Threads waiting in :meth:`get_result` for tasks still unfinished then raise
+        :class:`ClientClosedError`, as futures do (the tasks stay stored)."""
         if self._loop.running:
+            self._closing = True
             try:
                 self._loop.call(self._async.close())
             finally:
                 self._loop.stop()
                 self._cancel_close_at_exit()
+                # Threads waiting in place look again now, find the store closed and
+                # raise, instead of at their next look.
+                self._async.stored.bump()
 
     def enqueue(self, func: Callable[..., Any] | str, /, *args: Any, **kwargs: Any) -> str:
         """Store a call; see :meth:`AsyncOmniQ.enqueue`. Returns the task id."""
@@ -92,14 +104,31 @@ class OmniQ:
         return task_id
 
     def get_result(self, task_id: str, timeout: float | None = None) -> Any:
-        """Wait for and return the task's value; see :meth:`AsyncOmniQ.get_result`."""
-        task = None if self._loop.on_loop_thread() else self._async.wait_in_thread(task_id, timeout)
+        """Wait for and return the task's value; see :meth:`AsyncOmniQ.get_result`.
+
+        :raises ClientClosedError: this client was closed (by another thread) before the
+            task finished.
+        """
+        task = None if self._loop.on_loop_thread() else self._wait_in_place(task_id, timeout)
         if task is None:  # missing (the result store may hold it), or no waiting in place
             return self._loop.call(self._async.get_result(task_id, timeout))
         if not task.status.is_terminal:
+            if self._closing:  # woken by close(), not by the timeout
+                raise _closed_while_waiting(task_id)
             message = self._loop.call(self._async.timeout_message(task, timeout))
             raise ResultTimeoutError(message)
         return task_value(task, self._async.queue.signer)
+
+    def _wait_in_place(self, task_id: str, timeout: float | None) -> Task | None:
+        """:meth:`AsyncOmniQ.wait_in_thread`, where a close() in another thread ends the
+        wait with ClientClosedError: the store closing under the waiter makes its next
+        read fail, and that failure means "closed", not a broken store."""
+        try:
+            return self._async.wait_in_thread(task_id, timeout)
+        except StorageError:
+            if self._closing:
+                raise _closed_while_waiting(task_id) from None
+            raise
 
     def get_stored_result(self, task_id: str) -> TaskResult | None:
         """The task's record in the configured result store (None if absent or none)."""
@@ -274,3 +303,11 @@ class OmniQ:
         if func is None:
             return lambda f: TaskFunction(f, self, task_options)
         return TaskFunction(func, self, task_options)
+
+
+def _closed_while_waiting(task_id: str) -> ClientClosedError:
+    # Worded as the error futures and async waiters get from the watcher.
+    return ClientClosedError(
+        f"task {task_id} had not finished when its client closed; it stays in the store: "
+        "read its outcome with a new client"
+    )
