@@ -14,7 +14,7 @@ import click
 
 from omniq_mp.cli_common import INT64_MAX, fail, handles_errors, store_options, store_settings
 from omniq_mp.errors import ConfigError, TaskNotFoundError
-from omniq_mp.models import TaskStatus, finished_statuses
+from omniq_mp.models import Task, TaskStatus, finished_statuses
 from omniq_mp.sync import OmniQ
 from omniq_mp.units import parse_duration
 
@@ -80,18 +80,26 @@ def retry(task_ids: tuple[str, ...], every: bool, **options: Any) -> None:
     q = _open(**options)
     try:
         revived = q.retry(None if every else list(task_ids))
-        missing = [t for t in task_ids if t not in revived and q.get_task(t) is None]
+        left = {t: q.get_task(t) for t in task_ids if t not in revived}
     finally:
         q.close()
     for task_id in revived:
         click.echo(f"re-queued {task_id}")
     if every and not revived:
         click.echo("no dead tasks")  # as `dead` says; silence reads like a hang or a fault
+    missing = [t for t, task in left.items() if task is None]
     if missing:
         fail(f"no such task: {', '.join(missing)}")
-    skipped = [t for t in task_ids if t not in revived]
-    if skipped:
-        fail(f"not DEAD or FAILED, left as they are: {', '.join(skipped)}")
+    # Revivable, but another unfinished task holds the key (an interval series' next run).
+    held = [f"{t} (key {task.key!r})" for t, task in left.items() if task and _revivable(task)]
+    if held:
+        fail(f"an unfinished task holds their key, left as they are: {', '.join(held)}")
+    if left:
+        fail(f"not DEAD or FAILED, left as they are: {', '.join(left)}")
+
+
+def _revivable(task: Task) -> bool:
+    return task.status in (TaskStatus.DEAD, TaskStatus.FAILED)
 
 
 @click.command()

@@ -802,7 +802,11 @@ class AsyncOmniQ:
 
     async def retry(self, task_ids: Sequence[str] | None = None) -> list[str]:
         """Re-queue the given DEAD or FAILED tasks (every DEAD one when None) with fresh
-        budgets; returns the ids re-queued. One id may be given as a plain string."""
+        budgets; returns the ids re-queued. One id may be given as a plain string.
+
+        A task whose key another unfinished task holds is left as it is, as enqueue would
+        refuse a second holder: a failed run of an ``interval=`` series, for one, whose
+        next run holds the series' key (cancel the series first to re-run it)."""
         if isinstance(task_ids, str):  # not its characters, one by one
             task_ids = [task_ids]
         await self.open()

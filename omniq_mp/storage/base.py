@@ -8,14 +8,14 @@ attempt was claimed with: a stale holder's late write changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
 
-__all__ = ["RENEWAL_STEP", "Lease", "QueueStats", "Storage", "WorkerInfo"]
+__all__ = ["RENEWAL_STEP", "Lease", "QueueStats", "Storage", "WorkerInfo", "one_per_key"]
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,8 @@ class Storage(Protocol):
 
     async def revive(self, task_ids: Sequence[str] | None, now: float) -> list[str]:
         """Re-queue the given DEAD or FAILED tasks (every DEAD one when None) with fresh
-        attempt and crash budgets; return the ids re-queued."""
+        attempt and crash budgets; return the ids re-queued, first enqueued first. One
+        unfinished task per key still holds: see :func:`one_per_key`."""
         ...
 
     async def purge_expired(self, now: float, limit: int) -> int:
@@ -231,3 +232,20 @@ class Storage(Protocol):
     async def workers(self, alive_since: float) -> list[WorkerInfo]:
         """Supervisors whose last heartbeat is at or after ``alive_since``."""
         ...
+
+
+def one_per_key(candidates: Iterable[tuple[str, str | None]], held: Collection[str]) -> list[str]:
+    """The ids among ``candidates`` ((id, key) pairs of finished tasks, first enqueued
+    first) that revive may re-queue and still leave one unfinished task per key: those
+    without a key, and of those with one, the first whose key no unfinished task holds
+    (``held``). The runs of an interval series share a key, so a failed run is not
+    revived beside the series' next run."""
+    taken = set(held)
+    chosen: list[str] = []
+    for task_id, key in candidates:
+        if key is not None:
+            if key in taken:
+                continue
+            taken.add(key)
+        chosen.append(task_id)
+    return chosen

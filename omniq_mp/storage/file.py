@@ -51,7 +51,7 @@ from omniq_mp.errors import StorageError, StorageFullError
 from omniq_mp.file_modes import FILE_MODE, make_private_dirs
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
-from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo
+from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo, one_per_key
 from omniq_mp.storage.file_codec import (
     Corrupt,
     decode_schedule,
@@ -536,7 +536,7 @@ class _Tree:
         Members of ``keys/<key>/`` are only hints: the task named must still exist, carry
         this key and be unfinished; members that fail this (left by a crash) are tidied
         away. ``finishing`` is a task this operation settles to a terminal status: its key
-        is already free. There is normally one holder; a revived task can make two.
+        is already free.
         """
         folder = self.key_folder(key)
         best: tuple[int, str] | None = None
@@ -765,15 +765,18 @@ class _Tree:
         return tasks[:limit]
 
     def revive(self, task_ids: Sequence[str] | None, now: float) -> list[str]:
-        chosen: Iterable[_Entry]
+        found: Iterable[_Entry]
         if task_ids is None:
-            chosen = sorted(self.scan((TaskStatus.DEAD,), None), key=lambda e: e[2])
+            found = self.scan((TaskStatus.DEAD,), None)
         else:
-            # Found one by one, so an id named twice is revived once.
-            chosen = (e for tid in task_ids if (e := self.find(tid)) is not None)
+            found = (e for tid in dict.fromkeys(task_ids) if (e := self.find(tid)) is not None)
+        entries = sorted((e for e in found if e[1].status in _REVIVABLE), key=lambda e: e[2])
+        keys = {task.key for _, task, _ in entries if task.key}
+        held = {key for key in keys if self.holder(key) is not None}
+        allowed = set(one_per_key(((task.id, task.key) for _, task, _ in entries), held))
         revived = []
-        for path, task, seq in chosen:
-            if task.status not in _REVIVABLE:
+        for path, task, seq in entries:
+            if task.id not in allowed:
                 continue
             fresh = dataclasses.replace(
                 task,
@@ -785,8 +788,6 @@ class _Tree:
                 expires_at=None,
                 cancel_requested=False,
             )
-            # Holds its key again, even beside a newer holder: like MemoryStorage, revive
-            # does not check keys, and the first enqueued holder is the one enqueue finds.
             self.point_key(fresh)
             self.transition(path, fresh, seq)  # keeps seq: FIFO place as first enqueued
             revived.append(task.id)

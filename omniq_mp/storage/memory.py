@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
-from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo
+from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo, one_per_key
 
 __all__ = ["MemoryStorage"]
 
@@ -192,6 +192,10 @@ class MemoryStorage:
                 for tid in task_ids
                 if (t := self._tasks.get(tid)) is not None and t.status in revivable
             ]
+        chosen = sorted({t.id: t for t in chosen}.values(), key=lambda t: self._order[t.id])
+        held = {t.key for t in self._tasks.values() if t.key and not t.status.is_terminal}
+        allowed = set(one_per_key(((t.id, t.key) for t in chosen), held))
+        chosen = [t for t in chosen if t.id in allowed]
         for t in chosen:
             t.status, t.attempts, t.crashes, t.eta = TaskStatus.PENDING, 0, 0, now
             t.finished_at = t.expires_at = None

@@ -18,7 +18,7 @@ from omniq_mp.models import Settlement, Task, TaskStatus, first_later_eta
 from omniq_mp.pg import DEFAULT_DSN, identifier
 from omniq_mp.schedule import Schedule
 from omniq_mp.storage import postgres_migrations as migrations
-from omniq_mp.storage.base import Lease, QueueStats, WorkerInfo
+from omniq_mp.storage.base import Lease, QueueStats, WorkerInfo, one_per_key
 from omniq_mp.storage.postgres_codec import (
     insert_batches,
     record_schedule,
@@ -339,20 +339,24 @@ class PostgresStorage:
 
     async def revive(self, task_ids: Sequence[str] | None, now: float) -> list[str]:
         """Re-queue DEAD tasks (all of them when ``task_ids`` is None) or the given FAILED
-        or DEAD ones, with fresh budgets; returns the ids re-queued. A task whose key an
-        unfinished task holds meanwhile is left as it is."""
-        args: list[Any] = [now]
+        or DEAD ones, with fresh budgets; returns the ids re-queued, first enqueued first,
+        leaving one unfinished task per key (:func:`~omniq_mp.storage.base.one_per_key`)."""
+        args: list[Any] = []
         if task_ids is None:
-            sql = self._sql.revive("WHERE t.status = 'DEAD'")
+            sql = self._sql.revive_candidates("WHERE t.status = 'DEAD'")
         else:
-            where = "WHERE t.status IN ('DEAD', 'FAILED') AND t.id = ANY($2::text[])"
-            sql = self._sql.revive(where)
+            where = "WHERE t.status IN ('DEAD', 'FAILED') AND t.id = ANY($1::text[])"
+            sql = self._sql.revive_candidates(where)
             args.append(list(task_ids))
         async with self._pool.connection() as conn, conn.transaction():
-            rows = await conn.fetch(sql, *args)
-            if rows:
+            found = [(r["id"], r["unique_key"]) for r in await conn.fetch(sql, *args)]
+            keys = list({key for _, key in found if key is not None})
+            rows = await conn.fetch(self._sql.key_holders, keys) if keys else []
+            ids = one_per_key(found, {r["unique_key"] for r in rows})
+            if ids:
+                await conn.execute(self._sql.revive, now, ids)
                 await conn.execute(self._sql.notify)
-        return [r["id"] for r in rows]
+        return ids
 
     async def purge_expired(self, now: float, limit: int) -> int:
         """Delete up to ``limit`` finished tasks whose retention ended."""

@@ -258,18 +258,18 @@ class Statements:
             f"WHERE id = $1 AND {_UNFINISHED} RETURNING {self._columns}"
         )
 
-    def revive(self, where: str) -> str:
-        """Re-queue finished tasks matching ``where`` with fresh budgets, at ``$1``.
+    def revive_candidates(self, where: str) -> str:
+        """``(id, unique_key)`` of the finished tasks matching ``where`` (on ``t``), first
+        enqueued first, locked until the revive's transaction ends."""
+        return f"SELECT t.id, t.unique_key FROM {self.tasks} AS t {where} ORDER BY t.seq FOR UPDATE"
 
-        A task whose key another unfinished task now holds stays where it is: reviving it
-        would put two unfinished tasks on one key.
-        """
+    @property
+    def revive(self) -> str:
+        """Re-queue the tasks ``$2`` with fresh budgets, due at ``$1``."""
         return (
-            f"UPDATE {self.tasks} AS t SET status = 'PENDING', attempts = 0, crashes = 0, "
+            f"UPDATE {self.tasks} SET status = 'PENDING', attempts = 0, crashes = 0, "
             "eta = $1, finished_at = NULL, expires_at = NULL, cancel_requested = false "
-            f"{where} AND (t.unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM {self.tasks} o "
-            "WHERE o.unique_key = t.unique_key AND o.status IN ('PENDING', 'RUNNING'))) "
-            "RETURNING t.id"
+            "WHERE id = ANY($2::text[])"
         )
 
     def delete(self, where: str, limit_param: str) -> str:

@@ -42,7 +42,7 @@ from omniq_mp.sqlite_setup import (
     storage_error,
 )
 from omniq_mp.sqlite_thread import SQLiteThread
-from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo
+from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo, one_per_key
 from omniq_mp.storage.group_commit import LoopGroups, Outcomes, ThreadGroups
 from omniq_mp.storage.result_files import SIDE_FILE_MIN, ResultFiles
 from omniq_mp.storage.sqlite_codec import (
@@ -519,7 +519,8 @@ class SQLiteStorage:
 
     async def revive(self, task_ids: Sequence[str] | None, now: float) -> list[str]:
         """Re-queue DEAD tasks (all of them when ``task_ids`` is None) or the given FAILED
-        or DEAD ones, with fresh budgets; returns the ids re-queued."""
+        or DEAD ones, with fresh budgets; returns the ids re-queued, first enqueued first,
+        leaving one unfinished task per key (:func:`~omniq_mp.storage.base.one_per_key`)."""
         if task_ids is None:
             where, params = "WHERE status = 'DEAD'", []
         else:
@@ -529,14 +530,19 @@ class SQLiteStorage:
             params = list(task_ids)
 
         def body(conn: sqlite3.Connection) -> list[str]:
-            rows = _fetchall(
-                conn,
-                "UPDATE tasks SET status = 'PENDING', attempts = 0, crashes = 0, eta = ?, "
-                "finished_at = NULL, expires_at = NULL, cancel_requested = 0 "
-                f"{where} RETURNING id",
-                [now, *params],
-            )
-            return [r[0] for r in rows]
+            sql = f"SELECT id, unique_key FROM tasks {where} ORDER BY seq"
+            found = _fetchall(conn, sql, params)
+            keys = list({key for _, key in found if key is not None})
+            ids = one_per_key(found, _held_keys(conn, keys) if keys else set())
+            for i in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[i : i + _IN_CHUNK]
+                conn.execute(
+                    "UPDATE tasks SET status = 'PENDING', attempts = 0, crashes = 0, eta = ?, "
+                    "finished_at = NULL, expires_at = NULL, cancel_requested = 0 "
+                    f"WHERE id IN ({', '.join('?' * len(chunk))})",
+                    [now, *chunk],
+                )
+            return ids
 
         return await self._transaction(body)
 
@@ -942,6 +948,19 @@ def _current_tokens(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, s
         )
         tokens.update(fastjson.loads(found))
     return tokens
+
+
+def _held_keys(conn: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
+    """Those of ``keys`` that an unfinished task holds."""
+    found: set[str] = set()
+    for i in range(0, len(keys), _IN_CHUNK):
+        chunk = keys[i : i + _IN_CHUNK]
+        sql = (
+            "SELECT unique_key FROM tasks WHERE status IN ('PENDING', 'RUNNING') "
+            f"AND unique_key IN ({', '.join('?' * len(chunk))})"
+        )
+        found.update(row[0] for row in _fetchall(conn, sql, chunk))
+    return found
 
 
 def _cancelled(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:

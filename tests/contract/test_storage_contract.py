@@ -449,6 +449,30 @@ async def test_revive_requeues_dead_tasks_with_fresh_budgets(store: Storage) -> 
     assert await store.revive([a.id], NOW + 1) == []  # pending now: nothing to revive
 
 
+async def test_revive_keeps_one_unfinished_task_per_key(store: Storage) -> None:
+    """A task whose key an unfinished task holds stays as it is (a failed run of a live
+    interval series, whose runs share a key); of several sharing a free key, the first
+    enqueued is revived."""
+
+    async def finish(status: TaskStatus, *tasks: Task) -> None:
+        await store.enqueue(list(tasks))
+        held = await claim(store)
+        await store.settle([Settlement(t.id, t.lease_token or "", status) for t in held])
+
+    first, second, other = make(key="K"), make(key="K"), make(key="L")
+    await finish(TaskStatus.FAILED, first)
+    await finish(TaskStatus.DEAD, second, other)
+    holder = make(key="K", eta=NOW + 60)
+    await store.enqueue([holder])
+    assert await store.revive([first.id, second.id], NOW) == []
+    assert (await store.get(first.id)).status is TaskStatus.FAILED  # type: ignore[union-attr]
+    assert await store.revive(None, NOW) == [other.id]
+    await store.cancel(holder.id, NOW)  # the key is free again
+    assert await store.revive([second.id, first.id], NOW) == [first.id]
+    assert await store.key_holder("K") == first.id
+    assert (await store.get(second.id)).status is TaskStatus.DEAD  # type: ignore[union-attr]
+
+
 async def test_finished_tasks_expire_after_their_result_ttl(store: Storage) -> None:
     keep, short = make(result_ttl=None), make(result_ttl=10.0)
     await store.enqueue([keep, short])

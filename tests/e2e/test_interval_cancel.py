@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from omniq_mp import OmniQ, Settings, TaskStatus
+from omniq_mp import OmniQ, Settings, TaskFailedError, TaskStatus
 from tests.e2e.conftest import Cli
 from tests.waiting import wait_for
 
@@ -103,3 +103,27 @@ def test_cli_cancel_of_a_finished_run_stops_the_series(tmp_path: Path, omniq: Cl
     again = omniq("cancel", first)
     assert again.returncode == 0
     assert again.stdout.strip() == f"task {first} already finished (COMPLETED); nothing to do"
+
+
+def test_a_failed_run_is_not_revived_beside_the_series_next_run(tmp_path: Path, omniq: Cli) -> None:
+    def fails() -> None:
+        raise ValueError("no")
+
+    with OmniQ(Settings(base_dir=tmp_path / "store", procs=1)) as q:
+        first = q.enqueue(fails, interval=HOUR, max_retries=0)
+        with pytest.raises(TaskFailedError):
+            q.get_result(first, timeout=60)
+        assert q.stats().pending == 1  # a failed run does not end the series
+    done = omniq("retry", first)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"error: an unfinished task holds their key, left as they are: {first} (key '{first}')"
+    )
+    q = OmniQ(Settings(base_dir=tmp_path / "store"))
+    try:
+        assert q.retry(first) == []
+        assert q.cancel(first) is True  # the series stops: its key is free
+        assert q.retry(first) == [first]
+        assert q.get_task(first).status is TaskStatus.PENDING  # type: ignore[union-attr]
+    finally:
+        q.close()
