@@ -350,18 +350,18 @@ async def test_a_long_key_is_indexed_by_its_digest(store: FileStorage) -> None:
     assert folder.name.startswith("#") and len(folder.name) == 65
 
 
-async def test_a_revived_task_and_a_newer_holder_share_a_key_oldest_first(
-    store: FileStorage,
-) -> None:
+async def test_a_task_is_revived_only_once_its_key_is_free(store: FileStorage) -> None:
     old = make(key="k")
     await store.enqueue([old])
     await settle_one(store, TaskStatus.DEAD, finished_at=NOW)
     newer = make(key="k", eta=NOW + 100)
     assert await store.enqueue([newer]) == [newer.id]
+    assert await store.revive(None, NOW) == []  # one unfinished task per key
+    assert key_members(store) == [newer.id]
+    await store.cancel(newer.id, NOW)
     assert await store.revive(None, NOW) == [old.id]
-    assert await store.enqueue([make(key="k")]) == [old.id]  # as MemoryStorage: first enqueued
-    await store.cancel(old.id, NOW)
-    assert await store.enqueue([make(key="k")]) == [newer.id]
+    assert key_members(store) == [old.id]
+    assert await store.enqueue([make(key="k")]) == [old.id]
 
 
 async def test_a_follow_up_carrying_the_settled_tasks_key_is_inserted(store: FileStorage) -> None:
