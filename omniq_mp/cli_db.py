@@ -81,5 +81,14 @@ def version(dsn: str | None, schema: str | None) -> None:
         return await PostgresStorage(url, schema=name).schema_version()
 
     current = run(work())
-    note = "up to date" if current == LATEST else f"this omniq_mp knows up to {LATEST}"
+    # Say what to do: a missing schema is most often a mistyped --schema or a first start.
+    if current == 0:
+        click.echo(f"schema {name}: version 0 (not created yet: `omniq-mp db upgrade` creates it)")
+        return
+    if current < LATEST:
+        note = f"this omniq_mp needs {LATEST}: run `omniq-mp db upgrade`"
+    elif current > LATEST:
+        note = f"newer than this omniq_mp, which knows up to {LATEST}: upgrade omniq_mp"
+    else:
+        note = "up to date"
     click.echo(f"schema {name}: version {current} ({note})")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hin
 from omniq_mp.dotted_path import is_dotted_path
 from omniq_mp.dsn import DSN_FORM, dsn_problem
 from omniq_mp.errors import ConfigError
-from omniq_mp.pg import is_identifier
+from omniq_mp.pg import schema_problem
 from omniq_mp.signing import Signer, settings_problem
 from omniq_mp.units import parse_bytes
 
@@ -384,11 +384,9 @@ def _check_lease_and_schema(settings: Settings) -> None:
         raise ConfigError(
             f"lease_ttl must be at least {MIN_LEASE_TTL:g} s, got {settings.lease_ttl!r}"
         )
-    if not is_identifier(settings.postgres_schema):  # refused here, not at first connect
-        raise ConfigError(
-            "postgres_schema must be letters, digits and underscores (at most 63, not "
-            f"starting with a digit), got {settings.postgres_schema!r}"
-        )
+    problem = schema_problem(settings.postgres_schema)
+    if problem is not None:  # refused here, not at first connect
+        raise ConfigError(f"postgres_schema {problem}, got {settings.postgres_schema!r}")
 
 
 def _check_dsns(settings: Settings) -> None:

@@ -141,16 +141,20 @@ class AsyncOmniQ:
         self.event_storage = event_storage or open_event_storage(self.settings)
         self.recorder = None if self.event_storage is None else EventRecorder(self.event_storage)
         self.result_storage = result_storage or open_result_storage(self.settings)
+        # Waiters and the result copy need a task's outcome, not its payload, and read
+        # their tasks again and again: a store that can leave payloads out (an optional
+        # capability, looked up as enqueue_blocking is) spares a server sending them.
+        self._read_outcomes = getattr(self.storage, "get_outcomes", self.storage.get_many)
         self.result_writer = (
             None
             if self.result_storage is None
-            else ResultWriter(self.result_storage, self.storage.get_many)
+            else ResultWriter(self.result_storage, self._read_outcomes)
         )
         self.queue = self.settings.task_queue(self.storage)
         self._open = False
         self._workers: AsyncWorkerPool | None = None
         self._runner: asyncio.Task[int] | None = None
-        self.watcher = ResultWatcher(self.storage.get_many)
+        self.watcher = ResultWatcher(self._read_outcomes)
         self._plain_builders = ReferenceBuilders(self.builder)
         wake_dir = self.settings.wake_dir
         self._supervisors = None if wake_dir is None else Poker(wake_dir, SUPERVISORS)
@@ -643,14 +647,15 @@ class AsyncOmniQ:
         return await self.result_storage.get(task_id)
 
     async def wait_finished(self, task_id: str, timeout: float | None = None) -> Task:
-        """Wait until the task is finished, whatever the outcome; return it.
+        """Wait until the task is finished, whatever the outcome; return it (its payload
+        left out, empty, where the store can spare sending it: PostgreSQL).
 
         :raises ResultTimeoutError: not finished within ``timeout`` seconds.
         :raises TaskNotFoundError: no task has this id.
         """
         timeout = _wait_seconds(timeout)
         await self.open()
-        task = await self.queue.get_task(task_id)
+        task = await self._read_outcome(task_id)
         if task is None:
             raise TaskNotFoundError(f"no task with id {task_id!r} in {self._where()}")
         if task.status.is_terminal:
@@ -675,6 +680,13 @@ class AsyncOmniQ:
         if found is None:
             raise TaskNotFoundError(f"task {task_id} no longer exists in {self._where()}")
         return found
+
+    async def _read_outcome(self, task_id: str) -> Task | None:
+        get_outcomes = getattr(self.storage, "get_outcomes", None)
+        if get_outcomes is None:
+            return await self.queue.get_task(task_id)
+        found: list[Task] = await get_outcomes([task_id])
+        return found[0] if found else None
 
     def wait_in_thread(self, task_id: str, timeout: float | None) -> Task | None:
         """:meth:`wait_finished` in the calling thread (not the loop's), for the synchronous

@@ -9,11 +9,35 @@ from omniq_mp.dsn import endpoint, redact
 from omniq_mp.errors import StorageError
 from omniq_mp.extras import require
 
-__all__ = ["DEFAULT_DSN", "create_pool", "identifier", "is_identifier"]
+__all__ = [
+    "DEFAULT_DSN",
+    "create_pool",
+    "identifier",
+    "is_identifier",
+    "schema_name",
+    "schema_problem",
+]
 
 DEFAULT_DSN = "postgresql://postgres@localhost:5432/postgres"
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+# The keywords PostgreSQL never takes as an unquoted table or schema name (categories R
+# and T of ``pg_get_keywords()``). Names are interpolated unquoted, so one of these made
+# every statement a syntax error ("syntax error at or near "user"") instead of a refusal.
+_RESERVED = frozenset(
+    """
+    all analyse analyze and any array as asc asymmetric authorization binary both case cast
+    check collate collation column concurrently constraint create cross current_catalog
+    current_date current_role current_schema current_time current_timestamp current_user
+    default deferrable desc distinct do else end except false fetch for foreign freeze from
+    full grant group having ilike in initially inner intersect into is isnull join lateral
+    leading left like limit localtime localtimestamp natural not notnull null offset on only
+    or order outer overlaps placing primary references returning right select session_user
+    similar some symmetric table tablesample then to trailing true union unique user using
+    variadic verbose when where window with
+    """.split()
+)
 
 
 def is_identifier(name: object) -> bool:
@@ -24,11 +48,37 @@ def is_identifier(name: object) -> bool:
 
 
 def identifier(name: str, what: str = "table name") -> str:
-    """``name`` if it is a plain SQL identifier (see :func:`is_identifier`)."""
+    """``name`` if it is a plain SQL identifier (see :func:`is_identifier`) that is not a
+    reserved word."""
     if not is_identifier(name):
         raise StorageError(
             f"{what} must be letters, digits and underscores (at most 63), got {name!r}"
         )
+    if name.lower() in _RESERVED:
+        raise StorageError(f"{what} {name!r} is a reserved word in PostgreSQL; choose another name")
+    return name
+
+
+def schema_problem(name: object) -> str | None:
+    """Why ``name`` cannot hold omniq_mp's tables, or None: it must be a plain identifier
+    (see :func:`is_identifier`), not a reserved word, and not one of the server's own
+    schemas (``information_schema``, ``pg_*``), where ``db upgrade`` would otherwise
+    create the queue's tables beside the system catalog."""
+    if not isinstance(name, str) or not is_identifier(name):
+        return "must be letters, digits and underscores (at most 63, not starting with a digit)"
+    folded = name.lower()  # the server folds unquoted names to lower case
+    if folded in _RESERVED:
+        return "is a reserved word in PostgreSQL"
+    if folded == "information_schema" or folded.startswith("pg_"):
+        return "is reserved for PostgreSQL's own schemas"
+    return None
+
+
+def schema_name(name: str) -> str:
+    """``name`` if it can hold omniq_mp's tables (see :func:`schema_problem`)."""
+    problem = schema_problem(name)
+    if problem is not None:
+        raise StorageError(f"schema name {name!r} {problem}; choose another")
     return name
 
 

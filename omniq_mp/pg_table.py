@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from omniq_mp.dsn import endpoint, redact
 from omniq_mp.errors import ConfigError, StorageError
 from omniq_mp.extras import require
-from omniq_mp.pg import create_pool, identifier
+from omniq_mp.pg import create_pool, identifier, schema_name
 
 __all__ = ["PostgresTable"]
 
@@ -32,20 +32,29 @@ class PostgresTable:
     Subclasses set ``what`` (names the store in errors) and return their DDL from
     :meth:`schema`.
 
-    :raises StorageError: ``table`` is not a plain identifier.
+    ``schema`` puts the table in that schema (created if missing), as the queue of a
+    PostgreSQL backend keeps its own tables; without it the table goes where the
+    connection's ``search_path`` says. ``table`` is the qualified name statements use,
+    ``name`` the bare one (indexes are named after it, and live beside their table).
+
+    :raises StorageError: ``table`` or ``schema`` is not a plain identifier.
     :raises ConfigError: the pool sizes are impossible.
     """
 
     what = "PostgreSQL storage"
 
-    def __init__(self, dsn: str, table: str, *, min_size: int, max_size: int) -> None:
+    def __init__(
+        self, dsn: str, table: str, *, min_size: int, max_size: int, schema: str | None = None
+    ) -> None:
         if not 0 <= min_size <= max_size or max_size < 1:
             raise ConfigError(
                 f"pool sizes must satisfy 0 <= min_size <= max_size and max_size >= 1, "
                 f"got min_size={min_size}, max_size={max_size}"
             )
         self.dsn = dsn
-        self.table = identifier(table)
+        self.name = identifier(table)
+        self.db_schema = None if schema is None else schema_name(schema)
+        self.table = self.name if schema is None else f"{self.db_schema}.{self.name}"
         self.min_size = min_size
         self.max_size = max_size
         self._pool: Any = None
@@ -73,6 +82,8 @@ class PostgresTable:
                 await conn.execute(
                     "SELECT pg_advisory_xact_lock($1, $2)", _DDL_LOCK, lock_key(self.table)
                 )
+                if self.db_schema is not None:
+                    await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.db_schema}")
                 for statement in self.schema():
                     await conn.execute(statement)
         except BaseException as exc:

@@ -40,6 +40,7 @@ def open_event_storage(settings: Settings) -> EventStorage | None:
         path=settings.events_path,
         url=settings.event_storage_url,
         dsn=settings.event_storage_dsn or settings.postgres_dsn,
+        schema=settings.postgres_schema,
     )
 
 
@@ -54,13 +55,20 @@ def open_result_storage(settings: Settings) -> ResultStorage | None:
         path=settings.result_storage_path or Path(settings.base_dir) / default,
         url=settings.result_storage_url,
         dsn=settings.result_storage_dsn or settings.postgres_dsn,
+        schema=settings.postgres_schema,
     )
 
 
 def event_storage_at(
-    kind: str, *, path: str | Path | None = None, url: str | None = None, dsn: str | None = None
+    kind: str,
+    *,
+    path: str | Path | None = None,
+    url: str | None = None,
+    dsn: str | None = None,
+    schema: str | None = None,
 ) -> EventStorage:
-    """An (unopened) event store of ``kind`` with the given address, defaults elsewhere."""
+    """An (unopened) event store of ``kind`` with the given address, defaults elsewhere;
+    ``schema`` is the PostgreSQL schema of a ``postgres`` one."""
     from omniq_mp import eventstore
 
     if kind == "memory":
@@ -73,7 +81,7 @@ def event_storage_at(
         from omniq_mp.eventstore.postgres import PostgreSQLEventStorage
         from omniq_mp.pg import DEFAULT_DSN
 
-        return PostgreSQLEventStorage(dsn or DEFAULT_DSN)
+        return PostgreSQLEventStorage(dsn or DEFAULT_DSN, schema=schema)
     if kind == "redis":
         from omniq_mp.eventstore.redis import RedisEventStorage
 
@@ -89,9 +97,15 @@ def event_storage_at(
 
 
 def result_storage_at(
-    kind: str, *, path: str | Path | None = None, url: str | None = None, dsn: str | None = None
+    kind: str,
+    *,
+    path: str | Path | None = None,
+    url: str | None = None,
+    dsn: str | None = None,
+    schema: str | None = None,
 ) -> ResultStorage:
-    """An (unopened) result store of ``kind`` with the given address, defaults elsewhere."""
+    """An (unopened) result store of ``kind`` with the given address, defaults elsewhere;
+    ``schema`` is the PostgreSQL schema of a ``postgres`` one."""
     from omniq_mp import results
 
     if kind == "memory":
@@ -103,7 +117,7 @@ def result_storage_at(
     if kind in ("postgres", "postgresql"):
         from omniq_mp.pg import DEFAULT_DSN
 
-        return results.PostgreSQLResultStorage(dsn or DEFAULT_DSN)
+        return results.PostgreSQLResultStorage(dsn or DEFAULT_DSN, schema=schema)
     if kind == "redis":
         return results.RedisResultStorage(url=url or DEFAULT_REDIS_URL)
     if kind == "nats":

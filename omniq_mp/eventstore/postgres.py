@@ -36,6 +36,9 @@ class PostgreSQLEventStorage(PostgresTable):
     :param table: the table's name (letters, digits and underscores; created by ``open``).
     :param min_size: connections the pool keeps open.
     :param max_size: connections the pool opens at most.
+    :param schema: the schema holding the table (created if missing); by default the
+        first of the connection's ``search_path``. Settings name the queue's schema, so
+        queues in different schemas of one database keep their own.
     :raises StorageError: ``table`` is not a plain identifier.
     :raises ConfigError: the pool sizes are impossible.
     """
@@ -49,8 +52,9 @@ class PostgreSQLEventStorage(PostgresTable):
         *,
         min_size: int = 1,
         max_size: int = 4,
+        schema: str | None = None,
     ) -> None:
-        super().__init__(dsn, table, min_size=min_size, max_size=max_size)
+        super().__init__(dsn, table, min_size=min_size, max_size=max_size, schema=schema)
         self.skipped = 0  # malformed rows passed over by read()
         t = self.table
         # The lock sits in the FROM list, so no row (and no position) exists before it is
@@ -72,8 +76,8 @@ class PostgreSQLEventStorage(PostgresTable):
             " position bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
             " timestamp double precision NOT NULL, event_type text NOT NULL, task_id text,"
             " body jsonb NOT NULL)",
-            f"CREATE INDEX IF NOT EXISTS {t}_task ON {t} (task_id, position)",
-            f"CREATE INDEX IF NOT EXISTS {t}_time ON {t} (timestamp)",
+            f"CREATE INDEX IF NOT EXISTS {self.name}_task ON {t} (task_id, position)",
+            f"CREATE INDEX IF NOT EXISTS {self.name}_time ON {t} (timestamp)",
         )
 
     async def append(self, events: Sequence[Event]) -> None:

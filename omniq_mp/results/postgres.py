@@ -30,6 +30,9 @@ class PostgreSQLResultStorage(PostgresTable):
     :param table: the table's name (letters, digits and underscores; created by ``open``).
     :param min_size: connections the pool keeps open.
     :param max_size: connections the pool opens at most.
+    :param schema: the schema holding the table (created if missing); by default the
+        first of the connection's ``search_path``. Settings name the queue's schema, so
+        queues in different schemas of one database keep their own.
     :raises StorageError: ``table`` is not a plain identifier.
     :raises ConfigError: the pool sizes are impossible.
     """
@@ -43,8 +46,9 @@ class PostgreSQLResultStorage(PostgresTable):
         *,
         min_size: int = 1,
         max_size: int = 4,
+        schema: str | None = None,
     ) -> None:
-        super().__init__(dsn, table, min_size=min_size, max_size=max_size)
+        super().__init__(dsn, table, min_size=min_size, max_size=max_size, schema=schema)
         t = self.table
         self._upsert = (
             f"INSERT INTO {t} (task_id, status, result, error, finished_at, expires_at) "
@@ -67,7 +71,7 @@ class PostgreSQLResultStorage(PostgresTable):
             f"CREATE TABLE IF NOT EXISTS {t} ("
             " task_id text PRIMARY KEY, status text NOT NULL, result bytea, error jsonb,"
             " finished_at double precision NOT NULL, expires_at double precision)",
-            f"CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)",
+            f"CREATE INDEX IF NOT EXISTS {self.name}_expires_at ON {t} (expires_at)",
         )
 
     async def store(self, results: Sequence[TaskResult]) -> None:

@@ -216,6 +216,15 @@ class Statements:
         return f"SELECT {self._columns} FROM {self.tasks} {where}"
 
     @property
+    def outcomes(self) -> str:
+        """The tasks ``$1`` (ids) with an empty payload in place of theirs."""
+        cols = ", ".join(
+            "''::bytea AS payload" if column == "payload" else column
+            for column in columns().split(", ")
+        )
+        return f"SELECT {cols} FROM {self.tasks} WHERE id = ANY($1::text[])"
+
+    @property
     def cancel_requests(self) -> str:
         """Those of the ids ``$1`` that are RUNNING with a cancellation requested."""
         return (
