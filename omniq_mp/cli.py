@@ -46,6 +46,7 @@ from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.progress import ProgressBar
 from omniq_mp.runtime import run
 from omniq_mp.sync import OmniQ
+from omniq_mp.task_builder import MAX_RETRIES
 from omniq_mp.worker import HEARTBEAT_INTERVAL, AsyncWorkerPool
 
 __all__ = ["main"]
@@ -212,7 +213,7 @@ def _parse_value(text: str) -> Any:
 @click.option("--queue", default=None)
 @click.option("--priority", type=click.IntRange(INT64_MIN, INT64_MAX), default=0)
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option("--max-retries", type=click.IntRange(min=0, max=INT64_MAX), default=None)
+@click.option("--max-retries", type=click.IntRange(min=0, max=MAX_RETRIES), default=None)
 @click.option(
     "--delay",
     type=Seconds(limit=_MAX_DELAY),
@@ -232,6 +233,7 @@ def enqueue(
     backend: str | None,
     base_dir: Path | None,
     dsn: str | None,
+    postgres_schema: str | None,
     **options: Any,
 ) -> None:
     """Enqueue FUNC_PATH (package.module.function) with ARGS (each parsed as JSON when it
@@ -252,7 +254,9 @@ def enqueue(
     chosen = {name: value for name, value in options.items() if value is not None}
     if delay is not None:
         chosen["eta"] = timedelta(seconds=delay)
-    q = OmniQ(store_settings(backend=backend, base_dir=base_dir, dsn=dsn))
+    q = OmniQ(
+        store_settings(backend=backend, base_dir=base_dir, dsn=dsn, postgres_schema=postgres_schema)
+    )
     try:
         task_id = q.enqueue(
             func_path, args=[_parse_value(a) for a in args], kwargs=kwargs, **chosen

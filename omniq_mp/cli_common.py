@@ -13,7 +13,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from omniq_mp.config import BACKENDS, Settings
+from omniq_mp.config import BACKENDS, Settings, describe_store
 from omniq_mp.dsn import DSN_FORM, dsn_problem
 from omniq_mp.errors import ConfigError, OmniqError
 from omniq_mp.task_builder import INT64_MAX, INT64_MIN  # IntRange bounds of options bound into SQL
@@ -131,7 +131,14 @@ class Dsn(NonEmptyText):
 
 
 def store_options(fn: F) -> F:
-    """``--backend``, ``--base-dir`` and ``--dsn``, shared by every command."""
+    """``--backend``, ``--base-dir``, ``--dsn`` and ``--schema``, shared by every command."""
+    fn = click.option(
+        "--schema",
+        "postgres_schema",
+        type=NonEmptyText(),
+        default=None,
+        help="PostgreSQL schema of the queue's tables [env OMNIQ_POSTGRES_SCHEMA; default omniq].",
+    )(fn)
     fn = click.option(
         "--dsn",
         type=Dsn(),
@@ -166,7 +173,8 @@ def settings_from(**explicit: Any) -> Settings:
 
 def store_settings(*, in_process: bool = False, **options: Any) -> Settings:
     """:func:`settings_from` for a command that works on the queue store (``options``
-    holds ``--backend``, ``--base-dir`` and ``--dsn``), refusing a store it cannot mean.
+    holds ``--backend``, ``--base-dir``, ``--dsn`` and ``--schema``), refusing a store it
+    cannot mean.
 
     :param in_process: the command runs its own workers in this process (``demo``), so a
         ``memory`` store works; for every other command it would be an empty queue that
@@ -178,12 +186,13 @@ def store_settings(*, in_process: bool = False, **options: Any) -> Settings:
             "backend memory keeps tasks inside one process, so this command would see an "
             "empty queue that vanishes on exit: use sqlite, file or postgres"
         )
-    if options.get("dsn") is not None and not _uses_dsn(settings):
-        # Otherwise the DSN is ignored and the work goes to the local store instead.
-        raise click.UsageError(
-            f"--dsn is the PostgreSQL queue's address, but the backend is "
-            f"{settings.backend}: add --backend postgres (or set OMNIQ_BACKEND=postgres)"
-        )
+    for option, name in (("dsn", "--dsn"), ("postgres_schema", "--schema")):
+        if options.get(option) is not None and not _uses_dsn(settings):
+            # Otherwise it is ignored and the work goes to the local store instead.
+            raise click.UsageError(
+                f"{name} is for a PostgreSQL queue, but the backend is "
+                f"{settings.backend}: add --backend postgres (or set OMNIQ_BACKEND=postgres)"
+            )
     return settings
 
 
@@ -195,15 +204,6 @@ def _uses_dsn(settings: Settings) -> bool:
         or (settings.event_storage_type == "postgres" and not settings.event_storage_dsn)
         or (settings.result_storage_type == "postgres" and not settings.result_storage_dsn)
     )
-
-
-def describe_store(settings: Settings) -> str:
-    """Where the queue is, for humans (a DSN's password is never shown)."""
-    if settings.backend == "postgres":
-        from omniq_mp.dsn import redact
-
-        return f"postgres {redact(settings.postgres_dsn)} schema {settings.postgres_schema}"
-    return f"{settings.backend} at {settings.base_dir}"
 
 
 def fail(message: str) -> NoReturn:

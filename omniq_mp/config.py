@@ -18,7 +18,7 @@ from types import UnionType
 from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
 from omniq_mp.dotted_path import is_dotted_path
-from omniq_mp.dsn import DSN_FORM, dsn_problem
+from omniq_mp.dsn import DSN_FORM, dsn_problem, redact
 from omniq_mp.errors import ConfigError
 from omniq_mp.pg import schema_problem
 from omniq_mp.signing import Signer, settings_problem
@@ -28,7 +28,14 @@ if TYPE_CHECKING:
     from omniq_mp.queue import AsyncTaskQueue
     from omniq_mp.storage.base import Storage
 
-__all__ = ["BACKENDS", "RESULT_BACKENDS", "START_METHODS", "OmniQConfig", "Settings"]
+__all__ = [
+    "BACKENDS",
+    "RESULT_BACKENDS",
+    "START_METHODS",
+    "OmniQConfig",
+    "Settings",
+    "describe_store",
+]
 
 BACKENDS = ("sqlite", "file", "memory", "postgres")
 EVENT_BACKENDS = ("sqlite", "file", "memory", "postgres", "redis", "nats", "none")
@@ -530,3 +537,10 @@ _TEXT_FIELDS = {
     for name, hint in get_type_hints(Settings).items()
     if (checked := _text_field(hint)) is not None and not name.startswith("signing_")
 }
+
+
+def describe_store(settings: Settings) -> str:
+    """Where the queue of ``settings`` is, for humans (a DSN's password is never shown)."""
+    if settings.backend == "postgres":
+        return f"postgres {redact(settings.postgres_dsn)} schema {settings.postgres_schema}"
+    return f"{settings.backend} at {settings.base_dir}"

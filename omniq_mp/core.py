@@ -714,7 +714,7 @@ class AsyncOmniQ:
         if not live:
             text += (
                 f"; no worker is serving {self._where()}: start one with "
-                f"`omniq-mp workers --base-dir {self.settings.base_dir}`, "
+                f"`omniq-mp workers {self._store_flags()}`, "
                 "or use `with OmniQ(...)` to run tasks in this process"
             )
         elif task.status is TaskStatus.PENDING and all(task.queue not in w.queues for w in live):
@@ -724,6 +724,13 @@ class AsyncOmniQ:
                 f"{', '.join(map(repr, served))}): start one with `--queues {task.queue}`"
             )
         return text
+
+    def _store_flags(self) -> str:
+        """The ``omniq-mp`` flags naming this client's queue (a password shown as ***)."""
+        if self.settings.backend == "postgres":
+            dsn = redact(self.settings.postgres_dsn)
+            return f"--backend postgres --dsn '{dsn}' --schema {self.settings.postgres_schema}"
+        return f"--backend {self.settings.backend} --base-dir {self.settings.base_dir}"
 
     def _where(self) -> str:
         if self.settings.backend == "postgres":

@@ -28,6 +28,7 @@ from omniq_mp.units import format_bytes, parse_bytes, parse_duration
 __all__ = [
     "INT64_MAX",
     "INT64_MIN",
+    "MAX_RETRIES",
     "ReferenceBuilders",
     "TaskBuilder",
     "TaskOptions",
@@ -38,6 +39,8 @@ __all__ = [
 # Stores keep integers in 64 bits (SQLite's INTEGER, PostgreSQL's bigint): a larger one
 # would fail the enqueue with an OverflowError deep in the driver, not name the option.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# PostgreSQL keeps retry counts in 32 bits: past this an enqueue failed there alone.
+MAX_RETRIES = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -71,12 +74,15 @@ class TaskOptions:
         """The options, or :class:`ConfigError` (a ValueError) naming the bad one."""
         if not isinstance(queue, str) or not queue:
             raise ConfigError(f"queue must be a non-empty string, got {queue!r}")
+        # PostgreSQL's text cannot hold NUL: refused everywhere, so a queue works on any store.
+        if "\x00" in queue:
+            raise ConfigError(f"queue must not contain a NUL character, got {queue!r}")
         _check_int64("priority", priority, INT64_MIN)
-        _check_int64("max_retries", max_retries, 0)
+        _check_int64("max_retries", max_retries, 0, MAX_RETRIES)
         if timeout is not None:
             timeout = check_seconds("timeout", timeout)
-        if key is not None and (not isinstance(key, str) or not key.strip()):
-            raise ConfigError(f"key must be a non-empty string, got {key!r}")
+        if key is not None and (not isinstance(key, str) or not key.strip() or "\x00" in key):
+            raise ConfigError(f"key must be a non-empty string without NUL, got {key!r}")
         memory = None if max_memory is None else parse_bytes("max_memory", max_memory)
         if memory is not None:
             _check_int64("max_memory", memory, 1)
@@ -255,11 +261,16 @@ def sign_payload(task: Task, signer: Signer | None, *, recurring: bool = False) 
     return replace(task, payload=signer.seal(ANY if recurring else task.id, PAYLOAD, body))
 
 
-def _check_int64(name: str, value: object, minimum: int) -> None:
+def _check_int64(name: str, value: object, minimum: int, maximum: int = INT64_MAX) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an int, got {value!r}")
-    if not minimum <= value <= INT64_MAX:
-        bounds = "a 64-bit integer" if minimum == INT64_MIN else f"an int >= {minimum} below 2**63"
+    if not minimum <= value <= maximum:
+        if minimum == INT64_MIN:
+            bounds = "a 64-bit integer"
+        elif maximum == INT64_MAX:
+            bounds = f"an int >= {minimum} below 2**63"
+        else:
+            bounds = f"an int from {minimum} to {maximum}"
         raise ConfigError(f"{name} must be {bounds}, got {value!r}")
 
 

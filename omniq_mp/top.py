@@ -27,7 +27,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from omniq_mp.config import Settings
+from omniq_mp.config import Settings, describe_store
 from omniq_mp.core import AsyncOmniQ
 from omniq_mp.runtime import LoopThread
 from omniq_mp.stats import GlobalStatistics, QueueStatistics, WorkerStatistics
@@ -45,7 +45,7 @@ def render(settings: Settings, snapshot: Snapshot, *, keys: bool = True) -> Grou
     """The whole screen for one snapshot; ``keys``: the view reads ``q`` to quit."""
     totals, queues, workers = snapshot
     title = Text(
-        f"omniq-mp top — {settings.backend} store {settings.base_dir} — "
+        f"omniq-mp top — {describe_store(settings)} — "
         f"{datetime.now():%H:%M:%S}{' — q to quit' if keys else ''}",
         style="bold",
     )

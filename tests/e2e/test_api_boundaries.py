@@ -40,6 +40,9 @@ def test_a_path_that_names_no_function_is_refused(q: OmniQ, path: str) -> None:
     [
         ({"kwargs": {1: 2}}, "kwargs keys must be argument names"),
         ({"queue": ""}, "queue must be a non-empty string"),
+        ({"queue": "a\x00b"}, "queue must not contain a NUL character"),
+        ({"key": "a\x00b"}, "key must be a non-empty string without NUL"),
+        ({"max_retries": 2**31}, "max_retries must be an int from 0 to 2147483647"),
         ({"eta": datetime.min}, "outside the range of timestamps"),
         ({"tz": "Europe/Berlin"}, "tz= goes with cron="),
         ({"cron": "* * * * *", "eta": timedelta(hours=1)}, "eta= cannot be combined with cron="),
