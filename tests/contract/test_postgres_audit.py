@@ -8,7 +8,7 @@ import dataclasses
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -23,34 +23,12 @@ from omniq_mp.models import Settlement, Task, TaskStatus, create_task
 from omniq_mp.payload_size import LargePayloadWarning
 from omniq_mp.storage.postgres import PostgresStorage
 from omniq_mp.storage.postgres_migrations import LATEST
+from tests.contract.conftest import MakeStore
 
 pytestmark = pytest.mark.postgres
 asyncpg = pytest.importorskip("asyncpg")
 
-MakeStore = Callable[..., Awaitable[PostgresStorage]]
 PAYLOAD = 4 * 2**20
-
-
-@pytest.fixture
-def schema() -> str:
-    return f"audit_{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-async def make_store(postgres_dsn: str, schema: str) -> AsyncIterator[MakeStore]:
-    """Opens stores on this test's schema; closes them and drops the schema after."""
-    opened: list[PostgresStorage] = []
-
-    async def make() -> PostgresStorage:
-        store = PostgresStorage(postgres_dsn, schema=schema)
-        await store.open()
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        await store.close()
-    await PostgresStorage(postgres_dsn, schema=schema).drop()
 
 
 class Counted:

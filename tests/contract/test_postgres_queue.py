@@ -21,11 +21,10 @@ from omniq_mp.models import Settlement, Task, TaskStatus, create_task
 from omniq_mp.storage.postgres import PostgresStorage
 from omniq_mp.storage.postgres_migrations import LATEST
 from omniq_mp.storage.postgres_sql import Statements
+from tests.contract.conftest import MakeStore
 
 pytestmark = pytest.mark.postgres
 asyncpg = pytest.importorskip("asyncpg")
-
-MakeStore = Callable[..., Awaitable[PostgresStorage]]
 
 
 def due(**options: Any) -> Task:
@@ -46,29 +45,6 @@ async def eventually(probe: Callable[[], Awaitable[Any]], timeout: float, what: 
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
     return result
-
-
-@pytest.fixture
-def schema() -> str:
-    return f"omniq_test_{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-async def make_store(postgres_dsn: str, schema: str) -> AsyncIterator[MakeStore]:
-    """Opens stores on this test's schema; closes them and drops the schema after."""
-    opened: list[PostgresStorage] = []
-
-    async def make(**options: Any) -> PostgresStorage:
-        dsn = options.pop("dsn", postgres_dsn)
-        store = PostgresStorage(dsn, schema=options.pop("schema", schema), **options)
-        await store.open()
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        await store.close()
-    await PostgresStorage(postgres_dsn, schema=schema).drop()
 
 
 @pytest.fixture
