@@ -8,7 +8,7 @@ import dataclasses
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -24,6 +24,7 @@ from omniq_mp.payload_size import LargePayloadWarning
 from omniq_mp.storage.postgres import PostgresStorage
 from omniq_mp.storage.postgres_migrations import LATEST
 from tests.contract.conftest import MakeStore
+from tests.waiting import until
 
 pytestmark = pytest.mark.postgres
 asyncpg = pytest.importorskip("asyncpg")
@@ -260,9 +261,17 @@ async def test_queues_in_two_schemas_keep_their_own_events_and_results(
         for q, mine, theirs in zip(clients, ids, reversed(ids), strict=True):
             seen = {stored.event.task_id async for stored in q.events()} - {None}
             assert seen == {mine}
-            assert await q.get_stored_result(mine) is not None
+            # The copy to the result store is made in the background, after the outcome.
+            await until(stored(q, mine), 30, f"the result of {mine} in its result store")
             assert await q.get_stored_result(theirs) is None
     finally:
         for q, schema in zip(clients, schemas, strict=True):
             await q.close()
             await PostgresStorage(postgres_dsn, schema=schema).drop()
+
+
+def stored(q: AsyncOmniQ, task_id: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await q.get_stored_result(task_id) is not None
+
+    return check
