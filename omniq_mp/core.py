@@ -648,14 +648,14 @@ class AsyncOmniQ:
 
     async def wait_finished(self, task_id: str, timeout: float | None = None) -> Task:
         """Wait until the task is finished, whatever the outcome; return it (its payload
-        left out, empty, where the store can spare sending it: PostgreSQL).
+        left out, empty, where the store can spare reading it: SQLite, PostgreSQL).
 
         :raises ResultTimeoutError: not finished within ``timeout`` seconds.
         :raises TaskNotFoundError: no task has this id.
         """
         timeout = _wait_seconds(timeout)
         await self.open()
-        task = await self._read_outcome(task_id)
+        [task] = await self._read_outcomes([task_id]) or [None]
         if task is None:
             raise TaskNotFoundError(f"no task with id {task_id!r} in {self._where()}")
         if task.status.is_terminal:
@@ -680,13 +680,6 @@ class AsyncOmniQ:
         if found is None:
             raise TaskNotFoundError(f"task {task_id} no longer exists in {self._where()}")
         return found
-
-    async def _read_outcome(self, task_id: str) -> Task | None:
-        get_outcomes = getattr(self.storage, "get_outcomes", None)
-        if get_outcomes is None:
-            return await self.queue.get_task(task_id)
-        found: list[Task] = await get_outcomes([task_id])
-        return found[0] if found else None
 
     def wait_in_thread(self, task_id: str, timeout: float | None) -> Task | None:
         """:meth:`wait_finished` in the calling thread (not the loop's), for the synchronous

@@ -50,27 +50,30 @@ def is_identifier(name: object) -> bool:
 def identifier(name: str, what: str = "table name") -> str:
     """``name`` if it is a plain SQL identifier (see :func:`is_identifier`) that is not a
     reserved word."""
-    if not is_identifier(name):
-        raise StorageError(
-            f"{what} must be letters, digits and underscores (at most 63), got {name!r}"
-        )
-    if name.lower() in _RESERVED:
-        raise StorageError(f"{what} {name!r} is a reserved word in PostgreSQL; choose another name")
+    problem = _identifier_problem(name)
+    if problem is not None:
+        raise StorageError(f"{what} {name!r} {problem}; choose another")
     return name
 
 
 def schema_problem(name: object) -> str | None:
-    """Why ``name`` cannot hold omniq_mp's tables, or None: it must be a plain identifier
-    (see :func:`is_identifier`), not a reserved word, and not one of the server's own
-    schemas (``information_schema``, ``pg_*``), where ``db upgrade`` would otherwise
-    create the queue's tables beside the system catalog."""
+    """Why ``name`` cannot hold omniq_mp's tables, or None: it must be an
+    :func:`identifier`, and not one of the server's own schemas (``information_schema``,
+    ``pg_*``), where ``db upgrade`` would otherwise create the queue's tables beside the
+    system catalog."""
+    problem = _identifier_problem(name)
+    if problem is None and isinstance(name, str):
+        folded = name.lower()  # the server folds unquoted names to lower case
+        if folded == "information_schema" or folded.startswith("pg_"):
+            return "is reserved for PostgreSQL's own schemas"
+    return problem
+
+
+def _identifier_problem(name: object) -> str | None:
     if not isinstance(name, str) or not is_identifier(name):
         return "must be letters, digits and underscores (at most 63, not starting with a digit)"
-    folded = name.lower()  # the server folds unquoted names to lower case
-    if folded in _RESERVED:
+    if name.lower() in _RESERVED:  # the server folds unquoted names to lower case
         return "is a reserved word in PostgreSQL"
-    if folded == "information_schema" or folded.startswith("pg_"):
-        return "is reserved for PostgreSQL's own schemas"
     return None
 
 

@@ -465,11 +465,9 @@ class SQLiteStorage:
         return await self._many(task_ids, _SELECT_OUTCOMES)
 
     async def _many(self, task_ids: Sequence[str], select: str) -> list[Task]:
-        ids = list(task_ids)
         found: list[Task] = []
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start : start + _IN_CHUNK]
-            where = f"WHERE id IN ({','.join('?' * len(chunk))})"
+        for chunk, marks in _in_lists(list(task_ids)):
+            where = f"WHERE id IN ({marks})"
             found += await self._tasks(where, chunk, damaged=_QUARANTINE, select=select)
         return found
 
@@ -492,21 +490,16 @@ class SQLiteStorage:
 
     async def key_holder(self, key: str) -> str | None:
         """The id of the unfinished task holding ``key``, or None."""
-        rows = await self._read(
-            "SELECT id FROM tasks WHERE unique_key = ? AND status IN ('PENDING', 'RUNNING') "
-            "ORDER BY created_at LIMIT 1",
-            (key,),
-        )
+        rows = await self._read(_KEY_HOLDER, (key,))
         return str(rows[0][0]) if rows else None
 
     async def cancel_requests(self, task_ids: Sequence[str]) -> set[str]:
         """Those of ``task_ids`` that are RUNNING with a cancellation requested."""
         found: set[str] = set()
-        for i in range(0, len(task_ids), _IN_CHUNK):
-            chunk = list(task_ids[i : i + _IN_CHUNK])
+        for chunk, marks in _in_lists(list(task_ids)):
             rows = await self._read(
                 "SELECT id FROM tasks WHERE cancel_requested = 1 AND status = 'RUNNING' "
-                f"AND id IN ({', '.join('?' * len(chunk))})",
+                f"AND id IN ({marks})",
                 chunk,
             )
             found.update(r[0] for r in rows)
@@ -543,12 +536,11 @@ class SQLiteStorage:
             found = _fetchall(conn, sql, params)
             keys = list({key for _, key in found if key is not None})
             ids = one_per_key(found, _held_keys(conn, keys) if keys else set())
-            for i in range(0, len(ids), _IN_CHUNK):
-                chunk = ids[i : i + _IN_CHUNK]
+            for chunk, marks in _in_lists(ids):
                 conn.execute(
                     "UPDATE tasks SET status = 'PENDING', attempts = 0, crashes = 0, eta = ?, "
                     "finished_at = NULL, expires_at = NULL, cancel_requested = 0 "
-                    f"WHERE id IN ({', '.join('?' * len(chunk))})",
+                    f"WHERE id IN ({marks})",
                     [now, *chunk],
                 )
             return ids
@@ -822,6 +814,8 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
 
 
 _IN_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
+# The unfinished task holding a key (the partial unique index allows one).
+_KEY_HOLDER = "SELECT id FROM tasks WHERE unique_key = ? AND status IN ('PENDING', 'RUNNING')"
 # Task rows as row_task decodes them, seq last (it names a damaged row to quarantine).
 _SELECT_TASKS = f"SELECT {COLUMNS}, seq FROM tasks"
 # The same with an empty payload in place of each task's: what waiters read, at every
@@ -947,18 +941,25 @@ def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) ->
     return conn.execute(sql, params).fetchall()
 
 
+def _in_lists(values: Sequence[T]) -> Iterator[tuple[Sequence[T], str]]:
+    """``values`` in slices of at most ``_IN_CHUNK``, each with the ``?, ?, ...`` of its
+    ``IN (...)`` list."""
+    for start in range(0, len(values), _IN_CHUNK):
+        chunk = values[start : start + _IN_CHUNK]
+        yield chunk, ", ".join("?" * len(chunk))
+
+
 def _current_tokens(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
     """Lease tokens of those ``ids`` that are RUNNING (read inside the write transaction,
     so nothing can change them before our writes)."""
     # One JSON object per chunk, not a row per task: each row fetched is a step, around
     # which sqlite3 lets go of the GIL (see settlement_updates).
     tokens: dict[str, str] = {}
-    for i in range(0, len(ids), _IN_CHUNK):
-        chunk = ids[i : i + _IN_CHUNK]
+    for chunk, marks in _in_lists(ids):
         [(found,)] = _fetchall(
             conn,
             "SELECT json_group_object(id, lease_token) FROM tasks WHERE status = 'RUNNING' "
-            f"AND id IN ({', '.join('?' * len(chunk))})",
+            f"AND id IN ({marks})",
             chunk,
         )
         tokens.update(fastjson.loads(found))
@@ -968,11 +969,10 @@ def _current_tokens(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, s
 def _held_keys(conn: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
     """Those of ``keys`` that an unfinished task holds."""
     found: set[str] = set()
-    for i in range(0, len(keys), _IN_CHUNK):
-        chunk = keys[i : i + _IN_CHUNK]
+    for chunk, marks in _in_lists(keys):
         sql = (
             "SELECT unique_key FROM tasks WHERE status IN ('PENDING', 'RUNNING') "
-            f"AND unique_key IN ({', '.join('?' * len(chunk))})"
+            f"AND unique_key IN ({marks})"
         )
         found.update(row[0] for row in _fetchall(conn, sql, chunk))
     return found
@@ -981,20 +981,12 @@ def _held_keys(conn: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
 def _cancelled(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
     """Those of ``ids`` that are CANCELLED."""
     found: set[str] = set()
-    for i in range(0, len(ids), _IN_CHUNK):
-        chunk = ids[i : i + _IN_CHUNK]
-        marks = ", ".join("?" * len(chunk))
+    for chunk, marks in _in_lists(ids):
         sql = f"SELECT id FROM tasks WHERE status = 'CANCELLED' AND id IN ({marks})"
         found.update(row[0] for row in _fetchall(conn, sql, chunk))
     return found
 
 
 def _unfinished_with_key(conn: sqlite3.Connection, key: str) -> str | None:
-    rows = list(
-        _fetchall(
-            conn,
-            "SELECT id FROM tasks WHERE unique_key = ? AND status IN ('PENDING', 'RUNNING')",
-            (key,),
-        )
-    )
+    rows = _fetchall(conn, _KEY_HOLDER, (key,))
     return str(rows[0][0]) if rows else None
