@@ -74,7 +74,9 @@ def dead(limit: int, **options: Any) -> None:
 @click.option("--all", "every", is_flag=True, help="Re-queue every DEAD task.")
 @handles_errors
 def retry(task_ids: tuple[str, ...], every: bool, **options: Any) -> None:
-    """Re-queue DEAD (or FAILED) TASK_IDS, or --all DEAD tasks, with fresh budgets."""
+    """Re-queue DEAD (or FAILED) TASK_IDS, or --all DEAD tasks, with fresh budgets. A
+    task whose key an unfinished task holds (a failed run of a live interval series) is
+    left as it is."""
     if every == bool(task_ids):
         raise click.UsageError("give task ids or --all (not both)")
     q = _open(**options)
