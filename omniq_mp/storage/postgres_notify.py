@@ -36,6 +36,7 @@ class WorkListener:
         self._event = asyncio.Event()
         self._connecting = asyncio.Lock()  # concurrent waiters must not open two connections
         self._due: float | None = None  # see take_due
+        self._closes = 0  # close() calls so far: a connection made across one is dropped
 
     async def wait(self, timeout: float) -> bool:
         """True when notified (or when work may have arrived unheard); False after
@@ -61,7 +62,9 @@ class WorkListener:
         return True
 
     async def close(self) -> None:
-        """Stop listening and close the connection (idempotent)."""
+        """Stop listening and close the connection (idempotent); a connection still being
+        made is closed as soon as it is made."""
+        self._closes += 1
         conn, self._conn = self._conn, None
         if conn is None or conn.is_closed():
             return
@@ -76,17 +79,22 @@ class WorkListener:
     async def _connect(self, remaining: float) -> bool:
         asyncpg = require("asyncpg", "postgres", "PostgreSQL queue storage")
         await self.close()
+        closes = self._closes
         conn = None
         try:
             conn = await asyncpg.connect(self._dsn, timeout=max(remaining, _MIN_CONNECT_TIMEOUT))
             await conn.add_listener(self._channel, self._notified)
+            if closes == self._closes:  # else the store was closed while this connected
+                self._conn, conn = conn, None
+                self._had_connection = True
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            pass
+        finally:
+            # Failed, cancelled (a supervisor stopping mid-connect) or no longer wanted:
+            # a connection left to the garbage collector stays open on the server until then.
             if conn is not None:
                 conn.terminate()
-            return False
-        self._conn = conn
-        self._had_connection = True
-        return True
+        return self._conn is not None
 
     def take_due(self) -> float | None:
         """The earliest due time the notifications since the last call carried (enqueues
