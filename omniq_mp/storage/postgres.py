@@ -357,15 +357,23 @@ class PostgresStorage:
             where = "WHERE t.status IN ('DEAD', 'FAILED') AND t.id = ANY($1::text[])"
             sql = self._sql.revive_candidates(where)
             args.append(list(task_ids))
-        async with self._pool.connection() as conn, conn.transaction():
-            found = [(r["id"], r["unique_key"]) for r in await conn.fetch(sql, *args)]
-            keys = list({key for _, key in found if key is not None})
-            rows = await conn.fetch(self._sql.key_holders, keys) if keys else []
-            ids = one_per_key(found, {r["unique_key"] for r in rows})
-            if ids:
-                await conn.execute(self._sql.revive, now, ids)
-                await conn.execute(self._sql.notify)
-        return ids
+        async with self._pool.connection() as conn:
+            for _ in range(_KEY_ROUNDS):
+                try:
+                    async with conn.transaction():
+                        found = [(r["id"], r["unique_key"]) for r in await conn.fetch(sql, *args)]
+                        keys = list({key for _, key in found if key is not None})
+                        rows = await conn.fetch(self._sql.key_holders, keys) if keys else []
+                        ids = one_per_key(found, {r["unique_key"] for r in rows})
+                        if ids:
+                            await conn.execute(self._sql.revive, now, ids)
+                            await conn.execute(self._sql.notify)
+                    return ids
+                except self._pool.unique_violation:
+                    # A task enqueued under one of the keys committed after key_holders
+                    # read them: read again, and leave that key's revived task where it is.
+                    continue
+        raise StorageError(f"{_WHAT}: unique keys kept changing hands; revive again")
 
     async def purge_expired(self, now: float, limit: int) -> int:
         """Delete up to ``limit`` finished tasks whose retention ended."""

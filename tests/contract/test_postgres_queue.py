@@ -265,6 +265,43 @@ async def test_closing_the_store_while_its_listener_connects_closes_that_connect
     await eventually(all_gone, 10, "every connection of the closed store to close")
 
 
+# -- revive --------------------------------------------------------------------------------
+
+
+async def test_a_revive_racing_an_enqueue_of_its_key_leaves_the_new_task_holding_it(
+    make_store: MakeStore, postgres_dsn: str, schema: str, admin: Any
+) -> None:
+    # The revive reads which keys are held, then re-queues; a task taking the key in
+    # between used to fail the revive with a raw unique violation.
+    app = f"omniq_test_{uuid.uuid4().hex[:8]}"
+    store = await make_store(dsn=with_app_name(postgres_dsn, app))
+    dead, newcomer = due(key="nightly"), due()
+    await store.enqueue([dead])
+    [t] = await store.claim(["default"], 1, time.time(), time.time() + 30, "w")
+    await store.settle([Settlement(t.id, t.lease_token or "", TaskStatus.DEAD)])
+    await store.enqueue([newcomer])
+    async with admin.transaction():
+        # Uncommitted: the revive's read of key holders cannot see it, its UPDATE waits on it.
+        await admin.execute(
+            f"UPDATE {schema}.tasks SET unique_key = 'nightly' WHERE id = $1", newcomer.id
+        )
+        reviving = asyncio.ensure_future(store.revive(None, time.time()))
+
+        async def revive_waits_on_the_key() -> bool:
+            return bool(
+                await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                    app,
+                )
+            )
+
+        await eventually(revive_waits_on_the_key, 10, "the revive to wait on the key")
+    assert await asyncio.wait_for(reviving, timeout=10) == []
+    assert (await store.get(dead.id)).status is TaskStatus.DEAD  # type: ignore[union-attr]
+    assert await store.key_holder("nightly") == newcomer.id
+
+
 # -- leases --------------------------------------------------------------------------------
 
 
