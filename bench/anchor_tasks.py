@@ -3,6 +3,7 @@ every kind, so they live in a module; Huey's wrappers are in huey_tasks.py)."""
 
 from __future__ import annotations
 
+import os
 import time
 
 
@@ -22,4 +23,13 @@ def burn(seconds: float) -> int:
 def sleep(seconds: float) -> int:
     """Sleep (for timeout measurements)."""
     time.sleep(seconds)
+    return 1
+
+
+def hold(release: str, limit: float) -> int:
+    """Keep a worker busy until the file ``release`` exists (or ``limit`` seconds pass):
+    a backlog stays queued behind it, and the pool can then shut down cleanly."""
+    end = time.monotonic() + limit
+    while not os.path.exists(release) and time.monotonic() < end:
+        time.sleep(0.01)
     return 1

@@ -498,26 +498,26 @@ def pebble_timeout(samples: int) -> list[float]:
 def pool_memory(
     make: Callable[[], concurrent.futures.Executor], backlog: int
 ) -> tuple[float, float, float]:
-    from anchor_tasks import noop, sleep
+    from anchor_tasks import hold, noop
 
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}  # e.g. omniq_mp's forkserver
-    pool = make()
-    pool.submit(noop).result()
-    time.sleep(1.0)
-    workers = [p for p in me.children(recursive=True) if p.pid not in before]
-    uss = max(w.memory_full_info().uss for w in workers) / 2**20 if workers else 0.0
-    idle = me.memory_info().rss / 2**20
-    futures = [pool.submit(sleep, 30) for _ in range(backlog)]
-    time.sleep(1.0)
-    busy = me.memory_info().rss / 2**20
-    for future in futures:
-        future.cancel()
-    for worker in workers:  # the two running 30 s sleeps: do not wait for them
-        with contextlib.suppress(psutil.NoSuchProcess):
-            worker.kill()
-    with contextlib.suppress(Exception):  # a pool whose workers were killed may complain
-        pool.shutdown(wait=True)
+    with scratch_dir() as scratch, make() as pool:
+        release = scratch / "release"
+        pool.submit(noop).result()
+        time.sleep(1.0)
+        workers = [p for p in me.children(recursive=True) if p.pid not in before]
+        uss = max(w.memory_full_info().uss for w in workers) / 2**20 if workers else 0.0
+        idle = me.memory_info().rss / 2**20
+        futures = [pool.submit(hold, str(release), 60) for _ in range(backlog)]
+        time.sleep(1.0)
+        busy = me.memory_info().rss / 2**20
+        # Cancel the backlog and let the few tasks already handed to workers return, so
+        # the pool shuts down cleanly (killing its workers made the stdlib pool's manager
+        # thread print an InvalidStateError for the cancelled futures).
+        for future in futures:
+            future.cancel()
+        release.touch()
     return idle, uss, busy
 
 
