@@ -10,6 +10,7 @@ import multiprocessing
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -202,67 +203,67 @@ async def test_wait_for_work_on_an_unreachable_server_returns_after_its_timeout(
     await store.close()
 
 
-class HeldListen:
-    """Patches asyncpg's ``add_listener`` so that a listener's connection, once made,
-    waits before its LISTEN until :attr:`release` is set: the moment a supervisor
-    stopping or closing its store can hit."""
+@dataclass
+class CaughtConnecting:
+    """A store whose listener has made its connection but not yet sent LISTEN: the
+    moment a supervisor stopping, or closing its store, can hit."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.reached = asyncio.Event()
-        self.release = asyncio.Event()
-        listen = asyncpg.Connection.add_listener
+    store: PostgresStorage
+    waiting: asyncio.Future[bool]  # the store's wait_for_work, held there
+    release: asyncio.Event  # set: the LISTEN goes ahead
+    app: str
+    admin: Any
 
-        async def held(conn: Any, channel: str, callback: Any) -> None:
-            self.reached.set()
-            await self.release.wait()
-            await listen(conn, channel, callback)
+    async def connections(self) -> int:
+        """The store's connections open on the server."""
+        query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+        return int(await self.admin.fetchval(query, self.app))
 
-        monkeypatch.setattr(asyncpg.Connection, "add_listener", held)
+    async def until_connections(self, expected: int, what: str) -> None:
+        async def reached() -> bool:
+            return await self.connections() == expected
+
+        await eventually(reached, 10, what)
 
 
-async def _connections_of(admin: Any, app: str) -> int:
-    return int(
-        await admin.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app
-        )
-    )
+async def catch_connecting(
+    make_store: MakeStore, dsn: str, admin: Any, monkeypatch: pytest.MonkeyPatch, wait: float
+) -> CaughtConnecting:
+    app = f"omniq_test_{uuid.uuid4().hex[:8]}"
+    store = await make_store(dsn=with_app_name(dsn, app))
+    reached, release = asyncio.Event(), asyncio.Event()
+    listen = asyncpg.Connection.add_listener
+
+    async def held(conn: Any, channel: str, callback: Any) -> None:
+        reached.set()
+        await release.wait()
+        await listen(conn, channel, callback)
+
+    monkeypatch.setattr(asyncpg.Connection, "add_listener", held)
+    waiting = asyncio.ensure_future(store.wait_for_work(wait))
+    await asyncio.wait_for(reached.wait(), timeout=10)
+    return CaughtConnecting(store, waiting, release, app, admin)
 
 
 async def test_a_wait_cancelled_while_connecting_leaves_no_connection_open(
     make_store: MakeStore, postgres_dsn: str, admin: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = f"omniq_test_{uuid.uuid4().hex[:8]}"
-    store = await make_store(dsn=with_app_name(postgres_dsn, app))
-    held = HeldListen(monkeypatch)
-    waiting = asyncio.ensure_future(store.wait_for_work(10))
-    await asyncio.wait_for(held.reached.wait(), timeout=10)
-    assert await _connections_of(admin, app) == 2  # the pool's and the listener's
-    waiting.cancel()
+    caught = await catch_connecting(make_store, postgres_dsn, admin, monkeypatch, wait=10)
+    assert await caught.connections() == 2  # the pool's and the listener's
+    caught.waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await waiting
-
-    async def listener_gone() -> bool:
-        return await _connections_of(admin, app) == 1
-
-    await eventually(listener_gone, 10, "the half-made listener connection to close")
+        await caught.waiting
+    await caught.until_connections(1, "the half-made listener connection to close")
 
 
 async def test_closing_the_store_while_its_listener_connects_closes_that_connection(
     make_store: MakeStore, postgres_dsn: str, admin: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = f"omniq_test_{uuid.uuid4().hex[:8]}"
-    store = await make_store(dsn=with_app_name(postgres_dsn, app))
-    held = HeldListen(monkeypatch)
-    waiting = asyncio.ensure_future(store.wait_for_work(0.5))
-    await asyncio.wait_for(held.reached.wait(), timeout=10)
-    await store.close()
-    held.release.set()
-    assert await asyncio.wait_for(waiting, timeout=10) is False
-
-    async def all_gone() -> bool:
-        return await _connections_of(admin, app) == 0
-
-    await eventually(all_gone, 10, "every connection of the closed store to close")
+    caught = await catch_connecting(make_store, postgres_dsn, admin, monkeypatch, wait=0.5)
+    await caught.store.close()
+    caught.release.set()
+    assert await asyncio.wait_for(caught.waiting, timeout=10) is False
+    await caught.until_connections(0, "every connection of the closed store to close")
 
 
 # -- revive --------------------------------------------------------------------------------
