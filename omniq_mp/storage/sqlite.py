@@ -44,11 +44,18 @@ from omniq_mp.sqlite_setup import (
 from omniq_mp.sqlite_thread import SQLiteThread
 from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo, one_per_key
 from omniq_mp.storage.group_commit import LoopGroups, Outcomes, ThreadGroups
-from omniq_mp.storage.result_files import SIDE_FILE_MIN, ResultFiles
+from omniq_mp.storage.side_files import (
+    SIDE_FILE_MIN,
+    FiledTasks,
+    SideFiles,
+    file_payloads,
+    has_large_payload,
+)
 from omniq_mp.storage.sqlite_codec import (
     COLUMNS,
     INSERT,
     INSERT_SCHEDULE,
+    PAYLOAD,
     RESULT,
     SCHEDULE_COLUMNS,
     claim_statement,
@@ -90,7 +97,7 @@ class SQLiteStorage:
         self._callers = threading.local()
         self._caller_conns: list[sqlite3.Connection] = []
         self._reported: set[tuple[str, Any]] = set()  # damaged rows already logged
-        self._files = ResultFiles.beside(self.path)  # results too large for a row
+        self._files = SideFiles.beside(self.path)  # payloads and results too large for a row
         # Enqueue calls that arrive during a commit share the next one (group_commit.py).
         self._loop_groups = LoopGroups(self._commit_group)
         self._thread_groups: tuple[int, ThreadGroups] | None = None  # (pid, groups)
@@ -145,17 +152,20 @@ class SQLiteStorage:
             await self.close()
             raise
         if self._files.exists():
-            await self._sweep_result_files()
+            await self._sweep_side_files()
 
-    async def _sweep_result_files(self) -> None:
-        # Files a crash left between writing a result file and committing its row. Only
-        # old ones: a younger one may be another supervisor's, about to be committed.
-        rows = await self._read("SELECT result FROM tasks WHERE typeof(result) = 'text'")
+    async def _sweep_side_files(self) -> None:
+        # Files a crash (or an interrupted enqueue) left between writing a side file and
+        # committing its row. Only old ones: a younger one may be another process's,
+        # about to be committed.
+        rows = await self._read(
+            f"SELECT result FROM tasks WHERE typeof(result) = 'text' UNION ALL {_FILED_PAYLOADS}"
+        )
         referenced = {str(r[0]) for r in rows}
         removed = await asyncio.to_thread(self._files.sweep, referenced, _SIDE_FILE_GRACE)
         if removed:
-            logger.bind(action="result_files_swept").info(
-                "{}: removed {} result file(s) no task refers to", self.path, removed
+            logger.bind(action="side_files_swept").info(
+                "{}: removed {} side file(s) no task refers to", self.path, removed
             )
 
     async def close(self) -> None:
@@ -228,9 +238,22 @@ class SQLiteStorage:
         Calls made while another call's commit is under way are committed together once
         it ends, in the order they were made (group commit): a hundred coroutines
         enqueueing at once pay for a few fsyncs, not a hundred. Each call's tasks stay all
-        or nothing.
+        or nothing. Payloads of ``SIDE_FILE_MIN`` bytes or more are first written to side
+        files (side_files.py), which the rows name.
         """
-        return await self._loop_groups.enqueue(tasks)
+        if not has_large_payload(tasks):
+            return await self._loop_groups.enqueue(tasks)
+        filed = await asyncio.to_thread(file_payloads, self._files, tasks)
+        try:
+            ids = await self._loop_groups.enqueue(filed)
+        except Exception:  # nothing of this call is stored, unless it was interrupted late
+            with contextlib.suppress(StorageError):  # closed meanwhile: the sweep's job
+                await self._open_thread().run(self._remove_unreferenced, filed)
+            raise
+        # Cancelled or interrupted, its commit may still come: files it leaves unused go
+        # in the sweep at the next open.
+        await asyncio.to_thread(self._discard, filed.unused(ids))
+        return ids
 
     async def _commit_group(self, batches: list[Sequence[Task]]) -> Outcomes:
         try:
@@ -249,7 +272,43 @@ class SQLiteStorage:
         groups = self._thread_groups
         if groups is None or groups[0] != os.getpid():  # a forked child starts afresh
             groups = self._thread_groups = (os.getpid(), ThreadGroups(self._commit_blocking))
-        return groups[1].enqueue(tasks)
+        if not has_large_payload(tasks):
+            return groups[1].enqueue(tasks)
+        filed = file_payloads(self._files, tasks)
+        try:
+            ids = groups[1].enqueue(filed)
+        except Exception:  # as in enqueue
+            with contextlib.suppress(StorageError):
+                self._remove_unreferenced(self._caller_connection(), filed)
+            raise
+        self._discard(filed.unused(ids))
+        return ids
+
+    def _remove_unreferenced(self, conn: sqlite3.Connection, filed: FiledTasks) -> None:
+        """Remove the side files of ``filed`` that no row names, after an enqueue that
+        failed: a failure reported after its commit landed must not leave rows naming
+        missing files. If even this read fails, the files wait for the next sweep."""
+        named: set[str] = set()
+        try:
+            for chunk, marks in _in_lists([filed[i].id for i in filed.names]):
+                sql = f"{_FILED_PAYLOADS} AND id IN ({marks})"
+                named.update(str(r[0]) for r in _fetchall(conn, sql, chunk))
+        except sqlite3.Error as exc:
+            logger.bind(action="side_files_left").warning(
+                "{}: payload files of a failed enqueue left for the next sweep: {}", self.path, exc
+            )
+            return
+        self._discard(set(filed.names.values()) - named)
+
+    def _discard(self, names: Iterable[str]) -> None:
+        # Called once the caller's answer is settled: a file that cannot be removed is
+        # left for the next sweep, never turned into an error of a call that succeeded.
+        try:
+            self._files.remove(names)
+        except OSError as exc:
+            logger.bind(action="side_files_left").warning(
+                "{}: unused side files left for the next sweep: {}", self.path, exc
+            )
 
     def _commit_blocking(self, batches: list[Sequence[Task]]) -> Outcomes:
         conn = self._caller_connection()
@@ -271,7 +330,7 @@ class SQLiteStorage:
         without two trips through the store's thread and the event loop for every look."""
         conn = self._caller_connection()
         try:
-            rows = self._rows_with_results(conn, f"{_SELECT_OUTCOMES} WHERE id = ?", (task_id,))
+            rows = self._rows_with_side_files(conn, f"{_SELECT_OUTCOMES} WHERE id = ?", (task_id,))
         except sqlite3.Error as exc:
             raise storage_error(self.path, exc) from exc
         return row_task(rows[0]) if rows else None
@@ -307,7 +366,7 @@ class SQLiteStorage:
         params = (token, lease_until, worker_id, now, *per_queue, limit)
 
         def body(conn: sqlite3.Connection) -> list[tuple[Task, int]]:
-            rows = list(_fetchall(conn, sql, params))
+            rows = self._rows_with_side_files(conn, sql, params)
             # Decoded inside the transaction: a row that cannot be read is set aside in the
             # same commit that claimed it, so it neither strands the rest of the batch nor
             # is claimed again.
@@ -335,9 +394,9 @@ class SQLiteStorage:
         """Apply outcomes in one transaction; each is fenced by its lease token.
 
         The fence is checked with one SELECT and the writes go out as ``executemany``
-        batches, all in one call into the connection's thread. Results of
-        ``SIDE_FILE_MIN`` bytes or more are first written to files of their own
-        (result_files.py) and the rows refer to them.
+        batches, all in one call into the connection's thread. Results, and payloads of
+        interval tasks' next runs, of ``SIDE_FILE_MIN`` bytes or more are first written to
+        files of their own (side_files.py) and the rows refer to them.
         """
         files = await self._to_side_files(settlements)
         try:
@@ -352,30 +411,34 @@ class SQLiteStorage:
     async def _remove_unused(
         self, settlements: Sequence[Settlement], files: Mapping[int, str]
     ) -> None:
-        # Fenced attempts, and results a cancel discarded, leave their files unused. The
-        # outcomes are committed: a failure here only leaves files for the next sweep.
+        # Fenced attempts, results a cancel discarded and next runs not stored (a cancel,
+        # a held key) leave their files unused. The outcomes are committed: a failure
+        # here only leaves files for the next sweep.
         ids = list({s.task_id for s in settlements if id(s) in files})
+        ids += [s.follow_up.id for s in settlements if s.follow_up and id(s.follow_up) in files]
         try:
-            rows = await self._read(
-                "SELECT result FROM tasks WHERE typeof(result) = 'text' "
-                f"AND id IN ({', '.join('?' * len(ids))})",
-                ids,
-            )
-            unused = set(files.values()) - {str(r[0]) for r in rows}
-            await asyncio.to_thread(self._files.remove, unused)
+            referenced: set[str] = set()
+            for chunk, marks in _in_lists(ids):
+                sql = f"SELECT {_SIDE_FILE_NAMES} FROM tasks WHERE id IN ({marks})"
+                rows = await self._read(sql, chunk)
+                referenced.update(name for row in rows for name in row if isinstance(name, str))
+            await asyncio.to_thread(self._files.remove, set(files.values()) - referenced)
         except (StorageError, OSError) as exc:
-            logger.bind(action="result_files_left").warning(
-                "{}: unused result files left for the next sweep: {}", self.path, exc
+            logger.bind(action="side_files_left").warning(
+                "{}: unused side files left for the next sweep: {}", self.path, exc
             )
 
     async def _to_side_files(self, settlements: Sequence[Settlement]) -> dict[int, str]:
-        """Write each result of ``SIDE_FILE_MIN`` bytes or more to a file of its own;
-        returns the file names by ``id()`` of their settlement."""
+        """Write each result, and each next run's payload, of ``SIDE_FILE_MIN`` bytes or
+        more to a file of its own; returns the file names by ``id()`` of their settlement
+        (a result) or of the next run's task (a payload)."""
         files: dict[int, str] = {}
         try:
             for s in settlements:
                 if s.result is not None and len(s.result) >= SIDE_FILE_MIN:
                     files[id(s)] = await asyncio.to_thread(self._files.write, s.result)
+                if (t := s.follow_up) is not None and len(t.payload) >= SIDE_FILE_MIN:
+                    files[id(t)] = await asyncio.to_thread(self._files.write, t.payload, "payload")
         except BaseException:
             await asyncio.to_thread(self._files.remove, files.values())
             raise
@@ -406,7 +469,7 @@ class SQLiteStorage:
             if follow_ups:
                 # An interval task cancelled while it ran ends there: no next run.
                 stopped = _cancelled(conn, list(follow_ups))
-                rows = [task_row(t) for i, t in follow_ups.items() if i not in stopped]
+                rows = [_filed_row(t, files) for i, t in follow_ups.items() if i not in stopped]
                 # A follow-up whose key another unfinished task already holds is skipped
                 # (OR IGNORE), never allowed to fail the whole batch of outcomes.
                 conn.executemany(INSERT.replace("INSERT", "INSERT OR IGNORE", 1), rows)
@@ -567,13 +630,13 @@ class SQLiteStorage:
             return _fetchall(
                 conn,
                 f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks {where} LIMIT ?) "
-                "RETURNING CASE WHEN typeof(result) = 'text' THEN result END",
+                f"RETURNING {_SIDE_FILE_NAMES}",
                 [*params, limit],
             )
 
         deleted = await self._transaction(body)
         # After the commit: a crash before this line leaves files for the next sweep.
-        files = [str(r[0]) for r in deleted if r[0] is not None]
+        files = [str(name) for row in deleted for name in row if name is not None]
         if files:
             await asyncio.to_thread(self._files.remove, files)
         return len(deleted)
@@ -585,7 +648,7 @@ class SQLiteStorage:
         ``damaged`` says what becomes of the rest: _RAISE (StorageError naming the row),
         _SKIP (logged once), or _QUARANTINE."""
         sql = f"{select or _SELECT_TASKS} {where}"
-        rows = await self._read(sql, params, fetch=self._rows_with_results)
+        rows = await self._read(sql, params, fetch=self._rows_with_side_files)
         if damaged == _RAISE:
             return [row_task(r) for r in rows]
         found, bad = _decode_rows(rows)
@@ -600,7 +663,7 @@ class SQLiteStorage:
         the write transaction, so a row rewritten meanwhile is left alone)."""
 
         def body(conn: sqlite3.Connection) -> None:
-            rows = self._rows_with_results(
+            rows = self._rows_with_side_files(
                 conn,
                 f"{_SELECT_TASKS} WHERE seq IN ({', '.join('?' * len(seqs))})",
                 list(seqs),
@@ -609,17 +672,21 @@ class SQLiteStorage:
 
         await self._transaction(body)
 
-    def _rows_with_results(
+    def _rows_with_side_files(
         self, conn: sqlite3.Connection, sql: str, params: Sequence[Any]
     ) -> list[Any]:
-        """Task rows as ``_fetchall`` gives them, but each result kept in a side file read
-        back in its place (here, in the store's thread, not in the event loop). A file that
-        cannot be read leaves its name, which the codec reports as damage."""
+        """Task rows as ``_fetchall`` gives them, but each payload or result kept in a side
+        file read back in its place (here, in the store's thread, not in the event loop).
+        A file that cannot be read leaves its name, which the codec reports as damage."""
         rows = _fetchall(conn, sql, params)
         for i, row in enumerate(rows):
-            if isinstance(name := row[RESULT], str):
-                with contextlib.suppress(StorageError):
-                    rows[i] = (*row[:RESULT], self._files.read(name), *row[RESULT + 1 :])
+            if isinstance(row[PAYLOAD], str) or isinstance(row[RESULT], str):
+                values = list(row)
+                for column in (PAYLOAD, RESULT):
+                    if isinstance(name := values[column], str):
+                        with contextlib.suppress(StorageError):
+                            values[column] = self._files.read(name)
+                rows[i] = tuple(values)
         return rows
 
     def _report(self, key: tuple[str, Any], message: str) -> None:
@@ -824,6 +891,13 @@ _SELECT_OUTCOMES = _SELECT_TASKS.replace(" payload,", " X'' AS payload,", 1)
 # Unreferenced result files younger than this are left alone by the sweep: they may be
 # another supervisor's, written a moment before its settle commits.
 _SIDE_FILE_GRACE = 3600.0
+_FILED_PAYLOADS = "SELECT payload FROM tasks WHERE typeof(payload) = 'text'"
+# A row's side files (NULL where the value is in the row), read without its large values:
+# typeof() does not load a BLOB.
+_SIDE_FILE_NAMES = (
+    "CASE WHEN typeof(result) = 'text' THEN result END, "
+    "CASE WHEN typeof(payload) = 'text' THEN payload END"
+)
 _STATUSES = frozenset(s.value for s in TaskStatus)
 # What _tasks does with a row that does not decode.
 _RAISE, _SKIP, _QUARANTINE = "raise", "skip", "quarantine"
@@ -858,6 +932,13 @@ def _quarantine(
             )
 
 
+def _filed_row(task: Task, files: Mapping[int, str]) -> tuple[Any, ...]:
+    """The INSERT parameters of ``task``, naming its side file if its payload has one."""
+    row = task_row(task)
+    name = files.get(id(task))
+    return row if name is None else (*row[:PAYLOAD], name, *row[PAYLOAD + 1 :])
+
+
 def _enqueue_body(tasks: Sequence[Task]) -> Callable[[sqlite3.Connection], list[str]]:
     def body(conn: sqlite3.Connection) -> list[str]:
         ids: list[str] = []
@@ -875,6 +956,8 @@ def _enqueue_body(tasks: Sequence[Task]) -> Callable[[sqlite3.Connection], list[
         limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         for statement, params in task_inserts(fresh, limit):
             conn.execute(statement, params)
+        if isinstance(tasks, FiledTasks):  # small rows first, then the files' names
+            conn.executemany("UPDATE tasks SET payload = ? WHERE id = ?", tasks.references(fresh))
         crash_point("enqueue_before_commit")  # tests: a crash here must leave no row
         return ids
 

@@ -25,6 +25,7 @@ __all__ = [
     "FINISH",
     "INSERT",
     "INSERT_SCHEDULE",
+    "PAYLOAD",
     "REQUEUE",
     "RESULT",
     "SCHEDULE_COLUMNS",
@@ -84,6 +85,7 @@ _FIELDS = [field for _, field, _ in _MAPPING]
 _GET_FIELDS = operator.attrgetter(*_FIELDS)
 _STATUS, _ERROR = _FIELDS.index("status"), _FIELDS.index("error")
 _CANCEL, _HISTORY = _FIELDS.index("cancel_requested"), _FIELDS.index("history")
+PAYLOAD = _FIELDS.index("payload")  # the payload column's place in a row
 RESULT = _FIELDS.index("result")  # the result column's place in a row
 _INSERT_ALL = f"INSERT INTO tasks ({COLUMNS})"
 INSERT = f"{_INSERT_ALL} VALUES ({', '.join('?' * len(_MAPPING))})"
@@ -384,8 +386,8 @@ def _expect(value: Any, kinds: tuple[type, ...], column: str = "") -> None:
 
 
 def _column_value(name: str, kinds: tuple[type, ...], value: Any) -> Any:
-    if name == "result" and isinstance(value, str):
-        # The name of a side file (result_files.py) the store could not read back; one it
+    if name in ("payload", "result") and isinstance(value, str):
+        # The name of a side file (side_files.py) the store could not read back; one it
         # could read was replaced by its bytes before the row got here.
         raise ValueError(f"its side file {value!r} is missing or unreadable")
     # Checked before any conversion: bytes(n) of an INTEGER in a BLOB column would make
