@@ -33,6 +33,7 @@ BENCHMARKS = (
     "enqueue_under_load",
     "idle_trace",
     "eta_lateness",
+    "large_payload",
 )
 HERE = Path(__file__).resolve().parent
 
