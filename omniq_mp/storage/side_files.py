@@ -16,7 +16,13 @@ Durability is the row's: the file is written to a temporary name, fsync'ed, rena
 into place and its folder fsync'ed before the transaction that references it commits.
 A crash between the two leaves an unreferenced file, never a reference to a missing
 one; :meth:`SideFiles.sweep` removes such files once they are older than any
-enqueue or settlement could still be in flight.
+enqueue or settlement could still be in flight. A file is only removed once the
+transaction that could have named it is over and no row names it.
+
+A file that is missing, or a name not of our form, is damage (:class:`SideFileMissing`:
+the task is set aside, as a damaged row is); any other failure to read one (too many open
+files, an I/O error) is a plain StorageError, which fails the read and leaves the row
+as it is, so a passing fault never costs a task its payload.
 
 Names are random hex chosen here, and a name read back from a row is checked against
 that form before it is opened: a row edited to say ``../../somewhere`` reads nothing.
@@ -39,12 +45,23 @@ from omniq_mp.file_modes import FILE_MODE, make_private_dirs
 from omniq_mp.models import Task
 from omniq_mp.sqlite_setup import os_storage_error
 
-__all__ = ["SIDE_FILE_MIN", "FiledTasks", "SideFiles", "file_payloads", "has_large_payload"]
+__all__ = [
+    "SIDE_FILE_MIN",
+    "FiledTasks",
+    "SideFileMissing",
+    "SideFiles",
+    "file_payloads",
+    "has_large_payload",
+]
 
 SIDE_FILE_MIN = 1 << 20  # bytes: payloads and results this large go to files of their own
 _KINDS = ("payload", "result")  # each file's suffix says which it holds
 _NAME = re.compile(r"[0-9a-f]{32}\.(?:payload|result)")
 _TEMP = ".tmp"
+
+
+class SideFileMissing(StorageError):
+    """A row names a side file that does not exist, or a name that is not one."""
 
 
 class SideFiles:
@@ -94,17 +111,18 @@ class SideFiles:
     def read(self, name: str) -> bytes:
         """The bytes stored under ``name``.
 
-        :raises StorageError: the name is not one this store writes, or the file is
-            missing or unreadable (the message names it).
+        :raises SideFileMissing: the name is not one this store writes, or the file does
+            not exist. :raises StorageError: it cannot be read (the message names it).
         """
         if not _NAME.fullmatch(name):
-            raise StorageError(f"side file reference {name!r} is not a side file name")
+            raise SideFileMissing(f"side file reference {name!r} is not a side file name")
         path = self.folder / name
         try:
             return path.read_bytes()
+        except FileNotFoundError as exc:
+            raise SideFileMissing(f"{path.suffix[1:]} file {path} does not exist") from exc
         except OSError as exc:
-            kind = path.suffix[1:]
-            raise StorageError(f"{kind} file {path} cannot be read: {exc.strerror}") from exc
+            raise os_storage_error(path, exc, f"read the {path.suffix[1:]} file") from exc
 
     def remove(self, names: Iterable[str]) -> None:
         """Delete these files (names that are malformed or already gone are skipped)."""
@@ -172,10 +190,9 @@ class FiledTasks(list[Task]):
         """(file name, task id) of those ``inserted`` tasks whose payload is in a file."""
         return [(name, t.id) for t in inserted if (name := self._by_object.get(id(t)))]
 
-    def unused(self, ids: Sequence[str]) -> list[str]:
-        """The files of tasks not stored, given the ids the enqueue returned (a task whose
-        key another task held gets that task's id, and its own file is not needed)."""
-        return [name for i, name in self.names.items() if ids[i] != self[i].id]
+    def filed_ids(self) -> list[str]:
+        """The ids of the tasks whose payload is in a file."""
+        return [self[i].id for i in self.names]
 
 
 def file_payloads(files: SideFiles, tasks: Sequence[Task]) -> FiledTasks:

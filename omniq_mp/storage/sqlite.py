@@ -47,6 +47,7 @@ from omniq_mp.storage.group_commit import LoopGroups, Outcomes, ThreadGroups
 from omniq_mp.storage.side_files import (
     SIDE_FILE_MIN,
     FiledTasks,
+    SideFileMissing,
     SideFiles,
     file_payloads,
     has_large_payload,
@@ -101,6 +102,7 @@ class SQLiteStorage:
         # Enqueue calls that arrive during a commit share the next one (group_commit.py).
         self._loop_groups = LoopGroups(self._commit_group)
         self._thread_groups: tuple[int, ThreadGroups] | None = None  # (pid, groups)
+        self._tidying: set[asyncio.Task[None]] = set()  # see enqueue
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -171,6 +173,8 @@ class SQLiteStorage:
     async def close(self) -> None:
         """Close the connection (idempotent), after the enqueue calls still waiting."""
         await self._loop_groups.drain()
+        if self._tidying:  # side files of cancelled enqueues, now that their commits are over
+            await asyncio.wait(self._tidying)
         thread, self._thread = self._thread, None
         if thread is not None:
             await thread.close()
@@ -243,17 +247,36 @@ class SQLiteStorage:
         """
         if not has_large_payload(tasks):
             return await self._loop_groups.enqueue(tasks)
-        filed = await asyncio.to_thread(file_payloads, self._files, tasks)
+        writing = asyncio.ensure_future(asyncio.to_thread(file_payloads, self._files, tasks))
+        try:
+            filed = await asyncio.shield(writing)
+        except asyncio.CancelledError:  # the writing goes on: its files are never named
+            writing.add_done_callback(self._discard_written)
+            raise
         try:
             ids = await self._loop_groups.enqueue(filed)
-        except Exception:  # nothing of this call is stored, unless it was interrupted late
-            with contextlib.suppress(StorageError):  # closed meanwhile: the sweep's job
-                await self._open_thread().run(self._remove_unreferenced, filed)
+        except asyncio.CancelledError:
+            # Its commit may still come, with the group under way: tidy once that is over.
+            tidying = asyncio.ensure_future(self._tidy(filed, after_commits=True))
+            self._tidying.add(tidying)
+            tidying.add_done_callback(self._tidying.discard)
             raise
-        # Cancelled or interrupted, its commit may still come: files it leaves unused go
-        # in the sweep at the next open.
-        await asyncio.to_thread(self._discard, filed.unused(ids))
+        except Exception:
+            await self._tidy(filed)
+            raise
+        await self._tidy(filed)
         return ids
+
+    async def _tidy(self, filed: FiledTasks, after_commits: bool = False) -> None:
+        """Remove the side files of ``filed`` no row names, once its enqueue is over."""
+        if after_commits:
+            await self._loop_groups.drain()
+        with contextlib.suppress(StorageError):  # closed meanwhile: the sweep's job
+            await self._open_thread().run(self._remove_unreferenced, filed)
+
+    def _discard_written(self, writing: asyncio.Future[FiledTasks]) -> None:
+        if not writing.cancelled() and writing.exception() is None:
+            self._discard(writing.result().names.values())
 
     async def _commit_group(self, batches: list[Sequence[Task]]) -> Outcomes:
         try:
@@ -277,20 +300,30 @@ class SQLiteStorage:
         filed = file_payloads(self._files, tasks)
         try:
             ids = groups[1].enqueue(filed)
-        except Exception:  # as in enqueue
-            with contextlib.suppress(StorageError):
-                self._remove_unreferenced(self._caller_connection(), filed)
+        except Exception:
+            self._tidy_blocking(filed)
             raise
-        self._discard(filed.unused(ids))
+        # Not after KeyboardInterrupt: another thread may still be committing the call,
+        # and the sweep at the next open removes what it leaves unused.
+        self._tidy_blocking(filed)
         return ids
 
+    def _tidy_blocking(self, filed: FiledTasks) -> None:
+        with contextlib.suppress(StorageError):  # closed meanwhile: the sweep's job
+            self._remove_unreferenced(self._caller_connection(), filed)
+
     def _remove_unreferenced(self, conn: sqlite3.Connection, filed: FiledTasks) -> None:
-        """Remove the side files of ``filed`` that no row names, after an enqueue that
-        failed: a failure reported after its commit landed must not leave rows naming
-        missing files. If even this read fails, the files wait for the next sweep."""
+        """Remove the side files of ``filed`` that no row names, once its enqueue is over:
+        tasks whose key was held, refused calls, and calls whose failure came after their
+        commit landed (whose rows keep their files). Read from the rows, not inferred
+        from the ids returned: a task enqueued again under its own id and key gets its
+        own id back, and its new file is named by no row. If even this read fails, the
+        files wait for the next sweep."""
+        if not filed.names:
+            return
         named: set[str] = set()
         try:
-            for chunk, marks in _in_lists([filed[i].id for i in filed.names]):
+            for chunk, marks in _in_lists(filed.filed_ids()):
                 sql = f"{_FILED_PAYLOADS} AND id IN ({marks})"
                 named.update(str(r[0]) for r in _fetchall(conn, sql, chunk))
         except sqlite3.Error as exc:
@@ -401,9 +434,11 @@ class SQLiteStorage:
         files = await self._to_side_files(settlements)
         try:
             applied = await self._settle(settlements, files)
-        except BaseException:
+        except Exception:  # rolled back: no row names them
             await asyncio.to_thread(self._files.remove, files.values())
             raise
+        # Not when cancelled: its commit may still land (the transaction runs on in the
+        # store's thread), and the sweep at the next open removes what it leaves unused.
         if files:
             await self._remove_unused(settlements, files)
         return applied
@@ -676,15 +711,16 @@ class SQLiteStorage:
         self, conn: sqlite3.Connection, sql: str, params: Sequence[Any]
     ) -> list[Any]:
         """Task rows as ``_fetchall`` gives them, but each payload or result kept in a side
-        file read back in its place (here, in the store's thread, not in the event loop).
-        A file that cannot be read leaves its name, which the codec reports as damage."""
+        file read back in its place (in the thread that reads the rows, never the event
+        loop's). A missing file leaves its name, which the codec reports as damage; any
+        other failure to read one raises (side_files.py)."""
         rows = _fetchall(conn, sql, params)
         for i, row in enumerate(rows):
             if isinstance(row[PAYLOAD], str) or isinstance(row[RESULT], str):
                 values = list(row)
                 for column in (PAYLOAD, RESULT):
                     if isinstance(name := values[column], str):
-                        with contextlib.suppress(StorageError):
+                        with contextlib.suppress(SideFileMissing):
                             values[column] = self._files.read(name)
                 rows[i] = tuple(values)
         return rows
@@ -888,8 +924,8 @@ _SELECT_TASKS = f"SELECT {COLUMNS}, seq FROM tasks"
 # The same with an empty payload in place of each task's: what waiters read, at every
 # look, of tasks whose payloads may be hundreds of megabytes.
 _SELECT_OUTCOMES = _SELECT_TASKS.replace(" payload,", " X'' AS payload,", 1)
-# Unreferenced result files younger than this are left alone by the sweep: they may be
-# another supervisor's, written a moment before its settle commits.
+# Unreferenced side files younger than this are left alone by the sweep: they may be
+# another process's, written a moment before its enqueue or settle commits.
 _SIDE_FILE_GRACE = 3600.0
 _FILED_PAYLOADS = "SELECT payload FROM tasks WHERE typeof(payload) = 'text'"
 # A row's side files (NULL where the value is in the row), read without its large values:

@@ -387,9 +387,9 @@ def _expect(value: Any, kinds: tuple[type, ...], column: str = "") -> None:
 
 def _column_value(name: str, kinds: tuple[type, ...], value: Any) -> Any:
     if name in ("payload", "result") and isinstance(value, str):
-        # The name of a side file (side_files.py) the store could not read back; one it
-        # could read was replaced by its bytes before the row got here.
-        raise ValueError(f"its side file {value!r} is missing or unreadable")
+        # The name of a side file (side_files.py) that does not exist; one that does was
+        # replaced by its bytes before the row got here, or its read failed loudly.
+        raise ValueError(f"its side file {value!r} is missing")
     # Checked before any conversion: bytes(n) of an INTEGER in a BLOB column would make
     # n zero bytes, and text in a number column would only fail later, in a sort.
     _expect(value, kinds)

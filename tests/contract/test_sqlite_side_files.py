@@ -5,11 +5,14 @@ outside the store's own folder."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import errno
 import os
 import re
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +23,7 @@ from omniq_mp.errors import StorageError
 from omniq_mp.models import Settlement, Task, TaskStatus, create_task
 from omniq_mp.storage.side_files import SIDE_FILE_MIN
 from omniq_mp.storage.sqlite import SQLiteStorage
+from tests.waiting import until
 
 NOW = 1_000.0
 BIG = SIDE_FILE_MIN + 17  # just over the threshold, and not a round number
@@ -156,7 +160,7 @@ async def test_a_row_naming_a_path_outside_the_folder_reads_nothing(
     secret.write_bytes(b"not for the queue")
     with sqlite3.connect(store.path) as conn:  # someone edits the row behind our back
         conn.execute("UPDATE tasks SET result = ? WHERE id = ?", ("../secret", task.id))
-    with pytest.raises(StorageError, match=re.escape("'../secret' is missing or unreadable")):
+    with pytest.raises(StorageError, match=re.escape("'../secret' is missing")):
         await store.get(task.id)
 
 
@@ -298,3 +302,109 @@ async def test_a_next_run_not_stored_leaves_no_payload_file(store: SQLiteStorage
     assert await store.settle([settled]) == [True]
     assert await store.get(nxt.id) is None
     assert files(store) == [raw(store, t.id, "payload")]
+
+
+async def test_a_payload_file_that_cannot_be_read_for_now_fails_the_claim_and_costs_nothing(
+    store: SQLiteStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Too many open files, an I/O error: unlike a missing file, no reason to give up on
+    # the task (it was set DEAD and its payload column cleared, the file then swept).
+    task = big_task()
+    await store.enqueue([task])
+    name = raw(store, task.id, "payload")
+    read_bytes = Path.read_bytes
+
+    def failing(path: Path) -> bytes:
+        if path.suffix == ".payload":
+            raise OSError(errno.EMFILE, "Too many open files")
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", failing)
+    with pytest.raises(StorageError, match="Too many open files"):
+        await store.claim(["default"], 1, NOW, NOW + 60, "w1")
+    with pytest.raises(StorageError, match="cannot read the payload file"):
+        await store.get(task.id)
+    monkeypatch.undo()
+    assert raw(store, task.id, "status") == "PENDING" and raw(store, task.id, "payload") == name
+    [claimed] = await store.claim(["default"], 1, NOW, NOW + 60, "w1")
+    assert claimed.payload == task.payload
+
+
+async def test_a_task_enqueued_again_under_its_own_id_and_key_leaves_no_file(
+    store: SQLiteStorage,
+) -> None:
+    # Its key holder is itself, so the call returns its own id: only the rows can tell
+    # that the new file was not stored.
+    task = big_task(key="nightly")
+    assert await store.enqueue([task]) == [task.id]
+    assert await store.enqueue([task]) == [task.id]
+    assert store.enqueue_blocking([task, task]) == [task.id, task.id]
+    assert files(store) == [raw(store, task.id, "payload")]
+
+
+async def test_an_enqueue_cancelled_before_its_turn_leaves_no_file_behind(
+    store: SQLiteStorage,
+) -> None:
+    release = threading.Event()
+    # The store's thread is held, so the first call's commit waits, and the second call
+    # waits for the first's group.
+    holding = asyncio.ensure_future(store._open_thread().run(lambda _conn: release.wait()))
+    first = asyncio.ensure_future(store.enqueue([create_task("math.sqrt", b"small")]))
+    second = asyncio.ensure_future(store.enqueue([big_task()]))
+    await until(lambda: _true(len(files(store)) == 1), 10, "the second call's file")
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    release.set()
+    await holding
+    await first
+    await until(lambda: _true(files(store) == []), 10, "the unused file to go")
+    assert (await store.stats(None, NOW)).pending == 1
+
+
+async def test_an_enqueue_cancelled_during_its_commit_keeps_its_stored_file(
+    store: SQLiteStorage,
+) -> None:
+    release = threading.Event()
+    holding = asyncio.ensure_future(store._open_thread().run(lambda _conn: release.wait()))
+    task = big_task()
+    call = asyncio.ensure_future(store.enqueue([task]))
+    await until(lambda: _true(store._open_thread()._jobs.qsize() == 1), 10, "its commit")
+    call.cancel()  # its commit is queued behind the held thread: it will land
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    release.set()
+    await holding
+    await store.close()  # waits for the commits under way, and the tidying after them
+    await store.open()
+    [claimed] = await store.claim(["default"], 1, NOW, NOW + 60, "w1")
+    assert claimed.id == task.id and claimed.payload == task.payload
+
+
+async def test_a_settlement_cancelled_during_its_commit_keeps_the_files_it_stored(
+    store: SQLiteStorage,
+) -> None:
+    await store.enqueue([big_task(interval=10.0)])
+    [t] = await store.claim(["default"], 1, NOW, NOW + 60, "w1")
+    nxt = t.rerun(NOW + 10, NOW)
+    settled = Settlement(
+        t.id, t.lease_token or "", TaskStatus.COMPLETED, os.urandom(BIG), follow_up=nxt
+    )
+    release = threading.Event()
+    holding = asyncio.ensure_future(store._open_thread().run(lambda _conn: release.wait()))
+    call = asyncio.ensure_future(store.settle([settled]))
+    await until(lambda: _true(store._open_thread()._jobs.qsize() == 1), 10, "its commit")
+    call.cancel()  # a supervisor stopping: the commit queued behind the held thread lands
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    release.set()
+    await holding
+    await store.close()
+    await store.open()
+    done_run, next_run = await store.get(t.id), await store.get(nxt.id)
+    assert done_run is not None and done_run.result == settled.result
+    assert next_run is not None and next_run.payload == t.payload
+
+
+async def _true(value: bool) -> bool:
+    return value
