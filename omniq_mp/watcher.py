@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from loguru import logger
 
-from omniq_mp.errors import ClientClosedError
+from omniq_mp.errors import ClientClosedError, StorageError
 from omniq_mp.models import Task
 
 __all__ = ["ResultWatcher", "StoredSignal"]
@@ -45,6 +45,7 @@ class ResultWatcher:
         self._runner: asyncio.Task[None] | None = None
         self._poked = False
         self._earliest_sweep = 0.0  # loop time before which a poke may not force a sweep
+        self._failures = 0  # reads failed in a row
 
     def watch(self, task_id: str, callback: Finished) -> None:
         """Call ``callback`` once ``task_id`` is finished (or found missing)."""
@@ -106,7 +107,20 @@ class ResultWatcher:
             ids = list(self._watched) if full else [i for i in self._hot if i in self._watched]
             self._hot.clear()
             started = loop.time()
-            finished = await self._check(ids)
+            try:
+                finished = await self._check(ids)
+            except Exception as exc:
+                # A store failing for a while (a lost connection, a file that cannot be
+                # read now) must not end the watch: every waiter would wait for ever.
+                self._failing(exc)
+                next_sweep = loop.time() + _MAX_DELAY  # then every watched task again
+                await asyncio.sleep(_MAX_DELAY)
+                continue
+            if self._failures:
+                logger.bind(action="result_watch_resumed").info(
+                    "reading watched tasks works again after {} failed tries", self._failures
+                )
+                self._failures = 0
             if full:
                 spent = loop.time() - started
                 delay = _MIN_DELAY if finished else min(delay * 2, _MAX_DELAY)
@@ -123,6 +137,14 @@ class ResultWatcher:
                 await asyncio.wait_for(self._wake.wait(), max(0.0, next_sweep - loop.time()))
             except TimeoutError:
                 pass
+
+    def _failing(self, exc: Exception) -> None:
+        self._failures += 1
+        if self._failures == 1:  # once per outage, not 20 times a second
+            trace = None if isinstance(exc, StorageError) else exc  # a bug: show where
+            logger.bind(action="result_watch_failing").opt(exception=trace).warning(
+                "cannot read watched tasks ({}); trying again every {} s", exc, _MAX_DELAY
+            )
 
     async def _check(self, ids: list[str]) -> int:
         if not ids:

@@ -19,10 +19,11 @@ one; :meth:`SideFiles.sweep` removes such files once they are older than any
 enqueue or settlement could still be in flight. A file is only removed once the
 transaction that could have named it is over and no row names it.
 
-A file that is missing, or a name not of our form, is damage (:class:`SideFileMissing`:
-the task is set aside, as a damaged row is); any other failure to read one (too many open
-files, an I/O error) is a plain StorageError, which fails the read and leaves the row
-as it is, so a passing fault never costs a task its payload.
+A file that is missing, or a name not of our form, is damage (:class:`SideFileMissing`):
+the task is set aside as DEAD, as a damaged row is. A file that exists but cannot be read
+(no permission, an I/O error, too many open files) sets its task aside too, so that one
+file cannot stop a supervisor's claims, but its row keeps the name
+(:class:`UnreadableSideFile`): once the file reads again, a retry runs the task with it.
 
 Names are random hex chosen here, and a name read back from a row is checked against
 that form before it is opened: a row edited to say ``../../somewhere`` reads nothing.
@@ -50,6 +51,7 @@ __all__ = [
     "FiledTasks",
     "SideFileMissing",
     "SideFiles",
+    "UnreadableSideFile",
     "file_payloads",
     "has_large_payload",
 ]
@@ -62,6 +64,15 @@ _TEMP = ".tmp"
 
 class SideFileMissing(StorageError):
     """A row names a side file that does not exist, or a name that is not one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class UnreadableSideFile:
+    """Stands in a row read back for a side file that exists but could not be read: the
+    row decodes as damaged, and setting it aside leaves the column naming the file."""
+
+    name: str
+    reason: str  # the StorageError's words, naming the file
 
 
 class SideFiles:

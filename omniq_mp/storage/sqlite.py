@@ -49,6 +49,7 @@ from omniq_mp.storage.side_files import (
     FiledTasks,
     SideFileMissing,
     SideFiles,
+    UnreadableSideFile,
     file_payloads,
     has_large_payload,
 )
@@ -712,16 +713,20 @@ class SQLiteStorage:
     ) -> list[Any]:
         """Task rows as ``_fetchall`` gives them, but each payload or result kept in a side
         file read back in its place (in the thread that reads the rows, never the event
-        loop's). A missing file leaves its name, which the codec reports as damage; any
-        other failure to read one raises (side_files.py)."""
+        loop's). A missing file leaves its name and one that cannot be read an
+        :class:`UnreadableSideFile`; the codec reports either as damage (side_files.py)."""
         rows = _fetchall(conn, sql, params)
         for i, row in enumerate(rows):
             if isinstance(row[PAYLOAD], str) or isinstance(row[RESULT], str):
                 values = list(row)
                 for column in (PAYLOAD, RESULT):
                     if isinstance(name := values[column], str):
-                        with contextlib.suppress(SideFileMissing):
+                        try:
                             values[column] = self._files.read(name)
+                        except SideFileMissing:
+                            pass
+                        except StorageError as exc:
+                            values[column] = UnreadableSideFile(name, str(exc))
                 rows[i] = tuple(values)
         return rows
 

@@ -19,6 +19,7 @@ from omniq_mp.errors import StorageError
 from omniq_mp.models import ErrorKind, Settlement, Task, TaskError, TaskStatus
 from omniq_mp.schedule import Schedule
 from omniq_mp.storage.base import WorkerInfo
+from omniq_mp.storage.side_files import UnreadableSideFile
 
 __all__ = [
     "COLUMNS",
@@ -86,6 +87,7 @@ _GET_FIELDS = operator.attrgetter(*_FIELDS)
 _STATUS, _ERROR = _FIELDS.index("status"), _FIELDS.index("error")
 _CANCEL, _HISTORY = _FIELDS.index("cancel_requested"), _FIELDS.index("history")
 PAYLOAD = _FIELDS.index("payload")  # the payload column's place in a row
+_COLUMN_PLACE = {column: i for i, (column, _, _) in enumerate(_MAPPING)}
 RESULT = _FIELDS.index("result")  # the result column's place in a row
 _INSERT_ALL = f"INSERT INTO tasks ({COLUMNS})"
 INSERT = f"{_INSERT_ALL} VALUES ({', '.join('?' * len(_MAPPING))})"
@@ -388,8 +390,10 @@ def _expect(value: Any, kinds: tuple[type, ...], column: str = "") -> None:
 def _column_value(name: str, kinds: tuple[type, ...], value: Any) -> Any:
     if name in ("payload", "result") and isinstance(value, str):
         # The name of a side file (side_files.py) that does not exist; one that does was
-        # replaced by its bytes before the row got here, or its read failed loudly.
+        # replaced by its bytes before the row got here.
         raise ValueError(f"its side file {value!r} is missing")
+    if isinstance(value, UnreadableSideFile):
+        raise ValueError(f"{value.reason} (the row keeps it: retry the task once it reads)")
     # Checked before any conversion: bytes(n) of an INTEGER in a BLOB column would make
     # n zero bytes, and text in a number column would only fail later, in a sort.
     _expect(value, kinds)
@@ -452,6 +456,8 @@ def quarantine_update(row: Sequence[Any], now: float) -> tuple[str, dict[str, An
     for column in problems:
         if column in ("status", "error", "history"):
             continue  # set below in any case
+        if isinstance(row[_COLUMN_PLACE[column]], UnreadableSideFile):
+            continue  # the file is there: keep naming it, for a retry
         neutral = f"damaged-row-{seq}" if column == "id" else _NEUTRAL.get(column)
         params[f"fix_{column}"] = neutral
         fixes += f", {column} = :fix_{column}"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import os
 import re
 import sqlite3
@@ -304,30 +303,28 @@ async def test_a_next_run_not_stored_leaves_no_payload_file(store: SQLiteStorage
     assert files(store) == [raw(store, t.id, "payload")]
 
 
-async def test_a_payload_file_that_cannot_be_read_for_now_fails_the_claim_and_costs_nothing(
-    store: SQLiteStorage, monkeypatch: pytest.MonkeyPatch
+async def test_a_payload_file_that_cannot_be_read_sets_its_task_aside_keeping_it(
+    store: SQLiteStorage,
 ) -> None:
-    # Too many open files, an I/O error: unlike a missing file, no reason to give up on
-    # the task (it was set DEAD and its payload column cleared, the file then swept).
-    task = big_task()
-    await store.enqueue([task])
-    name = raw(store, task.id, "payload")
-    read_bytes = Path.read_bytes
-
-    def failing(path: Path) -> bytes:
-        if path.suffix == ".payload":
-            raise OSError(errno.EMFILE, "Too many open files")
-        return read_bytes(path)
-
-    monkeypatch.setattr(Path, "read_bytes", failing)
-    with pytest.raises(StorageError, match="Too many open files"):
-        await store.claim(["default"], 1, NOW, NOW + 60, "w1")
+    # No permission, an I/O error: the other tasks must still be claimed, and the task
+    # must not lose its payload (its column was cleared and the intact file then swept).
+    stuck, fine = big_task(priority=1), create_task("math.sqrt", b"small", eta=0.0)
+    await store.enqueue([stuck, fine])
+    name = raw(store, stuck.id, "payload")
+    path = folder(store) / str(name)
+    path.rename(path.with_name("aside"))
+    path.mkdir()  # reading it fails with EISDIR, as an unreadable file would
+    assert [t.id for t in await store.claim(["default"], 10, NOW, NOW + 60, "w1")] == [fine.id]
+    assert raw(store, stuck.id, "status") == "DEAD" and raw(store, stuck.id, "payload") == name
+    error = str(raw(store, stuck.id, "error"))
+    assert "cannot read the payload file" in error and str(path) in error
     with pytest.raises(StorageError, match="cannot read the payload file"):
-        await store.get(task.id)
-    monkeypatch.undo()
-    assert raw(store, task.id, "status") == "PENDING" and raw(store, task.id, "payload") == name
+        await store.get(stuck.id)
+    path.rmdir()
+    path.with_name("aside").rename(path)  # the fault is mended: a retry runs it whole
+    assert await store.revive([stuck.id], NOW) == [stuck.id]
     [claimed] = await store.claim(["default"], 1, NOW, NOW + 60, "w1")
-    assert claimed.payload == task.payload
+    assert claimed.id == stuck.id and claimed.payload == stuck.payload
 
 
 async def test_a_task_enqueued_again_under_its_own_id_and_key_leaves_no_file(
