@@ -9,6 +9,7 @@ import os
 import random
 import sqlite3
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 
@@ -91,7 +92,15 @@ async def connect_async(
         use_batch_class()  # aiosqlite's thread: woken per statement, it must not preempt
         return connector()
 
-    return await aiosqlite.Connection(connect_in_own_thread, iter_chunk_size=64)
+    connection = aiosqlite.Connection(connect_in_own_thread, iter_chunk_size=64)
+    # aiosqlite's thread is not a daemon: an AsyncOmniQ the program never closed (an
+    # exception before its close(), a forgotten one) kept the interpreter from exiting,
+    # for ever, waiting for that thread after the script's last line. As a daemon it ends
+    # with the program, as the queue store's own thread does (sqlite_thread.py).
+    thread = getattr(connection, "_thread", None)
+    if isinstance(thread, threading.Thread) and thread.ident is None:  # not started yet
+        thread.daemon = True
+    return await connection
 
 
 def _configure(conn: sqlite3.Connection, synchronous: str, busy_ms: int) -> None:

@@ -19,10 +19,10 @@ pytestmark = pytest.mark.process
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_script(body: str) -> subprocess.CompletedProcess[str]:
+def run_script(body: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     script = textwrap.dedent(body)
     return subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, cwd=ROOT
     )
 
 
@@ -53,6 +53,30 @@ def test_a_producer_that_never_closes_exits_cleanly_and_its_task_is_stored(
     assert task.status is TaskStatus.PENDING
     with OmniQ(base_dir=tmp_path) as q:  # and a supervisor runs it
         assert q.get_result(task.id, timeout=60) == 1024
+
+
+def test_an_asyncio_script_that_never_closes_its_client_exits_and_its_task_is_stored(
+    tmp_path: Path,
+) -> None:
+    # The event store's aiosqlite thread was not a daemon: the interpreter waited for it
+    # after the script's last line, for ever. An exception before close() did the same.
+    done = run_script(
+        f"""
+        import asyncio
+        from omniq_mp import AsyncOmniQ, Settings
+
+        async def main():
+            q = AsyncOmniQ(Settings(base_dir={str(tmp_path)!r}))
+            print(await q.enqueue(pow, 2, 10), flush=True)
+            raise RuntimeError("the script fails before it closes its client")
+
+        asyncio.run(main())
+        """,
+        timeout=60,
+    )
+    assert done.returncode == 1 and "the script fails before" in done.stderr
+    task = stored_task(tmp_path, done.stdout.strip())
+    assert task.status is TaskStatus.PENDING
 
 
 def test_an_embedded_supervisor_left_running_stops_its_workers_and_requeues_at_exit(
