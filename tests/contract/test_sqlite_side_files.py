@@ -57,6 +57,17 @@ def big_task(**options: object) -> Task:
     return create_task("math.sqrt", os.urandom(BIG), eta=0.0, **options)
 
 
+async def big_first_then_small(store: SQLiteStorage) -> tuple[Task, Task]:
+    """A task with a large payload, claimed first, and one with a small one."""
+    big, small = big_task(priority=1), create_task("math.sqrt", b"small", eta=0.0)
+    await store.enqueue([big, small])
+    return big, small
+
+
+async def claimed_ids(store: SQLiteStorage) -> list[str]:
+    return [t.id for t in await store.claim(["default"], 10, NOW, NOW + 60, "w1")]
+
+
 async def running(store: SQLiteStorage, **options: object) -> Task:
     await store.enqueue([create_task("math.sqrt", eta=0.0, **options)])
     [task] = await store.claim(["default"], 1, NOW, NOW + 60, "w1")
@@ -243,11 +254,10 @@ async def test_purging_a_task_removes_its_payload_file(store: SQLiteStorage) -> 
 async def test_a_missing_payload_file_sets_its_task_aside_at_claim_not_the_others(
     store: SQLiteStorage,
 ) -> None:
-    lost, fine = big_task(priority=1), create_task("math.sqrt", b"small", eta=0.0)
-    await store.enqueue([lost, fine])
+    lost, fine = await big_first_then_small(store)
     [name] = files(store)
     os.unlink(folder(store) / name)
-    assert [t.id for t in await store.claim(["default"], 10, NOW, NOW + 60, "w1")] == [fine.id]
+    assert await claimed_ids(store) == [fine.id]
     got = await store.get(lost.id)
     assert got is not None and got.status is TaskStatus.DEAD
     assert got.error is not None and f"side file '{name}' is missing" in got.error.message
@@ -308,13 +318,12 @@ async def test_a_payload_file_that_cannot_be_read_sets_its_task_aside_keeping_it
 ) -> None:
     # No permission, an I/O error: the other tasks must still be claimed, and the task
     # must not lose its payload (its column was cleared and the intact file then swept).
-    stuck, fine = big_task(priority=1), create_task("math.sqrt", b"small", eta=0.0)
-    await store.enqueue([stuck, fine])
+    stuck, fine = await big_first_then_small(store)
     name = raw(store, stuck.id, "payload")
     path = folder(store) / str(name)
     path.rename(path.with_name("aside"))
     path.mkdir()  # reading it fails with EISDIR, as an unreadable file would
-    assert [t.id for t in await store.claim(["default"], 10, NOW, NOW + 60, "w1")] == [fine.id]
+    assert await claimed_ids(store) == [fine.id]
     assert raw(store, stuck.id, "status") == "DEAD" and raw(store, stuck.id, "payload") == name
     error = str(raw(store, stuck.id, "error"))
     assert "cannot read the payload file" in error and str(path) in error
