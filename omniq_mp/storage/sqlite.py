@@ -162,9 +162,10 @@ class SQLiteStorage:
         # committing its row. Only old ones: a younger one may be another process's,
         # about to be committed.
         rows = await self._read(
-            f"SELECT result FROM tasks WHERE typeof(result) = 'text' UNION ALL {_FILED_PAYLOADS}"
+            f"SELECT {_SIDE_FILE_NAMES} FROM tasks "
+            "WHERE typeof(result) = 'text' OR typeof(payload) = 'text'"
         )
-        referenced = {str(r[0]) for r in rows}
+        referenced = {str(name) for row in rows for name in row if name is not None}
         removed = await asyncio.to_thread(self._files.sweep, referenced, _SIDE_FILE_GRACE)
         if removed:
             logger.bind(action="side_files_swept").info(
@@ -273,7 +274,9 @@ class SQLiteStorage:
         if after_commits:
             await self._loop_groups.drain()
         with contextlib.suppress(StorageError):  # closed meanwhile: the sweep's job
-            await self._open_thread().run(self._remove_unreferenced, filed)
+            await self._open_thread().run(
+                self._remove_unnamed, filed.filed_ids(), filed.names.values()
+            )
 
     def _discard_written(self, writing: asyncio.Future[FiledTasks]) -> None:
         if not writing.cancelled() and writing.exception() is None:
@@ -311,28 +314,33 @@ class SQLiteStorage:
 
     def _tidy_blocking(self, filed: FiledTasks) -> None:
         with contextlib.suppress(StorageError):  # closed meanwhile: the sweep's job
-            self._remove_unreferenced(self._caller_connection(), filed)
+            conn = self._caller_connection()
+            self._remove_unnamed(conn, filed.filed_ids(), filed.names.values())
 
-    def _remove_unreferenced(self, conn: sqlite3.Connection, filed: FiledTasks) -> None:
-        """Remove the side files of ``filed`` that no row names, once its enqueue is over:
-        tasks whose key was held, refused calls, and calls whose failure came after their
-        commit landed (whose rows keep their files). Read from the rows, not inferred
-        from the ids returned: a task enqueued again under its own id and key gets its
-        own id back, and its new file is named by no row. If even this read fails, the
-        files wait for the next sweep."""
-        if not filed.names:
+    def _remove_unnamed(
+        self, conn: sqlite3.Connection, ids: Sequence[str], files: Iterable[str]
+    ) -> None:
+        """Remove those of ``files`` (side files just written for the tasks ``ids``) that
+        no row of those tasks names, once the write that could have named them is over:
+        a task whose key was held, a refused call, a fenced settlement, a next run not
+        stored. Read from the rows, not inferred from what the call returned: a task
+        enqueued again under its own id and key gets its own id back, and a failure may
+        be reported after its commit landed. If even this read fails, the files wait for
+        the next sweep."""
+        files = set(files)
+        if not files:
             return
         named: set[str] = set()
         try:
-            for chunk, marks in _in_lists(filed.filed_ids()):
-                sql = f"{_FILED_PAYLOADS} AND id IN ({marks})"
-                named.update(str(r[0]) for r in _fetchall(conn, sql, chunk))
+            for chunk, marks in _in_lists(ids):
+                sql = f"SELECT {_SIDE_FILE_NAMES} FROM tasks WHERE id IN ({marks})"
+                named.update(n for row in _fetchall(conn, sql, chunk) for n in row if n)
         except sqlite3.Error as exc:
             logger.bind(action="side_files_left").warning(
-                "{}: payload files of a failed enqueue left for the next sweep: {}", self.path, exc
+                "{}: unused side files left for the next sweep: {}", self.path, exc
             )
             return
-        self._discard(set(filed.names.values()) - named)
+        self._discard(files - named)
 
     def _discard(self, names: Iterable[str]) -> None:
         # Called once the caller's answer is settled: a file that cannot be removed is
@@ -441,28 +449,13 @@ class SQLiteStorage:
         # Not when cancelled: its commit may still land (the transaction runs on in the
         # store's thread), and the sweep at the next open removes what it leaves unused.
         if files:
-            await self._remove_unused(settlements, files)
+            # Fenced attempts, results a cancel discarded and next runs not stored (a
+            # cancel, a held key) leave their files unused.
+            ids = list({s.task_id for s in settlements if id(s) in files})
+            ids += [s.follow_up.id for s in settlements if s.follow_up and id(s.follow_up) in files]
+            with contextlib.suppress(StorageError):  # closed meanwhile: the sweep's job
+                await self._open_thread().run(self._remove_unnamed, ids, files.values())
         return applied
-
-    async def _remove_unused(
-        self, settlements: Sequence[Settlement], files: Mapping[int, str]
-    ) -> None:
-        # Fenced attempts, results a cancel discarded and next runs not stored (a cancel,
-        # a held key) leave their files unused. The outcomes are committed: a failure
-        # here only leaves files for the next sweep.
-        ids = list({s.task_id for s in settlements if id(s) in files})
-        ids += [s.follow_up.id for s in settlements if s.follow_up and id(s.follow_up) in files]
-        try:
-            referenced: set[str] = set()
-            for chunk, marks in _in_lists(ids):
-                sql = f"SELECT {_SIDE_FILE_NAMES} FROM tasks WHERE id IN ({marks})"
-                rows = await self._read(sql, chunk)
-                referenced.update(name for row in rows for name in row if isinstance(name, str))
-            await asyncio.to_thread(self._files.remove, set(files.values()) - referenced)
-        except (StorageError, OSError) as exc:
-            logger.bind(action="side_files_left").warning(
-                "{}: unused side files left for the next sweep: {}", self.path, exc
-            )
 
     async def _to_side_files(self, settlements: Sequence[Settlement]) -> dict[int, str]:
         """Write each result, and each next run's payload, of ``SIDE_FILE_MIN`` bytes or
@@ -932,7 +925,6 @@ _SELECT_OUTCOMES = _SELECT_TASKS.replace(" payload,", " X'' AS payload,", 1)
 # Unreferenced side files younger than this are left alone by the sweep: they may be
 # another process's, written a moment before its enqueue or settle commits.
 _SIDE_FILE_GRACE = 3600.0
-_FILED_PAYLOADS = "SELECT payload FROM tasks WHERE typeof(payload) = 'text'"
 # A row's side files (NULL where the value is in the row), read without its large values:
 # typeof() does not load a BLOB.
 _SIDE_FILE_NAMES = (
@@ -1092,22 +1084,20 @@ def _current_tokens(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, s
 
 def _held_keys(conn: sqlite3.Connection, keys: Sequence[str]) -> set[str]:
     """Those of ``keys`` that an unfinished task holds."""
-    found: set[str] = set()
-    for chunk, marks in _in_lists(keys):
-        sql = (
-            "SELECT unique_key FROM tasks WHERE status IN ('PENDING', 'RUNNING') "
-            f"AND unique_key IN ({marks})"
-        )
-        found.update(row[0] for row in _fetchall(conn, sql, chunk))
-    return found
+    head = "SELECT unique_key FROM tasks WHERE status IN ('PENDING', 'RUNNING') AND unique_key"
+    return _found_in(conn, head, keys)
 
 
 def _cancelled(conn: sqlite3.Connection, ids: Sequence[str]) -> set[str]:
     """Those of ``ids`` that are CANCELLED."""
+    return _found_in(conn, "SELECT id FROM tasks WHERE status = 'CANCELLED' AND id", ids)
+
+
+def _found_in(conn: sqlite3.Connection, head: str, values: Sequence[str]) -> set[str]:
+    """The first column of ``head IN (values)``, over chunks of ``values``."""
     found: set[str] = set()
-    for chunk, marks in _in_lists(ids):
-        sql = f"SELECT id FROM tasks WHERE status = 'CANCELLED' AND id IN ({marks})"
-        found.update(row[0] for row in _fetchall(conn, sql, chunk))
+    for chunk, marks in _in_lists(values):
+        found.update(row[0] for row in _fetchall(conn, f"{head} IN ({marks})", chunk))
     return found
 
 
