@@ -18,6 +18,8 @@
                                          unique key: normally one (a revived task can
                                          share its key with a newer one)
       quarantine/<x>-<name>, <x>-<name>.reason   entries that could not be read
+      large/<hex>.payload, <hex>.result  payloads and results of 1 MiB or more, named by
+                                         their entry (side_files.py)
 
 Every write goes to ``<name>.tmp``, is fsync'ed and renamed over the old entry, and the
 folder is fsync'ed: readers see the old entry or the new one, never half of one. A state
@@ -29,6 +31,16 @@ any string is a safe file name (a key too long for one goes by its SHA-256). Ent
 JSON with base64 bytes: nothing here unpickles. The indexes (``ids/``, ``keys/``) are
 hints: one naming nothing, or a task that no longer matches, finds nothing, so a crash
 between writing an index entry and the entry it names is harmless.
+
+Large values live in side files because an entry is rewritten whole at every change of
+state: a 100 MiB argument inline was encoded, written and fsync'ed again at its claim and
+at its settlement, and read again by every scan (``stats`` too), so running ``len`` on it
+took 8 s. A side file is written once, fsync'ed before the entry naming it appears, and
+never copied again; a change that drops a name (a purge, a result replaced) removes the
+file only once the entry without it is durable. An operation that writes a side file
+first leaves ``large/.sweep``, and removes it once every file it wrote is named by an
+entry: a crash or a failure in between leaves the mark, and the next open, under the lock
+(so no write is in flight), removes the files no entry names.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ import dataclasses
 import errno
 import fcntl
 import itertools
+import math
 import os
 import stat
 import time
@@ -46,6 +59,8 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from pathlib import Path
 from typing import TypeVar
 
+from loguru import logger
+
 from omniq_mp.crashpoints import crash_point
 from omniq_mp.errors import StorageError, StorageFullError
 from omniq_mp.file_modes import FILE_MODE, make_private_dirs
@@ -53,7 +68,9 @@ from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
 from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo, one_per_key
 from omniq_mp.storage.file_codec import (
+    SIDE_KINDS,
     Corrupt,
+    InSideFile,
     decode_schedule,
     decode_task,
     decode_worker,
@@ -68,6 +85,7 @@ from omniq_mp.storage.file_codec import (
     unname,
 )
 from omniq_mp.storage.memory import count_tasks
+from omniq_mp.storage.side_files import SIDE_FILE_MIN, SideFileMissing, SideFiles
 
 __all__ = ["FileStorage"]
 
@@ -85,7 +103,9 @@ _FOLDERS = (
     "ids",
     "keys",
     "quarantine",
+    "large",
 )
+_SWEEP = ".sweep"  # in large/: a side file may be named by no entry (see the docstring)
 _LINK = "a symbolic link (links in the store are never followed)"
 _TERMINAL = tuple(s for s in TaskStatus if s.is_terminal)  # the statuses kept in done/
 _REVIVABLE = (TaskStatus.DEAD, TaskStatus.FAILED)
@@ -175,6 +195,12 @@ class FileStorage:
         """The tasks among ``task_ids`` that exist."""
         ids = list(task_ids)
         return await self._run(lambda t: [task for i in ids if (task := t.get(i)) is not None])
+
+    async def get_outcomes(self, task_ids: Sequence[str]) -> list[Task]:
+        """:meth:`get_many` with every payload left out (an empty one stands in): how
+        clients waiting for results read their tasks, at every look."""
+        ids = list(task_ids)
+        return await self._run(lambda t: [task for i in ids if (task := t.outcome(i)) is not None])
 
     async def cancel(self, task_id: str, now: float) -> Task | None:
         """Cancel a PENDING task (``now`` is its ``finished_at``) or flag a RUNNING one for
@@ -309,7 +335,9 @@ def _locked(base: Path, op: Callable[[_Tree], T]) -> T:
             fcntl.flock(fd, fcntl.LOCK_EX)
             tree = _Tree(base)
             try:
-                return op(tree)
+                result = op(tree)
+                tree.unmark()  # every side file it wrote is named by an entry
+                return result
             finally:
                 tree.sync()
         finally:
@@ -326,6 +354,9 @@ class _Tree:
     def __init__(self, base: Path) -> None:
         self.base = base
         self.dirty: set[Path] = set()
+        self.side = SideFiles(base / "large")
+        self.written: list[str] = []  # side files this operation wrote
+        self.marked = False  # this operation left large/.sweep
 
     # -- paths and file primitives -----------------------------------------------------------
 
@@ -396,6 +427,8 @@ class _Tree:
         self.move(tmp, link)
 
     def quarantine(self, path: Path, reason: str) -> None:
+        self.mark()  # its side files, if it named any, are named by no entry now
+        self.marked = False  # and stay for the next open's sweep
         dst = self.base / "quarantine" / f"{uuid.uuid4().hex[:8]}-{path.parent.name}-{path.name}"
         self.move(path, dst)
         self.write(dst.with_name(dst.name + ".reason"), f"{path}: {reason}\n".encode())
@@ -419,6 +452,67 @@ class _Tree:
                 raise
             self.quarantine(path, _LINK)
             return None
+
+    # -- side files --------------------------------------------------------------------------
+
+    def encode(self, task: Task, seq: int) -> bytes:
+        """The entry for ``task``: a value already in a side file stays there, a new one of
+        ``SIDE_FILE_MIN`` bytes or more is written to a side file of its own first."""
+        files = {}
+        for kind in SIDE_KINDS:
+            value = getattr(task, kind)
+            if isinstance(value, InSideFile):
+                files[kind] = value.name
+            elif value is not None and len(value) >= SIDE_FILE_MIN:
+                self.mark()
+                files[kind] = self.side.write(value, kind)
+                self.written.append(files[kind])
+        return encode_task(task, seq, files)
+
+    def mark(self) -> None:
+        """Leave large/.sweep before a side file is written: until the entry naming it
+        is in place, a crash or a failure would leave a file that no entry names."""
+        marker = self.base / "large" / _SWEEP
+        if not marker.exists():
+            self.mkdir(marker.parent)
+            marker.touch(FILE_MODE)  # made durable by the side file's folder fsync
+            self.marked = True
+
+    def unmark(self) -> None:
+        if self.marked:
+            self.remove(self.base / "large" / _SWEEP)
+            self.marked = False
+
+    def with_files(
+        self, path: Path, task: Task, kinds: Collection[str] = SIDE_KINDS
+    ) -> Task | None:
+        """``task`` with the side files of ``kinds`` read in and the values of other kinds
+        left empty, or None if a file is missing: the entry is damaged, and moved to
+        quarantine."""
+        payload, result = task.payload, task.result
+        try:
+            if "payload" not in kinds:
+                payload = b""
+            elif isinstance(payload, InSideFile):
+                payload = self.side.read(payload.name)
+            if "result" not in kinds:
+                result = None
+            elif isinstance(result, InSideFile):
+                result = self.side.read(result.name)
+        except SideFileMissing as exc:
+            self.quarantine(path, str(exc))
+            return None
+        if payload is task.payload and result is task.result:
+            return task
+        return dataclasses.replace(task, payload=payload, result=result)
+
+    def drop_files(self, names: Collection[str]) -> None:
+        """Delete side files no entry names any more, once the entries that stopped
+        naming them are durable: a power cut must not keep the unlink and lose those."""
+        if names:
+            self.sync()
+            self.side.remove(names)
+            self.dirty.add(self.side.folder)
 
     # -- entries -----------------------------------------------------------------------------
 
@@ -448,14 +542,16 @@ class _Tree:
                 folders.append(folder)
         return folders
 
-    def transition(self, path: Path, task: Task, seq: int) -> None:
-        """Give the entry its new state and folder, always by way of ``running/<id>.json``:
-        whatever step a crash interrupts, the leftover is where open() and expired() look."""
+    def transition(self, path: Path, task: Task, seq: int, was: Task) -> None:
+        """Give the entry (``was`` as read) its new state and folder, always by way of
+        ``running/<id>.json``: whatever step a crash interrupts, the leftover is where
+        open() and expired() look."""
         stop = self.at("running", task.id)
         if path != stop:
             self.move(path, stop)
-        self.write(stop, encode_task(task, seq))
+        self.write(stop, self.encode(task, seq))
         self.place(stop, task, seq)
+        self.drop_files(_side_names(was) - _side_names(task))
 
     def place(self, path: Path, task: Task, seq: int) -> None:
         dst = self.home(task, seq)
@@ -592,6 +688,22 @@ class _Tree:
         if (self.base / f"seq{_TMP}").is_file():  # base_dir may hold others' files: only ours
             self.remove(self.base / f"seq{_TMP}")
         self.running_entries()
+        if (self.side.folder / _SWEEP).exists():
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Delete the side files no entry names (left by a crash or a failed write)."""
+        named: set[str] = set()
+        for _, task, _ in self.scan(tuple(TaskStatus), None):
+            named |= _side_names(task)
+        # Under the store's lock no write is in flight, so a file of any age may go.
+        removed = self.side.sweep(named, min_age=-math.inf)
+        self.dirty.add(self.side.folder)
+        self.remove(self.side.folder / _SWEEP)
+        if removed:
+            logger.bind(action="side_files_swept").info(
+                "file store {}: removed {} side files no entry names", self.base, removed
+            )
 
     def insert(self, tasks: Sequence[Task], finishing: str | None = None) -> list[str]:
         """Store the tasks whose key is free, all or nothing; one id per task (the key
@@ -617,10 +729,11 @@ class _Tree:
     def store(self, tasks: Sequence[Task]) -> None:
         """Stage every entry and its links, then rename the entries into place."""
         staged: list[tuple[Path, Path]] = []
+        first_file = len(self.written)
         try:
             for seq, task in enumerate(tasks, self.next_seq(len(tasks)) if tasks else 0):
                 path = self.home(task, seq)
-                staged.append((self.stage(path, encode_task(task, seq)), path))
+                staged.append((self.stage(path, self.encode(task, seq)), path))
                 # Links to entries not yet there find nothing, so they are safe to leave
                 # behind if this batch fails.
                 if task.status is TaskStatus.PENDING:
@@ -631,6 +744,7 @@ class _Tree:
         except BaseException:
             for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
+            self.side.remove(self.written[first_file:])  # no entry names them yet
             raise
         for tmp, path in staged:
             self.move(tmp, path)
@@ -647,7 +761,10 @@ class _Tree:
             if task.status is not TaskStatus.PENDING:
                 self.place(path, task, seq)  # a crash stopped this entry's move halfway
             elif task.eta <= now:
-                task = dataclasses.replace(
+                whole = self.with_files(path, task)  # first: never RUNNING without them
+                if whole is None:
+                    continue
+                running = dataclasses.replace(
                     task,
                     status=TaskStatus.RUNNING,
                     started_at=now,
@@ -656,8 +773,10 @@ class _Tree:
                     lease_until=lease_until,
                     worker_id=worker_id,
                 )
-                self.transition(path, task, seq)
-                claimed.append(task)
+                self.transition(path, running, seq, was=task)
+                claimed.append(
+                    dataclasses.replace(running, payload=whole.payload, result=whole.result)
+                )
                 if len(claimed) >= limit:
                     break
         return claimed
@@ -701,7 +820,7 @@ class _Tree:
         if s.follow_up is not None and not stopped and self.find(s.follow_up.id) is None:
             done = task.id if settled.status.is_terminal else None
             self.insert([s.follow_up], finishing=done)
-        self.transition(path, settled, seq)
+        self.transition(path, settled, seq, was=task)
         return True
 
     def extend(self, leases: Mapping[str, str], lease_until: float) -> set[str]:
@@ -716,7 +835,7 @@ class _Tree:
                 # recognise a renewal by the change (see running_leases).
                 until = max(lease_until, (entry[0].lease_until or 0) + RENEWAL_STEP)
                 task = dataclasses.replace(entry[0], lease_until=until)
-                self.write(path, encode_task(task, entry[1]))
+                self.write(path, self.encode(task, entry[1]))
         return lost
 
     def leases(self) -> list[Lease]:
@@ -724,27 +843,38 @@ class _Tree:
         return [Lease(t.id, t.lease_token or "", t.lease_until) for _, t, _ in entries]
 
     def expired(self, now: float, limit: int) -> list[Task]:
-        found = [t for _, t, _ in self.running_entries() if (t.lease_until or 0) < now]
-        found.sort(key=lambda t: t.lease_until or 0)
-        return found[: max(limit, 0)]
+        found = [e for e in self.running_entries() if (e[1].lease_until or 0) < now]
+        found.sort(key=lambda e: e[1].lease_until or 0)
+        return self.whole(found[: max(limit, 0)])
+
+    def whole(self, entries: Iterable[_Entry]) -> list[Task]:
+        """The tasks of ``entries`` with their side files read in (damaged ones left out)."""
+        return [t for path, task, _ in entries if (t := self.with_files(path, task)) is not None]
 
     def get(self, task_id: str) -> Task | None:
         found = self.find(task_id)
-        return None if found is None else found[1]
+        return None if found is None else self.with_files(found[0], found[1])
+
+    def outcome(self, task_id: str) -> Task | None:
+        """The task without its payload (an empty one stands in)."""
+        found = self.find(task_id)
+        return None if found is None else self.with_files(found[0], found[1], ("result",))
 
     def cancel(self, task_id: str, now: float) -> Task | None:
         found = self.find(task_id)
         if found is None:
             return None
         path, task, seq = found
+        was = task
         if task.status is TaskStatus.PENDING:
             task = _finished(task, TaskStatus.CANCELLED, now)
-            self.transition(path, task, seq)
+            self.transition(path, task, seq, was=was)
+            path = self.home(task, seq)
         elif task.status is TaskStatus.RUNNING and not task.cancel_requested:
             # Stays RUNNING, in place: its supervisor polls cancel_requests() and kills it.
             task = dataclasses.replace(task, cancel_requested=True)
-            self.write(path, encode_task(task, seq))
-        return task
+            self.write(path, self.encode(task, seq))
+        return self.with_files(path, task)
 
     def cancel_requests(self, task_ids: Sequence[str]) -> set[str]:
         found = set()
@@ -760,9 +890,8 @@ class _Tree:
     ) -> list[Task]:
         entries = sorted(self.scan((status,), queues), key=lambda e: e[2])
         # Sorting by seq first makes ties come out in enqueue order, as in MemoryStorage.
-        tasks = [task for _, task, _ in entries]
-        tasks.sort(key=lambda t: t.finished_at or t.created_at, reverse=True)
-        return tasks[:limit]
+        entries.sort(key=lambda e: e[1].finished_at or e[1].created_at, reverse=True)
+        return self.whole(entries[: max(limit, 0)])
 
     def revive(self, task_ids: Sequence[str] | None, now: float) -> list[str]:
         found: Iterable[_Entry]
@@ -789,19 +918,22 @@ class _Tree:
                 cancel_requested=False,
             )
             self.point_key(fresh)
-            self.transition(path, fresh, seq)  # keeps seq: FIFO place as first enqueued
+            # Keeps seq: its FIFO place is that of its first enqueue.
+            self.transition(path, fresh, seq, was=task)
             revived.append(task.id)
         return revived
 
     def purge(self, entries: Iterable[_Entry], limit: int) -> int:
         """Delete up to ``limit`` of ``entries`` (and their index links), first enqueued
         first, as MemoryStorage does; this reads them all before deleting any."""
-        deleted = 0
+        deleted, files = 0, set[str]()
         for path, task, _ in sorted(entries, key=lambda e: e[2])[: max(limit, 0)]:
             self.remove(path)
             self.remove(self.id_link(task.id))  # after the entry: a link to nothing is inert
             self.drop_key(task)
+            files |= _side_names(task)
             deleted += 1
+        self.drop_files(files)
         return deleted
 
     def stats(self, queues: Sequence[str] | None, now: float) -> QueueStats:
@@ -886,6 +1018,11 @@ def _names(folder: Path) -> list[str]:
 
 def _json_names(folder: Path) -> list[str]:
     return [n for n in _names(folder) if n.endswith(".json")]
+
+
+def _side_names(task: Task) -> set[str]:
+    """The side files the entry of ``task`` (as read) names."""
+    return {v.name for v in (task.payload, task.result) if isinstance(v, InSideFile)}
 
 
 def _holds(task: Task, token: str) -> bool:

@@ -26,7 +26,9 @@ from omniq_mp.schedule import Schedule
 from omniq_mp.storage.base import WorkerInfo
 
 __all__ = [
+    "SIDE_KINDS",
     "Corrupt",
+    "InSideFile",
     "decode_schedule",
     "decode_task",
     "decode_worker",
@@ -93,6 +95,22 @@ class Corrupt(Exception):
     """An entry that cannot be read back; the store moves it to quarantine."""
 
 
+SIDE_KINDS = ("payload", "result")  # the Task fields a side file may hold
+
+
+class InSideFile(bytes):
+    """Stands, in a decoded task, for a payload or result kept in a side file: empty
+    bytes that remember the file's name. Rewriting the entry keeps the name rather than
+    copying the bytes again; the store reads the file only for callers that want it."""
+
+    name: str
+
+    def __new__(cls, name: str) -> InSideFile:
+        marker = super().__new__(cls)
+        marker.name = name
+        return marker
+
+
 # -- names -------------------------------------------------------------------------------------
 
 
@@ -147,22 +165,48 @@ def key_field(name: str, index: int) -> int | None:
 # -- entries -----------------------------------------------------------------------------------
 
 
-def encode_task(task: Task, seq: int) -> bytes:
-    """A task entry: JSON with base64 bytes, so reading one never unpickles anything."""
-    doc = {"format": _FORMAT, "seq": seq, "task": _to_json(task)}
+def encode_task(task: Task, seq: int, files: dict[str, str] | None = None) -> bytes:
+    """A task entry: JSON with base64 bytes, so reading one never unpickles anything.
+
+    :param files: ``{"payload" or "result": side file name}`` for values kept in side
+        files: the entry names the file and holds an empty value in its place (a reader
+        older than side files sees that empty value, which fails to unpickle: the task
+        fails rather than run with the wrong arguments).
+    """
+    if files:
+        task = dataclasses.replace(
+            task,
+            payload=b"" if "payload" in files else task.payload,
+            result=None if "result" in files else task.result,
+        )
+    doc: dict[str, Any] = {"format": _FORMAT, "seq": seq, "task": _to_json(task)}
+    if files:
+        doc["files"] = files
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def decode_task(data: bytes) -> tuple[Task, int]:
-    """Inverse of :func:`encode_task`. :raises Corrupt: for anything else."""
+    """Inverse of :func:`encode_task`, a value kept in a side file decoded as an
+    :class:`InSideFile`. :raises Corrupt: for anything else."""
     try:
         doc = json.loads(data)
         seq = _from_json(doc["seq"], int)
         task = _from_record(Task, doc["task"])
+        files = doc.get("files")
+        if files is not None:
+            task = dataclasses.replace(task, **_side_markers(files))
         return task, seq
     # ValueError covers JSON, UTF-8, base64 and enum errors; RecursionError absurd nesting.
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise Corrupt(f"not a task entry: {type(exc).__name__}: {exc}") from exc
+
+
+def _side_markers(files: Any) -> dict[str, InSideFile]:
+    if not isinstance(files, dict) or not files.keys() <= set(SIDE_KINDS):
+        raise TypeError(f"files is not an object of {' and '.join(SIDE_KINDS)} names")
+    if not all(isinstance(name, str) for name in files.values()):
+        raise TypeError("files holds a side file name that is not text")
+    return {kind: InSideFile(name) for kind, name in files.items()}
 
 
 def encode_schedule(schedule: Schedule) -> bytes:

@@ -1,32 +1,36 @@
-"""Large payloads and results of a SQLite queue store, kept in files beside the database.
+"""Large payloads and results kept in files beside a queue store's own records: for
+SQLite, beside the database; for the file store, in its ``large/`` folder.
 
-A payload or result of ``SIDE_FILE_MIN`` bytes or more is written to
-``<database>-results/<name>`` and the row's ``payload`` or ``result`` column holds the
-file's name as TEXT instead of the bytes as a BLOB (a real one is always a BLOB, so the
-two never mix). Why, for results: storing a 100 MiB value in a row made SQLite build the
-row's record and hold its pages, about twice the value's size in the supervisor's memory
-on top of the frame it arrived in; a file is written straight from that frame. Why, for
-payloads: SQLite rewrites a whole row at every UPDATE, and a task's row is updated when
-it is claimed and when it is settled, so a 100 MiB payload in the row was copied twice
-more through the WAL (and again into the database at each checkpoint): 4.3 s to run
-``len`` on it, against well under a second with the payload in a file. Both stay clear
-of SQLite's 1 GB cap.
+A payload or result of ``SIDE_FILE_MIN`` bytes or more is written to a file of its own
+and the record names the file instead of holding the bytes. For SQLite, the row's
+``payload`` or ``result`` column holds the name as TEXT instead of the bytes as a BLOB (a
+real one is always a BLOB, so the two never mix); the file store's entries name theirs
+in a ``files`` field (file.py). Why, for results: storing a 100 MiB value in a row made
+SQLite build the row's record and hold its pages, about twice the value's size in the
+supervisor's memory on top of the frame it arrived in; a file is written straight from
+that frame. Why, for payloads: a store rewrites a task's whole record when it is claimed
+and when it is settled, so a 100 MiB payload inline was copied twice more (through
+SQLite's WAL, and again into the database at each checkpoint): 4.3 s to run ``len`` on
+it, against well under a second with the payload in a file. Both stay clear of SQLite's
+1 GB cap.
 
-Durability is the row's: the file is written to a temporary name, fsync'ed, renamed
-into place and its folder fsync'ed before the transaction that references it commits.
+Durability is the record's: the file is written to a temporary name, fsync'ed, renamed
+into place and its folder fsync'ed before the write that references it commits.
 A crash between the two leaves an unreferenced file, never a reference to a missing
 one; :meth:`SideFiles.sweep` removes such files once they are older than any
 enqueue or settlement could still be in flight. A file is only removed once the
 transaction that could have named it is over and no row names it.
 
 A file that is missing, or a name not of our form, is damage (:class:`SideFileMissing`):
-the task is set aside as DEAD, as a damaged row is. A file that exists but cannot be read
-(no permission, an I/O error, too many open files) sets its task aside too, so that one
-file cannot stop a supervisor's claims, but its row keeps the name
+SQLite sets the task aside as DEAD, as a damaged row is; the file store moves the entry to
+quarantine, as a damaged entry is. In SQLite a file that exists but cannot be read (no
+permission, an I/O error, too many open files) sets its task aside too, so that one file
+cannot stop a supervisor's claims, but its row keeps the name
 (:class:`UnreadableSideFile`): once the file reads again, a retry runs the task with it.
+The file store fails that read, as it fails one of an unreadable entry.
 
-Names are random hex chosen here, and a name read back from a row is checked against
-that form before it is opened: a row edited to say ``../../somewhere`` reads nothing.
+Names are random hex chosen here, and a name read back from a record is checked against
+that form before it is opened: one edited to say ``../../somewhere`` reads nothing.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ class UnreadableSideFile:
 
 
 class SideFiles:
-    """The side-file folder of one SQLite store: write, read, remove and sweep files.
+    """The side-file folder of one store: write, read, remove and sweep files.
 
     :param folder: where the files live (created 0700 at the first write).
     """

@@ -17,7 +17,7 @@ from tests.contract.test_storage_contract import NOW, claim, make
 BIG = b"x" * 300_000  # past a page: SQLite keeps it in overflow pages
 
 
-@pytest.mark.parametrize("store", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.parametrize("store", ["sqlite", "file", "postgres"], indirect=True)
 async def test_outcomes_are_the_tasks_without_their_payloads(store: Storage) -> None:
     running, done = make(payload=BIG), make(payload=BIG)
     await store.enqueue([running, done])
