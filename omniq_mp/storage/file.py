@@ -38,9 +38,14 @@ at its settlement, and read again by every scan (``stats`` too), so running ``le
 took 8 s. A side file is written once, fsync'ed before the entry naming it appears, and
 never copied again; a change that drops a name (a purge, a result replaced) removes the
 file only once the entry without it is durable. An operation that writes a side file
-first leaves ``large/.sweep``, and removes it once every file it wrote is named by an
-entry: a crash or a failure in between leaves the mark, and the next open, under the lock
-(so no write is in flight), removes the files no entry names.
+first leaves ``large/.sweep``, and removes it only once every file it wrote is named
+by an entry on disk (fsync'ed); an unlink of a file no entry names any more is marked
+the same way. A crash or a failure in between leaves the mark,
+and the next open, under the lock (so no write is in flight), removes the files no entry
+names. A missing side file sends its entry to quarantine with the side files it names
+that remain; one that cannot be read sets its task aside as DEAD, still naming the file,
+for a claim and for lease recovery (so it cannot stop either, and a retry runs the task
+whole once the file reads again), and fails the other reads with a StorageError.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ from loguru import logger
 from omniq_mp.crashpoints import crash_point
 from omniq_mp.errors import StorageError, StorageFullError
 from omniq_mp.file_modes import FILE_MODE, make_private_dirs
-from omniq_mp.models import Settlement, Task, TaskStatus
+from omniq_mp.models import ErrorKind, Settlement, Task, TaskError, TaskStatus
 from omniq_mp.schedule import Schedule
 from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo, one_per_key
 from omniq_mp.storage.file_codec import (
@@ -192,9 +197,13 @@ class FileStorage:
         return await self._run(lambda t: t.get(task_id))
 
     async def get_many(self, task_ids: Sequence[str]) -> list[Task]:
-        """The tasks among ``task_ids`` that exist."""
+        """The tasks among ``task_ids`` that exist; one whose side file cannot be read is
+        set aside as DEAD, not returned (this is how a supervisor reads the tasks of
+        leases it found abandoned: one such file must not stop that recovery)."""
         ids = list(task_ids)
-        return await self._run(lambda t: [task for i in ids if (task := t.get(i)) is not None])
+        return await self._run(
+            lambda t: [task for i in ids if (task := t.get(i, set_aside=True)) is not None]
+        )
 
     async def get_outcomes(self, task_ids: Sequence[str]) -> list[Task]:
         """:meth:`get_many` with every payload left out (an empty one stands in): how
@@ -336,7 +345,7 @@ def _locked(base: Path, op: Callable[[_Tree], T]) -> T:
             tree = _Tree(base)
             try:
                 result = op(tree)
-                tree.unmark()  # every side file it wrote is named by an entry
+                tree.unmark()  # every side file it wrote is named by a durable entry
                 return result
             finally:
                 tree.sync()
@@ -427,11 +436,16 @@ class _Tree:
         self.move(tmp, link)
 
     def quarantine(self, path: Path, reason: str) -> None:
-        self.mark()  # its side files, if it named any, are named by no entry now
-        self.marked = False  # and stay for the next open's sweep
-        dst = self.base / "quarantine" / f"{uuid.uuid4().hex[:8]}-{path.parent.name}-{path.name}"
+        if any(self.side.names()):  # the entry may have named some: the next open sweeps
+            self.mark()
+            self.marked = False  # left for that open, not removed at this operation's end
+        dst = self.quarantined(path.parent, path.name)
         self.move(path, dst)
         self.write(dst.with_name(dst.name + ".reason"), f"{path}: {reason}\n".encode())
+
+    def quarantined(self, folder: Path, name: str) -> Path:
+        """Where an entry (or side file) ``name`` of ``folder`` goes in quarantine."""
+        return self.base / "quarantine" / f"{uuid.uuid4().hex[:8]}-{folder.name}-{name}"
 
     def read(self, path: Path, decode: Callable[[bytes], R]) -> R | None:
         """The decoded entry at ``path``; None if it is gone or unreadable (quarantined).
@@ -470,25 +484,38 @@ class _Tree:
         return encode_task(task, seq, files)
 
     def mark(self) -> None:
-        """Leave large/.sweep before a side file is written: until the entry naming it
-        is in place, a crash or a failure would leave a file that no entry names."""
-        marker = self.base / "large" / _SWEEP
+        """Leave large/.sweep before a side file can end up named by no entry (written
+        for an entry not yet in place, or about to be unlinked): a crash or a failure in
+        between then leaves the mark, and the next open sweeps."""
+        marker = self.side.folder / _SWEEP
         if not marker.exists():
             self.mkdir(marker.parent)
-            marker.touch(FILE_MODE)  # made durable by the side file's folder fsync
+            marker.touch(FILE_MODE)
+            self.dirty.add(marker.parent)  # a side file's write also fsyncs the folder
             self.marked = True
 
     def unmark(self) -> None:
+        """Remove this operation's mark, once the entries naming what it wrote are
+        durable (a power cut must not keep the unlink and lose those)."""
         if self.marked:
-            self.remove(self.base / "large" / _SWEEP)
+            self.sync()
+            self.remove(self.side.folder / _SWEEP)
             self.marked = False
 
     def with_files(
-        self, path: Path, task: Task, kinds: Collection[str] = SIDE_KINDS
+        self, entry: _Entry, kinds: Collection[str] = SIDE_KINDS, set_aside: bool = False
     ) -> Task | None:
-        """``task`` with the side files of ``kinds`` read in and the values of other kinds
-        left empty, or None if a file is missing: the entry is damaged, and moved to
-        quarantine."""
+        """The task of ``entry`` with the side files of ``kinds`` read in and the values of
+        other kinds left empty, or None when it was set aside:
+
+        - a missing file is damage: the entry goes to quarantine, with the side files it
+          names that are still there;
+        - a file that cannot be read (no permission, an I/O error) raises StorageError,
+          unless ``set_aside``: then the task becomes DEAD, still naming the file, so a
+          retry runs it whole once the file reads again, and one file cannot stop the
+          claims or the lease recovery of a supervisor.
+        """
+        task = entry[1]
         payload, result = task.payload, task.result
         try:
             if "payload" not in kinds:
@@ -500,16 +527,41 @@ class _Tree:
             elif isinstance(result, InSideFile):
                 result = self.side.read(result.name)
         except SideFileMissing as exc:
-            self.quarantine(path, str(exc))
+            self.quarantine_with_files(entry, str(exc))
+            return None
+        except StorageError as exc:
+            if not set_aside:
+                raise
+            self.set_aside(entry, exc)
             return None
         if payload is task.payload and result is task.result:
             return task
         return dataclasses.replace(task, payload=payload, result=result)
 
+    def quarantine_with_files(self, entry: _Entry, reason: str) -> None:
+        """Move a damaged entry to quarantine with the side files it names that remain."""
+        for name in _side_names(entry[1]):
+            if self.side.owns(name) and os.path.lexists(self.side.folder / name):
+                self.move(self.side.folder / name, self.quarantined(self.side.folder, name))
+        self.quarantine(entry[0], reason)
+
+    def set_aside(self, entry: _Entry, exc: StorageError) -> None:
+        """Make the task DEAD for a side file that cannot be read, still naming it."""
+        path, task, seq = entry
+        error = TaskError(
+            "StorageError", str(exc), is_retryable=False, kind=ErrorKind.SERIALIZATION.value
+        )
+        dead = _finished(dataclasses.replace(task, error=error), TaskStatus.DEAD, time.time())
+        self.transition(path, dead, seq, was=task)
+        logger.bind(action="storage_damaged_row", task_id=task.id).warning(
+            "task {} set aside as DEAD: {}", task.id, exc
+        )
+
     def drop_files(self, names: Collection[str]) -> None:
         """Delete side files no entry names any more, once the entries that stopped
         naming them are durable: a power cut must not keep the unlink and lose those."""
         if names:
+            self.mark()  # a crash between the two still gets them swept
             self.sync()
             self.side.remove(names)
             self.dirty.add(self.side.folder)
@@ -692,13 +744,22 @@ class _Tree:
             self.sweep()
 
     def sweep(self) -> None:
-        """Delete the side files no entry names (left by a crash or a failed write)."""
+        """Delete the side files no entry names (left by a crash or a failed write). An
+        entry that cannot be read leaves the mark for the next open, deleting nothing:
+        the names it holds are unknown, and the store still opens."""
         named: set[str] = set()
-        for _, task, _ in self.scan(tuple(TaskStatus), None):
-            named |= _side_names(task)
+        try:
+            for _, task, _ in self.scan(tuple(TaskStatus), None):
+                named |= _side_names(task)
+        except OSError as exc:
+            logger.bind(action="side_files_not_swept").warning(
+                "file store {}: side files not swept, an entry cannot be read: {}", self.base, exc
+            )
+            return
         # Under the store's lock no write is in flight, so a file of any age may go.
         removed = self.side.sweep(named, min_age=-math.inf)
         self.dirty.add(self.side.folder)
+        self.sync()  # the unlinks are durable before the mark that asks for them goes
         self.remove(self.side.folder / _SWEEP)
         if removed:
             logger.bind(action="side_files_swept").info(
@@ -761,7 +822,8 @@ class _Tree:
             if task.status is not TaskStatus.PENDING:
                 self.place(path, task, seq)  # a crash stopped this entry's move halfway
             elif task.eta <= now:
-                whole = self.with_files(path, task)  # first: never RUNNING without them
+                # First: never RUNNING without its payload. An old result is not needed.
+                whole = self.with_files((path, task, seq), ("payload",), set_aside=True)
                 if whole is None:
                     continue
                 running = dataclasses.replace(
@@ -845,36 +907,41 @@ class _Tree:
     def expired(self, now: float, limit: int) -> list[Task]:
         found = [e for e in self.running_entries() if (e[1].lease_until or 0) < now]
         found.sort(key=lambda e: e[1].lease_until or 0)
-        return self.whole(found[: max(limit, 0)])
+        return self.whole(found[: max(limit, 0)], set_aside=True)
 
-    def whole(self, entries: Iterable[_Entry]) -> list[Task]:
-        """The tasks of ``entries`` with their side files read in (damaged ones left out)."""
-        return [t for path, task, _ in entries if (t := self.with_files(path, task)) is not None]
+    def whole(self, entries: Iterable[_Entry], set_aside: bool = False) -> list[Task]:
+        """The tasks of ``entries`` with their side files read in (see :meth:`with_files`;
+        those set aside are left out)."""
+        found = (self.with_files(e, set_aside=set_aside) for e in entries)
+        return [task for task in found if task is not None]
 
-    def get(self, task_id: str) -> Task | None:
+    def get(self, task_id: str, set_aside: bool = False) -> Task | None:
         found = self.find(task_id)
-        return None if found is None else self.with_files(found[0], found[1])
+        return None if found is None else self.with_files(found, set_aside=set_aside)
 
     def outcome(self, task_id: str) -> Task | None:
         """The task without its payload (an empty one stands in)."""
         found = self.find(task_id)
-        return None if found is None else self.with_files(found[0], found[1], ("result",))
+        return None if found is None else self.with_files(found, ("result",))
 
     def cancel(self, task_id: str, now: float) -> Task | None:
         found = self.find(task_id)
         if found is None:
             return None
+        whole = self.with_files(found)  # first: a damaged entry is set aside, not cancelled
+        if whole is None:
+            return None
         path, task, seq = found
-        was = task
         if task.status is TaskStatus.PENDING:
-            task = _finished(task, TaskStatus.CANCELLED, now)
-            self.transition(path, task, seq, was=was)
-            path = self.home(task, seq)
+            cancelled = _finished(task, TaskStatus.CANCELLED, now)
+            self.transition(path, cancelled, seq, was=task)
         elif task.status is TaskStatus.RUNNING and not task.cancel_requested:
             # Stays RUNNING, in place: its supervisor polls cancel_requests() and kills it.
-            task = dataclasses.replace(task, cancel_requested=True)
-            self.write(path, self.encode(task, seq))
-        return self.with_files(path, task)
+            cancelled = dataclasses.replace(task, cancel_requested=True)
+            self.write(path, self.encode(cancelled, seq))
+        else:
+            return whole
+        return dataclasses.replace(cancelled, payload=whole.payload, result=whole.result)
 
     def cancel_requests(self, task_ids: Sequence[str]) -> set[str]:
         found = set()

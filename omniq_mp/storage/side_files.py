@@ -42,7 +42,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from omniq_mp.errors import StorageError
@@ -138,6 +138,18 @@ class SideFiles:
             raise SideFileMissing(f"{path.suffix[1:]} file {path} does not exist") from exc
         except OSError as exc:
             raise os_storage_error(path, exc, f"read the {path.suffix[1:]} file") from exc
+
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` has the form of a side file's (a record may say anything)."""
+        return _NAME.fullmatch(name) is not None
+
+    def names(self) -> Iterator[str]:
+        """The side files present (temporary files and anything else left out)."""
+        try:
+            entries = os.listdir(self.folder)
+        except FileNotFoundError:
+            return iter(())
+        return filter(self.owns, entries)
 
     def remove(self, names: Iterable[str]) -> None:
         """Delete these files (names that are malformed or already gone are skipped)."""

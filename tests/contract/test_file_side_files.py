@@ -15,9 +15,10 @@ import pytest
 
 from omniq_mp.errors import StorageError
 from omniq_mp.models import Settlement, Task, TaskStatus, create_task
-from omniq_mp.storage.file import FileStorage
+from omniq_mp.storage import file as file_module
+from omniq_mp.storage.file import FileStorage, _Tree
 from omniq_mp.storage.file_codec import entry_name
-from omniq_mp.storage.side_files import SIDE_FILE_MIN
+from omniq_mp.storage.side_files import SIDE_FILE_MIN, SideFiles
 
 NOW = 1_700_000_000.0
 BIG = SIDE_FILE_MIN + 17  # just over the threshold, and not a round number
@@ -128,6 +129,9 @@ async def test_scans_never_read_side_files(store: FileStorage) -> None:
     assert (await store.stats(None, NOW)).pending == 1
     assert await store.queue_names() == ["default"]
     assert await store.completed_since(None, 0) == 0
+    assert await store.purge_finished(NOW + 1, list(TaskStatus), 0) == 0
+    [outcome] = await store.get_outcomes([task.id])  # a waiter's read leaves it out too
+    assert outcome.status is TaskStatus.PENDING and outcome.payload == b""
     with pytest.raises(StorageError, match="read the payload file"):
         await store.get(task.id)  # a reader that wants it hears why it cannot have it
     assert (await store.stats(None, NOW)).pending == 1  # and nothing was set aside
@@ -155,7 +159,9 @@ async def test_a_replaced_result_takes_its_file_with_it(store: FileStorage) -> N
     [first] = side_files(store)
     assert await store.revive([task.id], NOW) == [task.id]
     second = await claim_one(store)
-    assert second.result is not None and len(second.result) == BIG
+    assert second.result is None  # a claim does not read an old result it has no use for
+    kept = await store.get(task.id)
+    assert kept is not None and kept.result is not None and len(kept.result) == BIG
     assert await store.settle([done(second, os.urandom(BIG), TaskStatus.DEAD)]) == [True]
     [replaced] = side_files(store)
     assert replaced != first
@@ -214,6 +220,7 @@ async def test_an_enqueue_that_is_refused_or_merged_leaves_no_file(store: FileSt
     with pytest.raises(StorageError):
         await store.enqueue([make(os.urandom(BIG)), make(b"", queue="blocked")])
     assert side_files(store) == []
+    assert (large(store) / ".sweep").exists()  # a failed write leaves the next open to look
     assert [t.id for t in await store.list_tasks(TaskStatus.PENDING, None, 10)] == [holder.id]
 
 
@@ -291,3 +298,138 @@ async def test_an_entry_with_a_damaged_files_field_is_set_aside(
     assert await store.claim(["default"], 10, NOW, NOW + 60, "w1") == []
     [reason] = (store.base_dir / "quarantine").glob("*.reason")
     assert "files" in reason.read_text()
+
+
+async def test_a_payload_file_that_cannot_be_read_sets_its_task_aside_keeping_it(
+    store: FileStorage,
+) -> None:
+    """No permission, an I/O error: the other tasks are still claimed, and the task keeps
+    its payload, so a retry runs it whole once the file reads again."""
+    stuck, fine = make(os.urandom(BIG), priority=1), make(b"fine")
+    await store.enqueue([stuck, fine])
+    [name] = side_files(store)
+    path = large(store) / name
+    path.rename(path.with_name("aside"))
+    path.mkdir()  # reading it fails with EISDIR, as an unreadable file would
+    [claimed] = await store.claim(["default"], 10, NOW, NOW + 60, "w1")
+    assert claimed.id == fine.id
+    [dead] = await store.get_outcomes([stuck.id])
+    assert dead.status is TaskStatus.DEAD and dead.error is not None
+    assert "cannot read the payload file" in dead.error.message and str(path) in dead.error.message
+    assert entry_of(store, stuck.id)["files"] == {"payload": name}
+    path.rmdir()
+    path.with_name("aside").rename(path)  # the fault is mended: a retry runs it whole
+    assert await store.revive([stuck.id], NOW) == [stuck.id]
+    again = await claim_one(store)
+    assert again.id == stuck.id and again.payload == stuck.payload
+
+
+async def test_lease_recovery_sets_aside_a_task_whose_payload_cannot_be_read(
+    store: FileStorage,
+) -> None:
+    """A supervisor reads the tasks of abandoned leases with get_many: one unreadable
+    file must not stop it from recovering the others."""
+    stuck, other = make(os.urandom(BIG), priority=1), make(b"other")
+    await store.enqueue([stuck, other])
+    await store.claim(["default"], 10, NOW, NOW + 60, "w1")
+    [name] = side_files(store)
+    (large(store) / name).rename(large(store) / "aside")
+    (large(store) / name).mkdir()
+    found = await store.get_many([stuck.id, other.id])
+    assert [t.id for t in found] == [other.id]
+    dead = await store.get_outcomes([stuck.id])
+    assert [t.status for t in dead] == [TaskStatus.DEAD]
+
+
+async def test_a_damaged_entry_goes_to_quarantine_with_the_side_files_it_names(
+    store: FileStorage,
+) -> None:
+    """Its payload file is gone; its result file is moved beside it in quarantine, not
+    left for a sweep to delete."""
+    task = make(os.urandom(BIG))
+    await store.enqueue([task])
+    assert await store.settle([done(await claim_one(store), os.urandom(BIG))]) == [True]
+    files = entry_of(store, task.id)["files"]
+    assert isinstance(files, dict)
+    (large(store) / files["payload"]).unlink()
+    assert await store.get(task.id) is None
+    assert side_files(store) == []
+    kept = [p.name for p in (store.base_dir / "quarantine").iterdir()]
+    assert any(n.endswith(f"-large-{files['result']}") for n in kept)
+
+
+async def test_a_purge_interrupted_before_its_unlinks_leaves_them_to_the_next_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileStorage(tmp_path / "store")
+    await store.open()
+    task = make(os.urandom(BIG))
+    await store.enqueue([task])
+    assert await store.settle([done(await claim_one(store), None)]) == [True]
+
+    def fail(self: SideFiles, names: object) -> None:
+        raise StorageError("interrupted")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SideFiles, "remove", fail)
+        with pytest.raises(StorageError, match="interrupted"):
+            await store.purge_finished(NOW + 1, [TaskStatus.COMPLETED], 10)
+    assert await store.get(task.id) is None
+    assert len(side_files(store)) == 1  # named by no entry now
+    await store.close()
+    await store.open()
+    assert side_files(store) == []
+    assert not (large(store) / ".sweep").exists()
+    await store.close()
+
+
+async def test_the_mark_goes_only_once_the_entries_naming_the_files_are_durable(
+    store: FileStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within one operation, every folder holding a new entry is fsync'ed before the
+    mark is unlinked: a power cut must not keep the file and drop both mark and entry."""
+    steps: list[str] = []
+    real_sync, real_remove = _Tree.sync, _Tree.remove
+
+    def sync(self: _Tree) -> None:
+        steps.extend(f"fsync {folder.relative_to(store.base_dir)}" for folder in self.dirty)
+        real_sync(self)
+
+    def remove(self: _Tree, path: Path) -> None:
+        steps.append(f"unlink {path.relative_to(store.base_dir)}")
+        real_remove(self, path)
+
+    monkeypatch.setattr(_Tree, "sync", sync)
+    monkeypatch.setattr(_Tree, "remove", remove)
+    await store.enqueue([make(os.urandom(BIG))])
+    unmarked = steps.index("unlink large/.sweep")
+    assert "fsync pending/default" in steps[:unmarked]
+    assert "fsync large" in steps[unmarked:]
+
+
+async def test_an_entry_that_cannot_be_read_postpones_the_sweep_and_the_store_still_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileStorage(tmp_path / "store")
+    await store.open()
+    task = make(os.urandom(BIG))
+    await store.enqueue([task])
+    await store.close()
+    (large(store) / ".sweep").touch()
+    real_read = file_module._read_regular
+
+    def unreadable(path: Path) -> bytes:
+        if path.name.endswith(f"{entry_name(task.id)}.json"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read(path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(file_module, "_read_regular", unreadable)
+        await store.open()  # the names that entry holds are unknown: nothing is deleted
+        await store.close()
+    assert (large(store) / ".sweep").exists() and len(side_files(store)) == 1
+    await store.open()
+    got = await store.get(task.id)
+    assert got is not None and got.payload == task.payload
+    assert not (large(store) / ".sweep").exists()
+    await store.close()
