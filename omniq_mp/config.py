@@ -92,7 +92,10 @@ class Settings:
         up.
     :param prefetch: most tasks claimed beyond one per worker (and beyond the tasks sent
         ahead), to hide claim latency: enough for twice a claim's time and at least 20 ms
-        of work; one per worker when tasks take long compared with that.
+        of work; one per worker when tasks take long compared with that. Together with
+        the tasks sent ahead they hold at most 64 MiB of arguments (at the mean size
+        claimed so far), so a backlog of large arguments does not fill the supervisor's
+        memory.
     :param send_ahead_below: while tasks take less than this many seconds on average,
         each worker is sent its next task as it starts one, so it never waits a round
         trip to the supervisor between short tasks; tasks far under a millisecond are

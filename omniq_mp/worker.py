@@ -300,6 +300,7 @@ class AsyncWorkerPool:
         self._pacer.claimed(time.monotonic() - began)
         if tasks:
             crash_point("after_claim_commit")
+            self._pacer.sized(sum(len(t.payload) for t in tasks) / len(tasks))
         for task in tasks:
             self._held[task.id] = task
             self._confirmed[task.id] = began
@@ -960,7 +961,9 @@ class Pacer:
     the buffer. Long tasks get one per worker, which keeps claimed-but-waiting tasks few
     and lets other supervisors share the work; no-op tasks get up to ``limit``.
     Both durations are exponential moving averages. It also says how many tasks to send
-    each worker ahead of the one it runs (:meth:`ahead`).
+    each worker ahead of the one it runs (:meth:`ahead`). Large arguments bound both: a
+    claimed task's payload stays in the supervisor's memory until a worker takes it, so
+    beyond one task per worker they hold at most ``BUFFER_BYTES`` of payloads.
     """
 
     BUFFER_SECONDS = 0.02
@@ -976,6 +979,9 @@ class Pacer:
     # under it, so short tasks are not shuffled between workers for nothing.
     STALL_FACTOR = 10.0
     STALL_MIN = 0.1
+    # Without it, 20 MiB arguments of quick tasks were claimed and sent ahead by the
+    # dozen: a supervisor draining thirty of them peaked at 500 MiB, 1 GiB at 100 MiB.
+    BUFFER_BYTES = 64 * 2**20
 
     def __init__(self, procs: int, limit: int, ahead_below: float = 0.0) -> None:
         self.procs = procs
@@ -983,6 +989,7 @@ class Pacer:
         self.ahead_below = ahead_below
         self._claim_s: float | None = None
         self._task_s: float | None = None
+        self._payload_b: float | None = None
 
     def claimed(self, seconds: float) -> None:
         """Record how long a claim took."""
@@ -991,6 +998,16 @@ class Pacer:
     def ran(self, seconds: float) -> None:
         """Record how long a task took."""
         self._task_s = _ewma(self._task_s, seconds)
+
+    def sized(self, payload_bytes: float) -> None:
+        """Record the mean payload size of a claim's tasks."""
+        self._payload_b = _ewma(self._payload_b, payload_bytes)
+
+    def room(self) -> int:
+        """Tasks that ``BUFFER_BYTES`` of payloads hold, at the mean size measured."""
+        if not self._payload_b:
+            return self.limit + self.procs * self.MAX_AHEAD  # nothing measured: no bound
+        return int(self.BUFFER_BYTES // self._payload_b)
 
     def send_ahead(self) -> bool:
         """Whether tasks are short enough that each worker should be sent its next task
@@ -1005,7 +1022,8 @@ class Pacer:
         if not self.send_ahead():
             return 0
         task_s = max(self._task_s or 0.0, 1e-6)
-        return max(1, min(self.MAX_AHEAD, math.ceil(self.AHEAD_SECONDS / task_s)))
+        wanted = max(1, min(self.MAX_AHEAD, math.ceil(self.AHEAD_SECONDS / task_s)))
+        return min(wanted, self.room() // self.procs)
 
     def stalled_after(self) -> float:
         """Seconds a task may run before the tasks sent ahead of its worker are asked
@@ -1016,11 +1034,11 @@ class Pacer:
     def prefetch(self) -> int:
         """Tasks to hold beyond one per worker."""
         if self._claim_s is None or self._task_s is None:
-            return min(self.limit, self.procs)  # nothing measured yet: be modest
+            return min(self.limit, self.procs, self.room())  # nothing measured: be modest
         task_s = max(self._task_s, 1e-6)
         needed = max(2 * self._claim_s, self.BUFFER_SECONDS) * self.procs / task_s
         ahead = self.procs * self.ahead()
-        return min(self.limit, max(self.procs, math.ceil(needed)) + ahead)
+        return min(self.limit, self.room(), max(self.procs, math.ceil(needed)) + ahead)
 
 
 def _ewma(previous: float | None, sample: float, weight: float = 0.2) -> float:

@@ -109,3 +109,24 @@ def test_claims_refill_by_halves_while_every_worker_has_work() -> None:
     assert supervisor(held=5, idle_workers=0)._claim_size(None) == 0
     assert supervisor(held=4, idle_workers=0)._claim_size(None) == 4
     assert supervisor(held=7, idle_workers=1)._claim_size(None) == 1  # a worker waits
+
+
+def test_large_arguments_bound_the_prefetch_and_the_tasks_sent_ahead_by_bytes() -> None:
+    # A claimed task's payload is in the supervisor's memory until a worker takes it:
+    # no-op tasks of 16 MiB arguments were claimed 128 at a time.
+    pacer = paced(task_s=0.0001, claim_s=0.001, limit=128)
+    pacer.sized(1000)
+    assert (pacer.prefetch(), pacer.ahead()) == (128, 3)  # small ones: no bound felt
+    pacer = paced(task_s=0.0001, claim_s=0.001, limit=128)
+    pacer.sized(16 * 2**20)
+    assert Pacer.BUFFER_BYTES == 64 * 2**20
+    assert (pacer.prefetch(), pacer.ahead()) == (4, 2)
+    pacer = paced(task_s=0.0001, claim_s=0.001, limit=128)
+    pacer.sized(100 * 2**20)
+    assert (pacer.prefetch(), pacer.ahead()) == (0, 0)  # one per worker, no more
+
+
+def test_before_tasks_are_timed_a_measured_size_already_bounds_the_prefetch() -> None:
+    pacer = Pacer(4, 32, ahead_below=0.05)
+    pacer.sized(32 * 2**20)
+    assert pacer.prefetch() == 2
