@@ -822,8 +822,8 @@ class _Tree:
             if task.status is not TaskStatus.PENDING:
                 self.place(path, task, seq)  # a crash stopped this entry's move halfway
             elif task.eta <= now:
-                # First: never RUNNING without its payload. An old result is not needed.
-                whole = self.with_files((path, task, seq), ("payload",), set_aside=True)
+                # First: never RUNNING without its payload.
+                whole = self.with_files((path, task, seq), set_aside=True)
                 if whole is None:
                     continue
                 running = dataclasses.replace(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from omniq_mp.schedule import Schedule
 from omniq_mp.storage.base import WorkerInfo
 from omniq_mp.storage.file import FileStorage
 from omniq_mp.storage.memory import MemoryStorage
+from omniq_mp.storage.side_files import SIDE_FILE_MIN
 
 NOW = 1_700_000_000.0
 
@@ -455,7 +457,8 @@ async def test_schedules_survive_reopen_whole_and_damaged_ones_are_quarantined(
 class _Parity:
     """Runs one random operation sequence on MemoryStorage and FileStorage side by side.
 
-    Ids and times come from a seeded generator, so a failure replays exactly. Purges are
+    Ids and times come from a seeded generator, so a failure replays exactly. One payload
+    and one result in ten are large enough for a side file (see file.py). Purges are
     left out: MemoryStorage numbers its FIFO order by its current size, which purging
     shrinks, so after a purge its own claim order drifts from first-enqueued-first.
     """
@@ -465,13 +468,17 @@ class _Parity:
         self.memory, self.file = MemoryStorage(), file
         self.clock, self.ids, self.n = NOW, list[str](), 0
         self.leases: dict[str, tuple[str, str]] = {}  # id -> (file token, memory token)
+        self.big = self.rng.randbytes(SIDE_FILE_MIN + 3)
+
+    def value(self, small: bytes) -> bytes:
+        return self.big if self.rng.random() < 0.1 else small
 
     def task(self) -> Task:
         self.n += 1
         rng = self.rng
         return Task(
             "f",
-            b"p",
+            self.value(b"p"),
             id=f"t{self.n}",
             queue=rng.choice("ab"),
             priority=rng.choice([0, 0, 1]),
@@ -527,7 +534,7 @@ class _Parity:
             task_id,
             tokens[0],
             status,
-            result=b"r" if status is TaskStatus.COMPLETED else None,
+            result=self.value(b"r") if status is TaskStatus.COMPLETED else None,
             error=rng.choice([None, TaskError("E", "m")]),
             eta=self.clock + rng.choice([0, 1]),
             uncharge=rng.random() < 0.3,
@@ -557,6 +564,11 @@ async def test_random_operations_match_the_memory_backend(store: FileStorage, se
     for task_id in parity.ids:
         mine, theirs = await store.get(task_id), await parity.memory.get(task_id)
         assert _tokenless(mine) == _tokenless(theirs)
+    named: list[str] = []  # every side file is named by one entry, and only one
+    for folder in ("pending", "running", "done"):
+        for path in (store.base_dir / folder).rglob("*.json"):
+            named += json.loads(path.read_bytes()).get("files", {}).values()
+    assert sorted(named) == sorted(os.listdir(store.base_dir / "large"))
 
 
 # -- statistics and worker details -----------------------------------------------------------
