@@ -46,6 +46,7 @@ __all__ = ["ProcessPool", "WorkerProcess", "WorkerStartError"]
 
 _NAME_PREFIX = "omniq-worker"
 _EXIT_WAIT = 5.0  # seconds to wait for a SIGKILLed process to be reaped
+_SPAWN_AFTER = 0.001  # seconds a replacement waits for the work queued before it
 
 
 class WorkerProcess:
@@ -720,6 +721,11 @@ class ProcessPool:
         # A worker that crashed on its own may leave grandchildren in its process group.
         signal_tree(old.pid, signal.SIGKILL, [])
         self._forget(old)
+        # Starting a process blocks this loop for milliseconds (it waits for the fork
+        # server's fork). A timer, not a bare yield, lets every callback already queued
+        # run first, however many turns they take: the outcome that freed this slot
+        # reaches the store's thread, and its commit runs while we start the process.
+        await asyncio.sleep(_SPAWN_AFTER)
         delay = 1.0
         while not self._closing:
             try:
