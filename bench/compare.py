@@ -27,8 +27,11 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import math
 import os
+import select
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -314,36 +317,6 @@ def omniq_latency(samples: int, synchronous: str = "FULL") -> list[float]:
     return times
 
 
-def omniq_timeout(samples: int) -> list[float]:
-    """Milliseconds from a task's deadline until its failure is stored (full stack)."""
-    from anchor_tasks import sleep
-
-    from omniq_mp import AsyncOmniQ, Settings, TaskStatus
-    from omniq_mp.runtime import run
-
-    timeout = 0.2
-
-    async def main(base_dir: Path) -> list[float]:
-        q = AsyncOmniQ(Settings(base_dir=base_dir, procs=PROCS, kill_grace=0.5))
-        await q.open()
-        late = []
-        try:
-            async with q.worker_pool(concurrency=PROCS) as workers:
-                for _ in range(samples):
-                    task_id = await q.enqueue(sleep, 10, timeout=timeout, max_retries=0)
-                    began = time.perf_counter()
-                    await workers.process_tasks(limit=1)
-                    late.append((time.perf_counter() - began - timeout) * 1000)
-                    task = await q.get_task(task_id)
-                    assert task is not None and task.status is TaskStatus.FAILED
-        finally:
-            await q.close()
-        return late
-
-    with scratch_dir() as base_dir:
-        return run(main(base_dir))
-
-
 def omniq_memory(backlog: int) -> tuple[float, float, float]:
     """(supervisor RSS MiB idle, child USS MiB idle, supervisor RSS MiB with ``backlog``)."""
     from anchor_tasks import sleep
@@ -473,28 +446,6 @@ def pool_latency(make: Callable[[], concurrent.futures.Executor], samples: int) 
     return times
 
 
-def pebble_timeout(samples: int) -> list[float]:
-    import pebble
-    from anchor_tasks import sleep
-
-    timeout = 0.2
-    late = []
-    pool = pebble.ProcessPool(max_workers=PROCS)
-    try:
-        pool.schedule(sleep, args=(0,)).result()
-        for _ in range(samples):
-            began = time.perf_counter()
-            future = pool.schedule(sleep, args=(10,), timeout=timeout)
-            try:
-                future.result()
-            except concurrent.futures.TimeoutError:
-                late.append((time.perf_counter() - began - timeout) * 1000)
-    finally:
-        pool.stop()
-        pool.join()
-    return late
-
-
 def pool_memory(
     make: Callable[[], concurrent.futures.Executor], backlog: int
 ) -> tuple[float, float, float]:
@@ -519,6 +470,134 @@ def pool_memory(
             future.cancel()
         release.touch()
     return idle, uss, busy
+
+
+# -- timeouts --------------------------------------------------------------------------------
+
+TIMEOUT = 0.2  # seconds each overrunning task is allowed
+GRACE = 0.5  # omniq_mp's SIGTERM-to-SIGKILL grace (its default kill_grace)
+
+
+@dataclass
+class Kills:
+    """Milliseconds after each overrunning task's deadline until its outcome was recorded
+    (pebble: its future failed), its process was gone, and (omniq_mp) a replacement
+    process was ready for work."""
+
+    recorded: list[float] = field(default_factory=list)
+    gone: list[float] = field(default_factory=list)
+    ready: list[float] = field(default_factory=list)
+
+
+class ExitWatch:
+    """Dates one ``anchor_tasks.overrun`` task: its start, which it reports to a datagram
+    socket, and its process's exit, a pidfd turning readable. A thread of its own sleeps
+    in the kernel until each happens, so the watch does not disturb what it times."""
+
+    def __init__(self, folder: Path) -> None:
+        self.address = str(folder / "overrun.sock")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.address)
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(self.address)
+        self._socket.settimeout(30)
+        self.started = self.gone = math.nan
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        with self._socket:
+            pid, started = self._socket.recv(64).decode().split()
+        exit_fd = os.pidfd_open(int(pid))
+        try:
+            select.select([exit_fd], [], [], 30)
+            self.gone = time.monotonic()
+        finally:
+            os.close(exit_fd)
+        self.started = float(started)
+
+    def deadline(self) -> float:
+        """The task's deadline (``time.monotonic()``), once its process is gone."""
+        self._thread.join(40)
+        if math.isnan(self.gone):
+            raise RuntimeError("an overrunning task never reported, or its process never exited")
+        return self.started + TIMEOUT
+
+    def gone_after(self, deadline: float) -> float:
+        return (self.gone - deadline) * 1000
+
+
+def omniq_timeout(samples: int, ignore_term: bool = False) -> Kills:
+    """Overrunning tasks, one at a time, through the whole stack (store, supervisor, pool);
+    with ``ignore_term`` each task shrugs off SIGTERM, so only the SIGKILL after the
+    grace ends it."""
+    from anchor_tasks import overrun
+
+    from omniq_mp import AsyncOmniQ, Settings, TaskStatus
+    from omniq_mp.runtime import run
+
+    async def main(base_dir: Path) -> Kills:
+        q = AsyncOmniQ(Settings(base_dir=base_dir, procs=PROCS, kill_grace=GRACE))
+        await q.open()
+        kills, respawned, settled = Kills(), list[float](), list[float]()
+        try:
+            async with q.worker_pool(concurrency=PROCS) as workers:
+                pool, earlier = workers.pool, workers.pool.on_respawn
+
+                def replaced(old_pid: int, new_pid: int) -> None:
+                    respawned.append(time.monotonic())
+                    if earlier is not None:
+                        earlier(old_pid, new_pid)
+
+                pool.on_respawn = replaced
+                workers.on_settled.append(lambda *_: settled.append(time.monotonic()))
+                for sample in range(samples):
+                    watch = ExitWatch(base_dir)
+                    task_id = await q.enqueue(
+                        overrun, watch.address, ignore_term, timeout=TIMEOUT, max_retries=0
+                    )
+                    await workers.process_tasks(limit=1)
+                    task = await q.get_task(task_id)
+                    assert task is not None and task.status is TaskStatus.FAILED
+                    async with asyncio.timeout(30):  # the next sample starts on a full pool
+                        while len(respawned) <= sample or pool.idle() < pool.size:
+                            await asyncio.sleep(0.005)
+                    deadline = watch.deadline()  # at once: the process is gone by now
+                    kills.recorded.append((settled[sample] - deadline) * 1000)
+                    kills.gone.append(watch.gone_after(deadline))
+                    kills.ready.append((respawned[sample] - deadline) * 1000)
+        finally:
+            await q.close()
+        return kills
+
+    with scratch_dir() as base_dir:
+        return run(main(base_dir))
+
+
+def pebble_timeout(samples: int, ignore_term: bool = False) -> Kills:
+    """The same overrunning tasks on pebble's ProcessPool, its ``timeout`` set."""
+    import pebble
+    from anchor_tasks import noop, overrun
+
+    kills = Kills()
+    pool = pebble.ProcessPool(max_workers=PROCS)
+    try:
+        pool.schedule(noop).result()
+        with scratch_dir() as folder:
+            for _ in range(samples):
+                watch = ExitWatch(folder)
+                future = pool.schedule(overrun, args=(watch.address, ignore_term), timeout=TIMEOUT)
+                with contextlib.suppress(concurrent.futures.TimeoutError):
+                    future.result()
+                    raise RuntimeError("pebble ran an overrunning task to its end")
+                recorded = time.monotonic()
+                deadline = watch.deadline()
+                kills.recorded.append((recorded - deadline) * 1000)
+                kills.gone.append(watch.gone_after(deadline))
+    finally:
+        pool.stop()
+        pool.join()
+    return kills
 
 
 # -- Huey ------------------------------------------------------------------------------------
@@ -641,6 +720,7 @@ def measure(quick: bool) -> list[Row]:
     latency_samples = 20 if quick else 200
     cpu_count, cpu_seconds = (40, 0.02) if quick else (200, 0.02)
     timeout_samples = 5 if quick else 30
+    stubborn_samples = 2 if quick else 10  # pebble waits 3 s for each to end on SIGTERM
     backlog = 10_000 if quick else 100_000
 
     rows = {
@@ -668,6 +748,15 @@ def measure(quick: bool) -> list[Row]:
         ),
         "tmo50": Row("timeout: deadline to outcome recorded, p50", "ms", False),
         "tmo99": Row("timeout: deadline to outcome recorded, p99", "ms", False),
+        "gone50": Row("timeout: deadline to process gone, p50", "ms", False),
+        "gone99": Row("timeout: deadline to process gone, p99", "ms", False),
+        "ready99": Row("timeout: deadline to replacement process ready, p99", "ms", False),
+        "stubborn50": Row(
+            "timeout, task ignoring SIGTERM: deadline to process gone, p50", "ms", False
+        ),
+        "stubborn99": Row(
+            "timeout, task ignoring SIGTERM: deadline to process gone, p99", "ms", False
+        ),
         "idle_cpu": Row("idle supervisor and workers, CPU", "% of a core", False),
         "rss": Row("supervisor/parent RSS, idle", "MiB", False),
         "uss": Row("worker process USS, idle", "MiB", False),
@@ -694,9 +783,10 @@ def measure(quick: bool) -> list[Row]:
         times = omniq_latency(latency_samples, synchronous="NORMAL")
         rows["lat50_normal"].add("omniq_mp", percentile(times, 50))
         rows["cpu"].add("omniq_mp", omniq_cpu(cpu_count, cpu_seconds))
-        late = omniq_timeout(timeout_samples)
-        rows["tmo50"].add("omniq_mp", percentile(late, 50))
-        rows["tmo99"].add("omniq_mp", percentile(late, 99))
+        add_kills(rows, "omniq_mp", omniq_timeout(timeout_samples))
+        add_kills(
+            rows, "omniq_mp", omniq_timeout(stubborn_samples, ignore_term=True), ignored_term=True
+        )
         for name, make in pools.items():
             rate = pool_noop(make, n)
             rows["drain"].add(name, rate)
@@ -705,9 +795,10 @@ def measure(quick: bool) -> list[Row]:
             times = pool_latency(make, latency_samples)
             rows["lat50"].add(name, percentile(times, 50))
             rows["lat99"].add(name, percentile(times, 99))
-        late = pebble_timeout(timeout_samples)
-        rows["tmo50"].add("pebble", percentile(late, 50))
-        rows["tmo99"].add("pebble", percentile(late, 99))
+        add_kills(rows, "pebble", pebble_timeout(timeout_samples))
+        add_kills(
+            rows, "pebble", pebble_timeout(stubborn_samples, ignore_term=True), ignored_term=True
+        )
         h_single, h_drain, h_e2e = huey_durable(n)
         rows["enqueue"].add("huey", h_single)
         rows["enqueue_async"].add("huey", h_single)
@@ -734,6 +825,20 @@ def measure(quick: bool) -> list[Row]:
                 ):
                     rows[key].add(name, value)
     return list(rows.values())
+
+
+def add_kills(rows: dict[str, Row], system: str, kills: Kills, ignored_term: bool = False) -> None:
+    """A timeout run's percentiles into the rows they belong to: a run of tasks that
+    ignored SIGTERM gives only its process-gone figures."""
+    if ignored_term:
+        rows["stubborn50"].add(system, percentile(kills.gone, 50))
+        rows["stubborn99"].add(system, percentile(kills.gone, 99))
+        return
+    for key, samples in (("tmo", kills.recorded), ("gone", kills.gone)):
+        rows[f"{key}50"].add(system, percentile(samples, 50))
+        rows[f"{key}99"].add(system, percentile(samples, 99))
+    if kills.ready:
+        rows["ready99"].add(system, percentile(kills.ready, 99))
 
 
 def table(rows: list[Row]) -> str:
