@@ -88,11 +88,17 @@ class AsyncTaskQueue:
         return await self.storage.next_due(queues, self.clock())
 
     async def claim(
-        self, queues: Sequence[str], limit: int, worker_id: str, lease_ttl: float
+        self,
+        queues: Sequence[str],
+        limit: int,
+        worker_id: str,
+        lease_ttl: float,
+        max_bytes: int | None = None,
     ) -> list[Task]:
-        """Claim up to ``limit`` due tasks with a lease of ``lease_ttl`` seconds."""
+        """Claim up to ``limit`` due tasks with a lease of ``lease_ttl`` seconds, their
+        payloads adding up to at most ``max_bytes`` (the first task always comes)."""
         now = self.clock()
-        return await self.storage.claim(queues, limit, now, now + lease_ttl, worker_id)
+        return await self.storage.claim(queues, limit, now, now + lease_ttl, worker_id, max_bytes)
 
     async def dequeue(
         self, queues: Sequence[str] = ("default",), worker_id: str = "local", lease_ttl: float = 30

@@ -288,10 +288,17 @@ class AsyncWorkerPool:
         want = self._claim_size(budget)
         if want <= 0:
             return 0
+        # The Pacer sizes claims by the payloads seen so far; the store's byte bound holds
+        # when those change at once (small tasks, then a burst of large ones).
+        held = sum(len(task.payload) for task in self._ready)
         began = time.monotonic()
         try:
             tasks = await self.queue.claim(
-                self.settings.queues, want, self.worker_id, self.settings.lease_ttl
+                self.settings.queues,
+                want,
+                self.worker_id,
+                self.settings.lease_ttl,
+                max(0, self._pacer.BUFFER_BYTES - held),
             )
         except Exception as exc:
             self._store_failed(exc)

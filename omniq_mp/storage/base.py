@@ -99,13 +99,24 @@ class Storage(Protocol):
         ...
 
     async def claim(
-        self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker_id: str
+        self,
+        queues: Sequence[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+        worker_id: str,
+        max_bytes: int | None = None,
     ) -> list[Task]:
         """Atomically take up to ``limit`` due PENDING tasks of ``queues``.
 
         Order: higher priority first, then earlier eta, then first enqueued. Each claimed
         task becomes RUNNING with ``attempts + 1``, a fresh ``lease_token`` and
         ``lease_until``. No task is ever handed to two claimers.
+
+        ``max_bytes`` bounds the memory a claim brings in: the claimed payloads add up to
+        at most that many bytes, except that the first task is always claimed. The claim
+        stops at the first task that does not fit (it never skips ahead to a smaller one,
+        which would break the order).
         """
         ...
 
@@ -249,3 +260,18 @@ def one_per_key(candidates: Iterable[tuple[str, str | None]], held: Collection[s
             taken.add(key)
         chosen.append(task_id)
     return chosen
+
+
+def within_budget(sizes: Iterable[int], max_bytes: int | None) -> int:
+    """How many of the payload ``sizes`` (in claim order) a claim bounded by ``max_bytes``
+    takes: the longest run from the first whose sizes add up to at most ``max_bytes``,
+    and never fewer than one (see :meth:`Storage.claim`)."""
+    sizes = list(sizes)
+    if max_bytes is None:
+        return len(sizes)
+    total = 0
+    for taken, size in enumerate(sizes):
+        total += size
+        if total > max_bytes and taken:
+            return taken
+    return len(sizes)

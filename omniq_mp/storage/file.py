@@ -158,15 +158,24 @@ class FileStorage:
         return await self._run(lambda t: t.insert(batch))
 
     async def claim(
-        self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker_id: str
+        self,
+        queues: Sequence[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+        worker_id: str,
+        max_bytes: int | None = None,
     ) -> list[Task]:
         """Lease up to ``limit`` due PENDING tasks of ``queues``, in claim order: queues in
         the order given, then priority, eta and FIFO within a queue.
 
         :param now: decides which tasks are due. :param worker_id: recorded on each task.
+        :param max_bytes: payloads brought in at most (the first task always comes).
         """
         names = tuple(queues)
-        return await self._run(lambda t: t.claim(names, limit, now, lease_until, worker_id))
+        return await self._run(
+            lambda t: t.claim(names, limit, now, lease_until, worker_id, max_bytes)
+        )
 
     async def next_due(self, queues: Sequence[str], now: float) -> float | None:
         """The earliest ETA after ``now`` among PENDING tasks of ``queues`` (None: none),
@@ -538,6 +547,11 @@ class _Tree:
             return task
         return dataclasses.replace(task, payload=payload, result=result)
 
+    def payload_size(self, task: Task) -> int:
+        """Bytes of the task's payload; of its side file, without reading it, if it has one."""
+        payload = task.payload
+        return self.side.size(payload.name) if isinstance(payload, InSideFile) else len(payload)
+
     def quarantine_with_files(self, entry: _Entry, reason: str) -> None:
         """Move a damaged entry to quarantine with the side files it names that remain."""
         for name in _side_names(entry[1]):
@@ -811,9 +825,16 @@ class _Tree:
             self.move(tmp, path)
 
     def claim(
-        self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker_id: str
+        self,
+        queues: Sequence[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+        worker_id: str,
+        max_bytes: int | None = None,
     ) -> list[Task]:
         claimed: list[Task] = []
+        room = math.inf if max_bytes is None else max_bytes
         for path in self.due_paths(queues, now) if limit > 0 else ():
             entry = self.read(path, decode_task)
             if entry is None:
@@ -822,6 +843,9 @@ class _Tree:
             if task.status is not TaskStatus.PENDING:
                 self.place(path, task, seq)  # a crash stopped this entry's move halfway
             elif task.eta <= now:
+                size = self.payload_size(task)
+                if claimed and size > room:
+                    break  # the first that does not fit ends the claim: order is kept
                 # First: never RUNNING without its payload.
                 whole = self.with_files((path, task, seq), set_aside=True)
                 if whole is None:
@@ -839,6 +863,7 @@ class _Tree:
                 claimed.append(
                     dataclasses.replace(running, payload=whole.payload, result=whole.result)
                 )
+                room -= size
                 if len(claimed) >= limit:
                     break
         return claimed

@@ -14,7 +14,14 @@ from dataclasses import replace
 
 from omniq_mp.models import Settlement, Task, TaskStatus
 from omniq_mp.schedule import Schedule
-from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo, one_per_key
+from omniq_mp.storage.base import (
+    RENEWAL_STEP,
+    Lease,
+    QueueStats,
+    WorkerInfo,
+    one_per_key,
+    within_budget,
+)
 
 __all__ = ["MemoryStorage"]
 
@@ -62,7 +69,13 @@ class MemoryStorage:
         return None
 
     async def claim(
-        self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker_id: str
+        self,
+        queues: Sequence[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+        worker_id: str,
+        max_bytes: int | None = None,
     ) -> list[Task]:
         """Take the best due tasks, mark them RUNNING with a fresh lease."""
         due = [
@@ -72,8 +85,9 @@ class MemoryStorage:
         ]
         rank = {q: i for i, q in enumerate(queues)}
         due.sort(key=lambda t: (rank[t.queue], -t.priority, t.eta, self._order[t.id]))
+        fitting = within_budget([len(t.payload) for t in due[: max(limit, 0)]], max_bytes)
         claimed = []
-        for task in due[: max(limit, 0)]:
+        for task in due[:fitting]:
             task.status = TaskStatus.RUNNING
             task.attempts += 1
             task.lease_token = uuid.uuid4().hex

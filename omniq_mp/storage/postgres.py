@@ -217,20 +217,35 @@ class PostgresStorage:
     # -- claiming and settling ---------------------------------------------------------------
 
     async def claim(
-        self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker_id: str
+        self,
+        queues: Sequence[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+        worker_id: str,
+        max_bytes: int | None = None,
     ) -> list[Task]:
         """One UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n) RETURNING.
 
         Queues are served in the order given; inside a queue, higher priority first, then
         earlier eta, then first enqueued. Concurrent claimers skip each other's rows rather
-        than wait, and never share one.
+        than wait, and never share one. ``max_bytes`` bounds the payloads claimed (the
+        first task always comes).
         """
         if limit <= 0 or not queues:
             return []
         order = list(dict.fromkeys(queues))
         token = uuid.uuid4().hex  # one token per claim batch; a task's token is token:id
         rows = await self._pool.fetch(
-            self._sql.claim, token, lease_until, worker_id, now, order, limit, self._clock()
+            self._sql.claim,
+            token,
+            lease_until,
+            worker_id,
+            now,
+            order,
+            limit,
+            self._clock(),
+            max_bytes,
         )
         # RETURNING gives no order guarantee; restore the claim order.
         rank = {q: i for i, q in enumerate(order)}

@@ -110,22 +110,29 @@ class Statements:
         Each queue's candidates are one scan of the partial index ``tasks_claimable`` in
         index order, stopped at the limit; ``FOR UPDATE SKIP LOCKED`` passes over rows
         another claimer is taking, so claimers never wait for or share a task. Only those
-        few candidates are then ranked across queues (first queue first).
+        few candidates are then ranked across queues (first queue first), and a running
+        sum of their payloads' sizes keeps those within the byte budget ``$8`` (NULL: no
+        budget), the first always. ``octet_length`` reads a TOASTed value's size without
+        fetching it. Candidates left out were locked for this statement only.
 
-        Parameters: token, lease_until, worker_id, now, queues, limit, caller clock.
+        Parameters: token, lease_until, worker_id, now, queues, limit, caller clock,
+        max_bytes.
         """
+        order = "q.rank, c.priority DESC, c.eta, c.seq"
         return (
             f"UPDATE {self.tasks} AS t SET status = 'RUNNING', attempts = t.attempts + 1, "
             "lease_token = $1::text || ':' || t.id, lease_until = $2::float8, "
             f"lease_deadline = {DB_NOW} + ($2::float8 - $7::float8), "
             "worker_id = $3, started_at = $4 "
-            "WHERE t.id IN ("
-            "SELECT c.id FROM unnest($5::text[]) WITH ORDINALITY AS q(name, rank) "
+            "WHERE t.id IN (SELECT b.id FROM ("
+            f"SELECT c.id, row_number() OVER w AS place, sum(c.size) OVER w AS upto "
+            "FROM unnest($5::text[]) WITH ORDINALITY AS q(name, rank) "
             "CROSS JOIN LATERAL ("
-            f"SELECT id, priority, eta, seq FROM {self.tasks} "
+            f"SELECT id, priority, eta, seq, octet_length(payload) AS size FROM {self.tasks} "
             "WHERE status = 'PENDING' AND queue = q.name AND eta <= $4 "
             "ORDER BY priority DESC, eta, seq LIMIT $6 FOR UPDATE SKIP LOCKED) AS c "
-            "ORDER BY q.rank, c.priority DESC, c.eta, c.seq LIMIT $6) "
+            f"WINDOW w AS (ORDER BY {order}) ORDER BY {order} LIMIT $6) AS b "
+            "WHERE b.place = 1 OR $8::bigint IS NULL OR b.upto <= $8::bigint) "
             f"RETURNING {columns('t')}, t.seq"
         )
 

@@ -42,7 +42,14 @@ from omniq_mp.sqlite_setup import (
     storage_error,
 )
 from omniq_mp.sqlite_thread import SQLiteThread
-from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo, one_per_key
+from omniq_mp.storage.base import (
+    RENEWAL_STEP,
+    Lease,
+    QueueStats,
+    WorkerInfo,
+    one_per_key,
+    within_budget,
+)
 from omniq_mp.storage.group_commit import LoopGroups, Outcomes, ThreadGroups
 from omniq_mp.storage.side_files import (
     SIDE_FILE_MIN,
@@ -60,6 +67,7 @@ from omniq_mp.storage.sqlite_codec import (
     PAYLOAD,
     RESULT,
     SCHEDULE_COLUMNS,
+    claim_sizes_statement,
     claim_statement,
     next_due_statement,
     quarantine_update,
@@ -392,22 +400,31 @@ class SQLiteStorage:
         return held[1]
 
     async def claim(
-        self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker_id: str
+        self,
+        queues: Sequence[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+        worker_id: str,
+        max_bytes: int | None = None,
     ) -> list[Task]:
         """One UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING: atomic across processes.
 
         Queues are served in the order given; inside a queue, higher priority first, then
         earlier eta, then first enqueued. Each queue's candidates come from the partial
         index ``tasks_claimable`` (one indexed scan per queue, stopped at ``limit``).
+        With ``max_bytes``, the candidates' sizes are read first in the same transaction
+        (side files by their size on disk, unread) and ``n`` lowered to what fits.
         """
         if limit <= 0 or not queues:
             return []
         token = uuid.uuid4().hex  # one token per claim batch; a task's token is token:id
         sql = claim_statement(len(queues))
-        per_queue = [value for q in queues for value in (q, now, limit)]
-        params = (token, lease_until, worker_id, now, *per_queue, limit)
 
         def body(conn: sqlite3.Connection) -> list[tuple[Task, int]]:
+            n = limit if max_bytes is None else self._fitting(conn, queues, now, limit, max_bytes)
+            per_queue = [value for q in queues for value in (q, now, n)]
+            params = (token, lease_until, worker_id, now, *per_queue, n)
             rows = self._rows_with_side_files(conn, sql, params)
             # Decoded inside the transaction: a row that cannot be read is set aside in the
             # same commit that claimed it, so it neither strands the rest of the batch nor
@@ -421,6 +438,23 @@ class SQLiteStorage:
         rank = {q: i for i, q in enumerate(queues)}
         claimed.sort(key=lambda c: (rank[c[0].queue], -c[0].priority, c[0].eta, c[1]))
         return [task for task, _ in claimed]
+
+    def _fitting(
+        self,
+        conn: sqlite3.Connection,
+        queues: Sequence[str],
+        now: float,
+        limit: int,
+        max_bytes: int,
+    ) -> int:
+        """How many of the claim's candidates fit in ``max_bytes`` (at least one)."""
+        per_queue = [value for q in queues for value in (q, now, limit)]
+        rows = _fetchall(conn, claim_sizes_statement(len(queues)), (*per_queue, limit))
+        sizes = (
+            self._files.size(name) if isinstance(name, str) else int(length or 0)
+            for name, length, *_ in rows
+        )
+        return within_budget(sizes, max_bytes)
 
     async def next_due(self, queues: Sequence[str], now: float) -> float | None:
         """The earliest ETA after ``now`` among PENDING tasks of ``queues`` (None: none);

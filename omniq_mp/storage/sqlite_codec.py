@@ -228,6 +228,27 @@ def claim_statement(queue_count: int) -> str:
     )
 
 
+def claim_sizes_statement(queue_count: int) -> str:
+    """What a claim bounded in bytes needs to know first: for the candidates
+    :func:`claim_statement` would take, in its order, each payload's side file name (NULL
+    when the payload is in the row) and its length in the row. ``length()`` and
+    ``typeof()`` read a BLOB's size from the record header, not the BLOB.
+
+    Parameters: (queue, now, limit) per queue, then limit; run in the claim's
+    transaction, so the claim that follows finds the same candidates.
+    """
+    sizes = "CASE WHEN typeof(payload) = 'text' THEN payload END, length(payload)"
+    due = "WHERE status = 'PENDING' AND queue = ? AND eta <= ? ORDER BY priority DESC, eta, seq"
+    if queue_count == 1:  # as in claim_statement: the index scan alone, no sort
+        return f"SELECT {sizes} FROM tasks {due} LIMIT min(?, ?)"
+    candidates = " UNION ALL ".join(
+        f"SELECT * FROM (SELECT {sizes}, {rank} AS rank, priority, eta, seq FROM tasks "
+        f"{due} LIMIT ?)"
+        for rank in range(queue_count)
+    )
+    return f"SELECT * FROM ({candidates}) ORDER BY rank, priority DESC, eta, seq LIMIT ?"
+
+
 def next_due_statement(queue_count: int) -> str:
     """The earliest ETA after a time among PENDING tasks of ``queue_count`` queues.
 

@@ -144,6 +144,7 @@ async def test_the_claim_reads_the_partial_index_of_pending_tasks(
         ["q1", "q2"],
         10,
         now,
+        64 * 2**20,
     )
     text = "\n".join(r[0] for r in plan)
     assert "tasks_claimable" in text, text

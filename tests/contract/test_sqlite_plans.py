@@ -11,7 +11,11 @@ import pytest
 
 from omniq_mp.models import Task, create_task
 from omniq_mp.storage.sqlite import SQLiteStorage
-from omniq_mp.storage.sqlite_codec import claim_statement, next_due_statement
+from omniq_mp.storage.sqlite_codec import (
+    claim_sizes_statement,
+    claim_statement,
+    next_due_statement,
+)
 
 
 async def plan_of(tmp_path: Path, tasks: list[Task], sql: str, params: list[Any]) -> list[str]:
@@ -44,6 +48,18 @@ async def test_claim_plan_uses_the_claimable_index_for_every_queue(
     index_reads = [d for d in details if "tasks_claimable" in d]
     assert len(index_reads) == queue_count, details
     # No full scan of the tasks table anywhere in the statement.
+    assert not [d for d in details if d.startswith("SCAN tasks") and "INDEX" not in d], details
+
+
+@pytest.mark.parametrize("queue_count", [1, 3])
+async def test_a_bounded_claims_size_read_uses_the_claimable_index_for_every_queue(
+    tmp_path: Path, queue_count: int
+) -> None:
+    now = time.time()
+    params = [*[v for i in range(queue_count) for v in (f"q{i}", now, 10)], 10]
+    tasks = [create_task("m.f", queue=f"q{i % 3}") for i in range(300)]
+    details = await plan_of(tmp_path, tasks, claim_sizes_statement(queue_count), params)
+    assert len([d for d in details if "tasks_claimable" in d]) == queue_count, details
     assert not [d for d in details if d.startswith("SCAN tasks") and "INDEX" not in d], details
 
 

@@ -16,6 +16,7 @@ from omniq_mp.errors import StorageError
 from omniq_mp.models import ErrorKind, Settlement, Task, TaskError, TaskStatus, create_task
 from omniq_mp.storage.base import Storage, WorkerInfo
 from omniq_mp.storage.file import FileStorage
+from omniq_mp.storage.side_files import SIDE_FILE_MIN
 from omniq_mp.storage.sqlite import SQLiteStorage
 from tests.contract.backends import BACKENDS, PERSISTENT, backend_params
 
@@ -375,6 +376,43 @@ async def test_claim_serves_queues_in_the_order_given(store: Storage) -> None:
     await store.enqueue([low, *high])
     claimed = await store.claim(["high", "default"], 10, NOW, NOW + 30, "w1")
     assert [t.id for t in claimed] == [high[1].id, high[0].id, low.id]
+
+
+async def test_a_claim_bounded_in_bytes_stops_at_the_first_payload_that_does_not_fit(
+    store: Storage,
+) -> None:
+    # In claim order (by eta): 3, 5, 2 and 1 KiB. The bound never skips ahead to a smaller
+    # payload that would fit: that would run tasks out of order.
+    sizes = [3, 5, 2, 1]
+    tasks = [make(payload=bytes(kib * 1024), eta=NOW - 10 + i) for i, kib in enumerate(sizes)]
+    await store.enqueue(tasks)
+    bounded = await store.claim(["default"], 10, NOW, NOW + 30, "w1", max_bytes=8 * 1024)
+    assert [t.id for t in bounded] == [tasks[0].id, tasks[1].id]  # 3 + 5 fit, + 2 does not
+    assert [len(t.payload) for t in bounded] == [3 * 1024, 5 * 1024]
+    tight = await store.claim(["default"], 10, NOW, NOW + 30, "w1", max_bytes=0)
+    assert [t.id for t in tight] == [tasks[2].id]  # the first always comes
+    assert [t.id for t in await claim(store)] == [tasks[3].id]
+
+
+async def test_a_claim_bounded_in_bytes_counts_large_payloads_without_taking_them(
+    store: Storage,
+) -> None:
+    # A payload large enough for a side file (SQLite, file) is sized unread, and the
+    # running total crosses queues in the order they are served.
+    big = make(payload=bytes(SIDE_FILE_MIN + 10), eta=NOW - 5)
+    small = [make(payload=bytes(1024), eta=NOW - 9), make(payload=bytes(1024), eta=NOW - 1)]
+    urgent = make(payload=bytes(1024), queue="high")
+    await store.enqueue([big, *small, urgent])
+    queues = ["high", "default"]
+    first = await store.claim(queues, 10, NOW, NOW + 30, "w1", max_bytes=4096)
+    assert [t.id for t in first] == [urgent.id, small[0].id]  # then the big one: no room
+    second = await store.claim(queues, 10, NOW, NOW + 30, "w1", max_bytes=4096)
+    assert [t.id for t in second] == [big.id]  # first of its claim: taken whole
+    assert len(second[0].payload) == SIDE_FILE_MIN + 10
+    room = SIDE_FILE_MIN + 10 + 1024
+    await store.enqueue([again := make(payload=bytes(SIDE_FILE_MIN + 10), eta=NOW - 8)])
+    both = await store.claim(queues, 10, NOW, NOW + 30, "w1", max_bytes=room)
+    assert [t.id for t in both] == [again.id, small[1].id]
 
 
 async def test_a_key_held_by_an_unfinished_task_returns_that_task(store: Storage) -> None:

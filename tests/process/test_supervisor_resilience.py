@@ -29,12 +29,18 @@ class FlakyStorage(MemoryStorage):
         self.failures = failures
 
     async def claim(
-        self, queues: Sequence[str], limit: int, now: float, lease_until: float, worker_id: str
+        self,
+        queues: Sequence[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+        worker_id: str,
+        max_bytes: int | None = None,
     ) -> list[Task]:
         if self.failures > 0:
             self.failures -= 1
             raise StorageError("database is locked")
-        return await super().claim(queues, limit, now, lease_until, worker_id)
+        return await super().claim(queues, limit, now, lease_until, worker_id, max_bytes)
 
 
 async def test_claim_failures_are_retried_not_fatal(tmp_path: Path) -> None:
