@@ -95,8 +95,9 @@ class Settings:
         of work; one per worker when tasks take long compared with that. Together with
         the tasks sent ahead they hold at most 64 MiB of arguments (at the mean size
         claimed so far), so a backlog of large arguments does not fill the supervisor's
-        memory; and a claim never brings in more arguments than the 64 MiB leave room
-        for, the first task excepted, however small the tasks before it were.
+        memory; and beyond the tasks idle workers take at once, a claim never brings in
+        more arguments than the 64 MiB leave room for, however small the tasks before
+        it were.
     :param send_ahead_below: while tasks take less than this many seconds on average,
         each worker is sent its next task as it starts one, so it never waits a round
         trip to the supervisor between short tasks; tasks far under a millisecond are

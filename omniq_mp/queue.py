@@ -94,11 +94,16 @@ class AsyncTaskQueue:
         worker_id: str,
         lease_ttl: float,
         max_bytes: int | None = None,
+        min_tasks: int = 1,
     ) -> list[Task]:
-        """Claim up to ``limit`` due tasks with a lease of ``lease_ttl`` seconds, their
-        payloads adding up to at most ``max_bytes`` (the first task always comes)."""
+        """Claim up to ``limit`` due tasks with a lease of ``lease_ttl`` seconds: the first
+        ``min_tasks`` whatever their size, then those whose payloads fit in ``max_bytes``
+        (see :meth:`Storage.claim`)."""
         now = self.clock()
-        return await self.storage.claim(queues, limit, now, now + lease_ttl, worker_id, max_bytes)
+        lease_until = now + lease_ttl
+        return await self.storage.claim(
+            queues, limit, now, lease_until, worker_id, max_bytes, min_tasks
+        )
 
     async def dequeue(
         self, queues: Sequence[str] = ("default",), worker_id: str = "local", lease_ttl: float = 30

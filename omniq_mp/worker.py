@@ -289,8 +289,9 @@ class AsyncWorkerPool:
         if want <= 0:
             return 0
         # The Pacer sizes claims by the payloads seen so far; the store's byte bound holds
-        # when those change at once (small tasks, then a burst of large ones).
-        held = sum(len(task.payload) for task in self._ready)
+        # when those change at once (small tasks, then a burst of large ones). Idle
+        # workers take their tasks at once, whatever the size: the bound is on the rest.
+        idle = max(1, self.pool.idle() - len(self._ready))
         began = time.monotonic()
         try:
             tasks = await self.queue.claim(
@@ -298,7 +299,8 @@ class AsyncWorkerPool:
                 want,
                 self.worker_id,
                 self.settings.lease_ttl,
-                max(0, self._pacer.BUFFER_BYTES - held),
+                max(0, self._pacer.BUFFER_BYTES - self._waiting_bytes()),
+                min(idle, want),
             )
         except Exception as exc:
             self._store_failed(exc)
@@ -334,6 +336,12 @@ class AsyncWorkerPool:
             return
         if due is not None:
             self.note_due(due)
+
+    def _waiting_bytes(self) -> int:
+        """Payload bytes of the tasks held here that no worker runs: claimed and waiting,
+        sent ahead, or finished and not settled yet."""
+        running = self.pool.running()
+        return sum(len(t.payload) for task_id, t in self._held.items() if task_id not in running)
 
     def _claim_size(self, budget: int | None) -> int:
         """How many tasks to claim now (0: none)."""

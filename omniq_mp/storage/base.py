@@ -106,6 +106,7 @@ class Storage(Protocol):
         lease_until: float,
         worker_id: str,
         max_bytes: int | None = None,
+        min_tasks: int = 1,
     ) -> list[Task]:
         """Atomically take up to ``limit`` due PENDING tasks of ``queues``.
 
@@ -113,10 +114,11 @@ class Storage(Protocol):
         task becomes RUNNING with ``attempts + 1``, a fresh ``lease_token`` and
         ``lease_until``. No task is ever handed to two claimers.
 
-        ``max_bytes`` bounds the memory a claim brings in: the claimed payloads add up to
-        at most that many bytes, except that the first task is always claimed. The claim
-        stops at the first task that does not fit (it never skips ahead to a smaller one,
-        which would break the order).
+        ``max_bytes`` bounds the memory a claim brings in: its first ``min_tasks`` tasks
+        come whatever their size (a supervisor's idle workers take them at once), and the
+        payloads of those after them add up to at most ``max_bytes``. The claim stops at
+        the first task that does not fit; it never skips ahead to a smaller one, which
+        would break the order.
         """
         ...
 
@@ -262,16 +264,16 @@ def one_per_key(candidates: Iterable[tuple[str, str | None]], held: Collection[s
     return chosen
 
 
-def within_budget(sizes: Iterable[int], max_bytes: int | None) -> int:
-    """How many of the payload ``sizes`` (in claim order) a claim bounded by ``max_bytes``
-    takes: the longest run from the first whose sizes add up to at most ``max_bytes``,
-    and never fewer than one (see :meth:`Storage.claim`)."""
-    sizes = list(sizes)
-    if max_bytes is None:
-        return len(sizes)
-    total = 0
-    for taken, size in enumerate(sizes):
-        total += size
-        if total > max_bytes and taken:
-            return taken
-    return len(sizes)
+def within_budget(sizes: Iterable[int], max_bytes: int | None, min_tasks: int = 1) -> int:
+    """How many candidates a claim takes, given their payload ``sizes`` in claim order:
+    the first ``min_tasks`` whatever their size, then as many more, in order, as have
+    payloads adding up to at most ``max_bytes`` (see :meth:`Storage.claim`). Reads
+    ``sizes`` only as far as it must."""
+    taken = total = 0
+    for size in sizes:
+        if taken >= min_tasks and max_bytes is not None:
+            total += size
+            if total > max_bytes:
+                break
+        taken += 1
+    return taken

@@ -165,16 +165,18 @@ class FileStorage:
         lease_until: float,
         worker_id: str,
         max_bytes: int | None = None,
+        min_tasks: int = 1,
     ) -> list[Task]:
         """Lease up to ``limit`` due PENDING tasks of ``queues``, in claim order: queues in
         the order given, then priority, eta and FIFO within a queue.
 
         :param now: decides which tasks are due. :param worker_id: recorded on each task.
-        :param max_bytes: payloads brought in at most (the first task always comes).
+        :param max_bytes: payloads brought in at most beyond the first ``min_tasks``
+            tasks, which come whatever their size.
         """
         names = tuple(queues)
         return await self._run(
-            lambda t: t.claim(names, limit, now, lease_until, worker_id, max_bytes)
+            lambda t: t.claim(names, limit, now, lease_until, worker_id, max_bytes, min_tasks)
         )
 
     async def next_due(self, queues: Sequence[str], now: float) -> float | None:
@@ -832,6 +834,7 @@ class _Tree:
         lease_until: float,
         worker_id: str,
         max_bytes: int | None = None,
+        min_tasks: int = 1,
     ) -> list[Task]:
         claimed: list[Task] = []
         room = math.inf if max_bytes is None else max_bytes
@@ -843,8 +846,9 @@ class _Tree:
             if task.status is not TaskStatus.PENDING:
                 self.place(path, task, seq)  # a crash stopped this entry's move halfway
             elif task.eta <= now:
-                size = self.payload_size(task)
-                if claimed and size > room:
+                counted = len(claimed) >= min_tasks
+                size = self.payload_size(task) if counted else 0
+                if size > room:
                     break  # the first that does not fit ends the claim: order is kept
                 # First: never RUNNING without its payload.
                 whole = self.with_files((path, task, seq), set_aside=True)

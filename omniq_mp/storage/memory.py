@@ -76,6 +76,7 @@ class MemoryStorage:
         lease_until: float,
         worker_id: str,
         max_bytes: int | None = None,
+        min_tasks: int = 1,
     ) -> list[Task]:
         """Take the best due tasks, mark them RUNNING with a fresh lease."""
         due = [
@@ -85,7 +86,9 @@ class MemoryStorage:
         ]
         rank = {q: i for i, q in enumerate(queues)}
         due.sort(key=lambda t: (rank[t.queue], -t.priority, t.eta, self._order[t.id]))
-        fitting = within_budget([len(t.payload) for t in due[: max(limit, 0)]], max_bytes)
+        fitting = within_budget(
+            (len(t.payload) for t in due[: max(limit, 0)]), max_bytes, min_tasks
+        )
         claimed = []
         for task in due[:fitting]:
             task.status = TaskStatus.RUNNING

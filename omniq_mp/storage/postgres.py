@@ -224,13 +224,14 @@ class PostgresStorage:
         lease_until: float,
         worker_id: str,
         max_bytes: int | None = None,
+        min_tasks: int = 1,
     ) -> list[Task]:
         """One UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n) RETURNING.
 
         Queues are served in the order given; inside a queue, higher priority first, then
         earlier eta, then first enqueued. Concurrent claimers skip each other's rows rather
-        than wait, and never share one. ``max_bytes`` bounds the payloads claimed (the
-        first task always comes).
+        than wait, and never share one. ``max_bytes`` bounds the payloads claimed beyond
+        the first ``min_tasks`` tasks.
         """
         if limit <= 0 or not queues:
             return []
@@ -246,6 +247,7 @@ class PostgresStorage:
             limit,
             self._clock(),
             max_bytes,
+            min_tasks,
         )
         # RETURNING gives no order guarantee; restore the claim order.
         rank = {q: i for i, q in enumerate(order)}

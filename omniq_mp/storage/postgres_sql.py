@@ -110,13 +110,14 @@ class Statements:
         Each queue's candidates are one scan of the partial index ``tasks_claimable`` in
         index order, stopped at the limit; ``FOR UPDATE SKIP LOCKED`` passes over rows
         another claimer is taking, so claimers never wait for or share a task. Only those
-        few candidates are then ranked across queues (first queue first), and a running
-        sum of their payloads' sizes keeps those within the byte budget ``$8`` (NULL: no
-        budget), the first always. ``octet_length`` reads a TOASTed value's size without
-        fetching it. Candidates left out were locked for this statement only.
+        few candidates are then ranked across queues (first queue first). The first
+        ``$9`` of them come whatever their size; a running sum of the payloads of those
+        after them keeps them within ``$8`` bytes (NULL: no bound). ``octet_length``
+        reads a TOASTed value's size without fetching it. Candidates left out were
+        locked for this statement only: claims that meet them meanwhile pass over them.
 
         Parameters: token, lease_until, worker_id, now, queues, limit, caller clock,
-        max_bytes.
+        max_bytes, min_tasks.
         """
         order = "q.rank, c.priority DESC, c.eta, c.seq"
         return (
@@ -125,14 +126,16 @@ class Statements:
             f"lease_deadline = {DB_NOW} + ($2::float8 - $7::float8), "
             "worker_id = $3, started_at = $4 "
             "WHERE t.id IN (SELECT b.id FROM ("
-            f"SELECT c.id, row_number() OVER w AS place, sum(c.size) OVER w AS upto "
-            "FROM unnest($5::text[]) WITH ORDINALITY AS q(name, rank) "
+            "SELECT a.id, a.place, sum(CASE WHEN a.place > $9::int THEN a.size ELSE 0 END) "
+            "OVER (ORDER BY a.place) AS upto FROM ("
+            "SELECT c.id, c.size, row_number() OVER (ORDER BY "
+            f"{order}) AS place FROM unnest($5::text[]) WITH ORDINALITY AS q(name, rank) "
             "CROSS JOIN LATERAL ("
             f"SELECT id, priority, eta, seq, octet_length(payload) AS size FROM {self.tasks} "
             "WHERE status = 'PENDING' AND queue = q.name AND eta <= $4 "
             "ORDER BY priority DESC, eta, seq LIMIT $6 FOR UPDATE SKIP LOCKED) AS c "
-            f"WINDOW w AS (ORDER BY {order}) ORDER BY {order} LIMIT $6) AS b "
-            "WHERE b.place = 1 OR $8::bigint IS NULL OR b.upto <= $8::bigint) "
+            f"ORDER BY {order} LIMIT $6) AS a) AS b "
+            "WHERE b.place <= $9::int OR $8::bigint IS NULL OR b.upto <= $8::bigint) "
             f"RETURNING {columns('t')}, t.seq"
         )
 

@@ -407,6 +407,7 @@ class SQLiteStorage:
         lease_until: float,
         worker_id: str,
         max_bytes: int | None = None,
+        min_tasks: int = 1,
     ) -> list[Task]:
         """One UPDATE ... WHERE id IN (SELECT ... LIMIT n) RETURNING: atomic across processes.
 
@@ -415,6 +416,9 @@ class SQLiteStorage:
         index ``tasks_claimable`` (one indexed scan per queue, stopped at ``limit``).
         With ``max_bytes``, the candidates' sizes are read first in the same transaction
         (side files by their size on disk, unread) and ``n`` lowered to what fits.
+        A candidate whose side file is missing counts 0 bytes and is set aside as the
+        claim reads it: in one of the first ``min_tasks`` places, it leaves the claim one
+        task short (the next claim takes the rest).
         """
         if limit <= 0 or not queues:
             return []
@@ -422,7 +426,11 @@ class SQLiteStorage:
         sql = claim_statement(len(queues))
 
         def body(conn: sqlite3.Connection) -> list[tuple[Task, int]]:
-            n = limit if max_bytes is None else self._fitting(conn, queues, now, limit, max_bytes)
+            n = (
+                limit
+                if max_bytes is None
+                else self._fitting(conn, queues, now, limit, max_bytes, min_tasks)
+            )
             per_queue = [value for q in queues for value in (q, now, n)]
             params = (token, lease_until, worker_id, now, *per_queue, n)
             rows = self._rows_with_side_files(conn, sql, params)
@@ -446,15 +454,16 @@ class SQLiteStorage:
         now: float,
         limit: int,
         max_bytes: int,
+        min_tasks: int,
     ) -> int:
-        """How many of the claim's candidates fit in ``max_bytes`` (at least one)."""
+        """How many of the claim's candidates it takes (:func:`within_budget`)."""
         per_queue = [value for q in queues for value in (q, now, limit)]
         rows = _fetchall(conn, claim_sizes_statement(len(queues)), (*per_queue, limit))
         sizes = (
             self._files.size(name) if isinstance(name, str) else int(length or 0)
             for name, length, *_ in rows
         )
-        return within_budget(sizes, max_bytes)
+        return within_budget(sizes, max_bytes, min_tasks)
 
     async def next_due(self, queues: Sequence[str], now: float) -> float | None:
         """The earliest ETA after ``now`` among PENDING tasks of ``queues`` (None: none);

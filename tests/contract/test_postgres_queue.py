@@ -145,6 +145,7 @@ async def test_the_claim_reads_the_partial_index_of_pending_tasks(
         10,
         now,
         64 * 2**20,
+        2,
     )
     text = "\n".join(r[0] for r in plan)
     assert "tasks_claimable" in text, text

@@ -381,17 +381,19 @@ async def test_claim_serves_queues_in_the_order_given(store: Storage) -> None:
 async def test_a_claim_bounded_in_bytes_stops_at_the_first_payload_that_does_not_fit(
     store: Storage,
 ) -> None:
-    # In claim order (by eta): 3, 5, 2 and 1 KiB. The bound never skips ahead to a smaller
-    # payload that would fit: that would run tasks out of order.
-    sizes = [3, 5, 2, 1]
+    # In claim order (by eta): 3, 5, 2, 1 and 1 KiB. The first task comes whatever its
+    # size; the bound is on those after it, and never skips ahead to a smaller payload
+    # that would fit: that would run tasks out of order.
+    sizes = [3, 5, 2, 1, 1]
     tasks = [make(payload=bytes(kib * 1024), eta=NOW - 10 + i) for i, kib in enumerate(sizes)]
     await store.enqueue(tasks)
-    bounded = await store.claim(["default"], 10, NOW, NOW + 30, "w1", max_bytes=8 * 1024)
-    assert [t.id for t in bounded] == [tasks[0].id, tasks[1].id]  # 3 + 5 fit, + 2 does not
+    bounded = await store.claim(["default"], 10, NOW, NOW + 30, "w1", max_bytes=6 * 1024)
+    assert [t.id for t in bounded] == [tasks[0].id, tasks[1].id]  # 5 fits in 6, 5 + 2 not
     assert [len(t.payload) for t in bounded] == [3 * 1024, 5 * 1024]
     tight = await store.claim(["default"], 10, NOW, NOW + 30, "w1", max_bytes=0)
-    assert [t.id for t in tight] == [tasks[2].id]  # the first always comes
-    assert [t.id for t in await claim(store)] == [tasks[3].id]
+    assert [t.id for t in tight] == [tasks[2].id]
+    exact = await store.claim(["default"], 10, NOW, NOW + 30, "w1", max_bytes=1024)
+    assert [t.id for t in exact] == [tasks[3].id, tasks[4].id]  # up to the byte
 
 
 async def test_a_claim_bounded_in_bytes_counts_large_payloads_without_taking_them(
@@ -406,13 +408,16 @@ async def test_a_claim_bounded_in_bytes_counts_large_payloads_without_taking_the
     queues = ["high", "default"]
     first = await store.claim(queues, 10, NOW, NOW + 30, "w1", max_bytes=4096)
     assert [t.id for t in first] == [urgent.id, small[0].id]  # then the big one: no room
-    second = await store.claim(queues, 10, NOW, NOW + 30, "w1", max_bytes=4096)
+    second = await store.claim(queues, 10, NOW, NOW + 30, "w1", max_bytes=0)
     assert [t.id for t in second] == [big.id]  # first of its claim: taken whole
     assert len(second[0].payload) == SIDE_FILE_MIN + 10
-    room = SIDE_FILE_MIN + 10 + 1024
-    await store.enqueue([again := make(payload=bytes(SIDE_FILE_MIN + 10), eta=NOW - 8)])
-    both = await store.claim(queues, 10, NOW, NOW + 30, "w1", max_bytes=room)
-    assert [t.id for t in both] == [again.id, small[1].id]
+    again = [make(payload=bytes(SIDE_FILE_MIN + 10), eta=NOW - 8 + i) for i in range(3)]
+    await store.enqueue(again)
+    room = SIDE_FILE_MIN + 10 + 1023  # the 1 KiB task after them does not fit
+    both = await store.claim(queues, 10, NOW, NOW + 30, "w1", max_bytes=room, min_tasks=2)
+    # Two come whatever their size (say, for two idle workers), the third fits the bound.
+    assert [t.id for t in both] == [again[0].id, again[1].id, again[2].id]
+    assert [t.id for t in await claim(store)] == [small[1].id]
 
 
 async def test_a_key_held_by_an_unfinished_task_returns_that_task(store: Storage) -> None:

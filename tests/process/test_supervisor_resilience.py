@@ -36,11 +36,12 @@ class FlakyStorage(MemoryStorage):
         lease_until: float,
         worker_id: str,
         max_bytes: int | None = None,
+        min_tasks: int = 1,
     ) -> list[Task]:
         if self.failures > 0:
             self.failures -= 1
             raise StorageError("database is locked")
-        return await super().claim(queues, limit, now, lease_until, worker_id, max_bytes)
+        return await super().claim(queues, limit, now, lease_until, worker_id, max_bytes, min_tasks)
 
 
 async def test_claim_failures_are_retried_not_fatal(tmp_path: Path) -> None:

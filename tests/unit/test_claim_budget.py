@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -10,18 +12,27 @@ from omniq_mp.storage.base import within_budget
 sizes = st.lists(st.integers(min_value=0, max_value=1_000), max_size=20)
 
 
-@given(sizes, st.integers(min_value=0, max_value=5_000))
-def test_a_claim_takes_the_longest_run_from_the_first_that_fits(
-    payloads: list[int], max_bytes: int
+@given(sizes, st.integers(min_value=0, max_value=5_000), st.integers(min_value=1, max_value=5))
+def test_a_claim_takes_its_first_tasks_then_the_longest_run_that_fits(
+    payloads: list[int], max_bytes: int, min_tasks: int
 ) -> None:
-    taken = within_budget(payloads, max_bytes)
-    if not payloads:
-        assert taken == 0
-        return
-    assert 1 <= taken <= len(payloads)  # the first always comes
-    assert taken == 1 or sum(payloads[:taken]) <= max_bytes
+    taken = within_budget(payloads, max_bytes, min_tasks)
+    assert taken == len(payloads) or taken >= min_tasks  # those come whatever their size
+    assert sum(payloads[min_tasks:taken]) <= max_bytes
     if taken < len(payloads):  # stopped at the first that did not fit, not before
-        assert sum(payloads[: taken + 1]) > max_bytes
+        assert sum(payloads[min_tasks : taken + 1]) > max_bytes
+
+
+def test_sizes_are_read_only_as_far_as_needed() -> None:
+    read: list[int] = []
+
+    def sizes() -> Iterator[int]:
+        for size in (10, 10, 10, 10):
+            read.append(size)
+            yield size
+
+    assert within_budget(sizes(), 15) == 2
+    assert len(read) == 3  # the third did not fit; the fourth was never sized
 
 
 @given(sizes)
