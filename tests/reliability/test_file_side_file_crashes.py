@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from omniq_mp import OmniQ, Settings
+from omniq_mp import OmniQ
 from omniq_mp.crashpoints import CRASH_EXIT_STATUS, CRASHPOINT_ENV
 from omniq_mp.storage.side_files import SIDE_FILE_MIN
+from tests.reliability.test_file_store_crashes import child_env, file_settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.process]
 
-REPO = Path(__file__).resolve().parents[2]
 PRODUCER = f"""
 import hashlib, os, sys
 from omniq_mp import OmniQ
@@ -30,17 +30,6 @@ q.enqueue_tasks([task])
 print("returned", flush=True)
 q.close()
 """
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.update(extra)
-    return env
-
-
-def _settings(base_dir: Path) -> Settings:
-    return Settings(backend="file", base_dir=base_dir, event_storage_type="none", procs=1)
 
 
 def _side_files(base_dir: Path) -> set[str]:
@@ -58,7 +47,7 @@ def test_a_crash_at_any_write_of_a_large_enqueue_leaves_no_orphan_and_loses_no_b
             hit += 1
             run = subprocess.run(
                 [sys.executable, "-c", PRODUCER, str(base_dir)],
-                env=_env(**{CRASHPOINT_ENV: f"{point}:{hit}"}),
+                env=child_env(**{CRASHPOINT_ENV: f"{point}:{hit}"}),
                 capture_output=True, text=True, timeout=60, check=False,
             )  # fmt: skip
             task_id, digest = run.stdout.splitlines()[0].split()
@@ -67,7 +56,7 @@ def test_a_crash_at_any_write_of_a_large_enqueue_leaves_no_orphan_and_loses_no_b
                 present[task_id] = digest
                 break
             assert run.returncode == CRASH_EXIT_STATUS, (point, hit, run.stderr)
-            with OmniQ(_settings(base_dir)) as q:  # the open sweeps what the crash left
+            with OmniQ(file_settings(base_dir)) as q:  # the open sweeps what the crash left
                 q.stats()
                 task = q.get_task(task_id)
                 if task is not None:  # whole: the supervisor below checks its bytes
@@ -77,6 +66,6 @@ def test_a_crash_at_any_write_of_a_large_enqueue_leaves_no_orphan_and_loses_no_b
             assert len(_side_files(base_dir)) == len(present), (point, hit)
         assert hit > 2  # the points were met: the side file and the entry's own writes
 
-    with OmniQ(_settings(base_dir)) as q:  # a supervisor runs everything present
+    with OmniQ(file_settings(base_dir)) as q:  # a supervisor runs everything present
         for task_id, digest in present.items():
             assert q.get_result(task_id, timeout=60) == digest

@@ -35,14 +35,16 @@ q.close()
 POSITIONS = {"file_before_fsync": BATCH, "file_before_rename": 2 * BATCH}
 
 
-def _env(**extra: str) -> dict[str, str]:
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment without OMNIQ_ settings, this checkout importable, ``extra`` set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OMNIQ_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update(extra)
     return env
 
 
-def _settings(base_dir: Path) -> Settings:
+def file_settings(base_dir: Path) -> Settings:
+    """A file store in ``base_dir`` with one worker and no events."""
     return Settings(backend="file", base_dir=base_dir, event_storage_type="none", procs=1)
 
 
@@ -55,14 +57,14 @@ def test_a_crash_inside_a_file_store_write_leaves_each_entry_absent_or_whole(
         for hit in range(1, positions + 1):
             done = subprocess.run(
                 [sys.executable, "-c", PRODUCER, str(base_dir)],
-                env=_env(**{CRASHPOINT_ENV: f"{point}:{hit}"}),
+                env=child_env(**{CRASHPOINT_ENV: f"{point}:{hit}"}),
                 capture_output=True, text=True, timeout=60, check=False,
             )  # fmt: skip
             lines = done.stdout.splitlines()
             assert done.returncode == CRASH_EXIT_STATUS, (point, hit, done.stderr)
             assert "returned" not in lines  # the enqueue never reported success
             batches.append(json.loads(lines[0]))
-            q = OmniQ(_settings(base_dir))  # opening clears what the crash left half-done
+            q = OmniQ(file_settings(base_dir))  # opening clears what the crash left half-done
             try:
                 for task_id in batches[-1]:
                     task = q.get_task(task_id)  # a half-written entry would not decode
@@ -75,13 +77,13 @@ def test_a_crash_inside_a_file_store_write_leaves_each_entry_absent_or_whole(
     # nothing either.
     crashed = subprocess.run(
         [sys.executable, "-m", "omniq_mp", "workers", "--burst", "--procs", "1"],
-        env=_env(OMNIQ_BACKEND="file", OMNIQ_BASE_DIR=str(base_dir),
+        env=child_env(OMNIQ_BACKEND="file", OMNIQ_BASE_DIR=str(base_dir),
                  OMNIQ_EVENT_STORAGE_TYPE="none", **{CRASHPOINT_ENV: "file_before_rename:3"}),
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert crashed.returncode == CRASH_EXIT_STATUS, crashed.stderr
 
-    with OmniQ(_settings(base_dir)) as q:  # a supervisor that runs everything present
+    with OmniQ(file_settings(base_dir)) as q:  # a supervisor that runs everything present
         present = 0
         for ids in batches:
             for i, task_id in enumerate(ids):
