@@ -264,16 +264,20 @@ def one_per_key(candidates: Iterable[tuple[str, str | None]], held: Collection[s
     return chosen
 
 
-def within_budget(sizes: Iterable[int], max_bytes: int | None, min_tasks: int = 1) -> int:
+def within_budget(sizes: Iterable[int | None], max_bytes: int | None, min_tasks: int = 1) -> int:
     """How many candidates a claim takes, given their payload ``sizes`` in claim order:
     the first ``min_tasks`` whatever their size, then as many more, in order, as have
-    payloads adding up to at most ``max_bytes`` (see :meth:`Storage.claim`). Reads
-    ``sizes`` only as far as it must."""
-    taken = total = 0
+    payloads adding up to at most ``max_bytes`` (see :meth:`Storage.claim`). A size of
+    None is a candidate whose payload is missing: the claim sets it aside, so it takes
+    neither bytes nor one of the ``min_tasks`` places. Reads ``sizes`` only as far as it
+    must."""
+    taken = counted = total = 0
     for size in sizes:
-        if taken >= min_tasks and max_bytes is not None:
-            total += size
-            if total > max_bytes:
-                break
+        if size is not None:
+            if counted >= min_tasks and max_bytes is not None:
+                total += size
+                if total > max_bytes:
+                    break
+            counted += 1
         taken += 1
     return taken

@@ -549,8 +549,9 @@ class _Tree:
             return task
         return dataclasses.replace(task, payload=payload, result=result)
 
-    def payload_size(self, task: Task) -> int:
-        """Bytes of the task's payload; of its side file, without reading it, if it has one."""
+    def payload_size(self, task: Task) -> int | None:
+        """Bytes of the task's payload; of its side file, without reading it, if it has one
+        (None: the file is missing, and reading the task sets it aside)."""
         payload = task.payload
         return self.side.size(payload.name) if isinstance(payload, InSideFile) else len(payload)
 
@@ -847,7 +848,7 @@ class _Tree:
                 self.place(path, task, seq)  # a crash stopped this entry's move halfway
             elif task.eta <= now:
                 counted = len(claimed) >= min_tasks
-                size = self.payload_size(task) if counted else 0
+                size = (self.payload_size(task) or 0) if counted else 0
                 if size > room:
                     break  # the first that does not fit ends the claim: order is kept
                 # First: never RUNNING without its payload.

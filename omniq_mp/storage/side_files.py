@@ -139,15 +139,15 @@ class SideFiles:
         except OSError as exc:
             raise os_storage_error(path, exc, f"read the {path.suffix[1:]} file") from exc
 
-    def size(self, name: str) -> int:
-        """The size in bytes of the file stored under ``name``; 0 when it is not there or
-        cannot be read (reading it then reports why)."""
+    def size(self, name: str) -> int | None:
+        """The size in bytes of the file stored under ``name``; None when it is not there
+        or cannot be looked at (reading it then reports why)."""
         if not _NAME.fullmatch(name):
-            return 0
+            return None
         try:
             return os.stat(self.folder / name).st_size
         except OSError:
-            return 0
+            return None
 
     def owns(self, name: str) -> bool:
         """Whether ``name`` has the form of a side file's (a record may say anything)."""

@@ -416,9 +416,8 @@ class SQLiteStorage:
         index ``tasks_claimable`` (one indexed scan per queue, stopped at ``limit``).
         With ``max_bytes``, the candidates' sizes are read first in the same transaction
         (side files by their size on disk, unread) and ``n`` lowered to what fits.
-        A candidate whose side file is missing counts 0 bytes and is set aside as the
-        claim reads it: in one of the first ``min_tasks`` places, it leaves the claim one
-        task short (the next claim takes the rest).
+        A candidate whose side file is missing is set aside as the claim reads it, and
+        takes no place in the count.
         """
         if limit <= 0 or not queues:
             return []

@@ -222,14 +222,15 @@ async def test_an_enqueue_that_is_refused_or_merged_leaves_no_file(store: FileSt
     assert [t.id for t in await store.list_tasks(TaskStatus.PENDING, None, 10)] == [holder.id]
 
 
+@pytest.mark.parametrize("max_bytes", [None, 0])  # 0: the one task that may come is fine
 async def test_a_missing_side_file_sets_its_entry_aside_and_the_claim_goes_on(
-    store: FileStorage,
+    store: FileStorage, max_bytes: int | None
 ) -> None:
     lost, fine = make(os.urandom(BIG), priority=1), make(b"fine")
     await store.enqueue([lost, fine])
     [name] = side_files(store)
     (large(store) / name).unlink()
-    [claimed] = await store.claim(["default"], 10, NOW, NOW + 60, "w1")
+    [claimed] = await store.claim(["default"], 10, NOW, NOW + 60, "w1", max_bytes=max_bytes)
     assert claimed.id == fine.id
     assert await store.get(lost.id) is None
     [reason] = (store.base_dir / "quarantine").glob("*.reason")

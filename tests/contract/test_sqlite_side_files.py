@@ -263,6 +263,18 @@ async def test_a_missing_payload_file_sets_its_task_aside_at_claim_not_the_other
     assert got.error is not None and f"side file '{name}' is missing" in got.error.message
 
 
+async def test_a_missing_payload_file_takes_no_place_in_a_claim_bounded_in_bytes(
+    store: SQLiteStorage,
+) -> None:
+    lost, fine = await big_first_then_small(store)
+    os.unlink(folder(store) / files(store)[0])
+    # One task may come, whatever its size: the task that can run, not the lost one.
+    claimed = await store.claim(["default"], 10, NOW, NOW + 60, "w1", max_bytes=0)
+    assert [t.id for t in claimed] == [fine.id]
+    got = await store.get(lost.id)
+    assert got is not None and got.status is TaskStatus.DEAD
+
+
 async def test_open_sweeps_old_orphaned_payload_files_and_keeps_referenced_ones(
     store: SQLiteStorage,
 ) -> None:

@@ -35,6 +35,13 @@ def test_sizes_are_read_only_as_far_as_needed() -> None:
     assert len(read) == 3  # the third did not fit; the fourth was never sized
 
 
+def test_a_missing_payload_takes_no_place_and_no_bytes() -> None:
+    # Set aside by the claim that meets it: the healthy tasks behind it fill the places.
+    assert within_budget([None, 10, 10, 10], 15, min_tasks=1) == 3
+    assert within_budget([None, None, 7], 0) == 3
+    assert within_budget([5, None, 20], 10) == 2
+
+
 @given(sizes)
 def test_no_bound_takes_every_candidate(payloads: list[int]) -> None:
     assert within_budget(payloads, None) == len(payloads)
