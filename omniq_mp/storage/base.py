@@ -264,20 +264,39 @@ def one_per_key(candidates: Iterable[tuple[str, str | None]], held: Collection[s
     return chosen
 
 
-def within_budget(sizes: Iterable[int | None], max_bytes: int | None, min_tasks: int = 1) -> int:
-    """How many candidates a claim takes, given their payload ``sizes`` in claim order:
-    the first ``min_tasks`` whatever their size, then as many more, in order, as have
-    payloads adding up to at most ``max_bytes`` (see :meth:`Storage.claim`). A size of
+class ClaimBudget:
+    """The byte bound of one claim (see :meth:`Storage.claim`), met one candidate at a
+    time in claim order: the first ``min_tasks`` come whatever their size, those after
+    them while their payloads add up to at most ``max_bytes`` (None: no bound). A size of
     None is a candidate whose payload is missing: the claim sets it aside, so it takes
-    neither bytes nor one of the ``min_tasks`` places. Reads ``sizes`` only as far as it
-    must."""
-    taken = counted = total = 0
+    neither bytes nor a place."""
+
+    def __init__(self, max_bytes: int | None, min_tasks: int = 1) -> None:
+        self.room = max_bytes
+        self.free = min_tasks
+
+    def fits(self, size: int | None) -> bool:
+        """Whether a candidate of ``size`` may come; the claim stops at the first that may
+        not (taking a smaller one behind it would break the order)."""
+        return size is None or self.free > 0 or self.room is None or size <= self.room
+
+    def take(self, size: int | None) -> None:
+        """Count a candidate that came."""
+        if size is None:
+            return
+        if self.free > 0:
+            self.free -= 1
+        elif self.room is not None:
+            self.room -= size
+
+
+def within_budget(sizes: Iterable[int | None], max_bytes: int | None, min_tasks: int = 1) -> int:
+    """How many candidates a claim takes, given their payload ``sizes`` in claim order
+    (:class:`ClaimBudget`). Reads ``sizes`` only as far as it must."""
+    budget, taken = ClaimBudget(max_bytes, min_tasks), 0
     for size in sizes:
-        if size is not None:
-            if counted >= min_tasks and max_bytes is not None:
-                total += size
-                if total > max_bytes:
-                    break
-            counted += 1
+        if not budget.fits(size):
+            break
+        budget.take(size)
         taken += 1
     return taken

@@ -71,7 +71,14 @@ from omniq_mp.errors import StorageError, StorageFullError
 from omniq_mp.file_modes import FILE_MODE, make_private_dirs
 from omniq_mp.models import ErrorKind, Settlement, Task, TaskError, TaskStatus
 from omniq_mp.schedule import Schedule
-from omniq_mp.storage.base import RENEWAL_STEP, Lease, QueueStats, WorkerInfo, one_per_key
+from omniq_mp.storage.base import (
+    RENEWAL_STEP,
+    ClaimBudget,
+    Lease,
+    QueueStats,
+    WorkerInfo,
+    one_per_key,
+)
 from omniq_mp.storage.file_codec import (
     SIDE_KINDS,
     Corrupt,
@@ -838,7 +845,7 @@ class _Tree:
         min_tasks: int = 1,
     ) -> list[Task]:
         claimed: list[Task] = []
-        room = math.inf if max_bytes is None else max_bytes
+        budget = ClaimBudget(max_bytes, min_tasks)
         for path in self.due_paths(queues, now) if limit > 0 else ():
             entry = self.read(path, decode_task)
             if entry is None:
@@ -847,9 +854,8 @@ class _Tree:
             if task.status is not TaskStatus.PENDING:
                 self.place(path, task, seq)  # a crash stopped this entry's move halfway
             elif task.eta <= now:
-                counted = len(claimed) >= min_tasks
-                size = (self.payload_size(task) or 0) if counted else 0
-                if size > room:
+                size = self.payload_size(task)
+                if not budget.fits(size):
                     break  # the first that does not fit ends the claim: order is kept
                 # First: never RUNNING without its payload.
                 whole = self.with_files((path, task, seq), set_aside=True)
@@ -868,7 +874,7 @@ class _Tree:
                 claimed.append(
                     dataclasses.replace(running, payload=whole.payload, result=whole.result)
                 )
-                room -= size
+                budget.take(size)  # only once claimed: one set aside takes no place
                 if len(claimed) >= limit:
                     break
         return claimed

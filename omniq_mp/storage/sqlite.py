@@ -430,8 +430,7 @@ class SQLiteStorage:
                 if max_bytes is None
                 else self._fitting(conn, queues, now, limit, max_bytes, min_tasks)
             )
-            per_queue = [value for q in queues for value in (q, now, n)]
-            params = (token, lease_until, worker_id, now, *per_queue, n)
+            params = (token, lease_until, worker_id, now, *_candidate_params(queues, now, n))
             rows = self._rows_with_side_files(conn, sql, params)
             # Decoded inside the transaction: a row that cannot be read is set aside in the
             # same commit that claimed it, so it neither strands the rest of the batch nor
@@ -456,11 +455,11 @@ class SQLiteStorage:
         min_tasks: int,
     ) -> int:
         """How many of the claim's candidates it takes (:func:`within_budget`)."""
-        per_queue = [value for q in queues for value in (q, now, limit)]
-        rows = _fetchall(conn, claim_sizes_statement(len(queues)), (*per_queue, limit))
+        params = _candidate_params(queues, now, limit)
+        rows = _fetchall(conn, claim_sizes_statement(len(queues)), params)
         sizes = (
             self._files.size(name) if isinstance(name, str) else int(length or 0)
-            for name, length, *_ in rows
+            for name, length in rows
         )
         return within_budget(sizes, max_bytes, min_tasks)
 
@@ -976,6 +975,11 @@ _SIDE_FILE_NAMES = (
 _STATUSES = frozenset(s.value for s in TaskStatus)
 # What _tasks does with a row that does not decode.
 _RAISE, _SKIP, _QUARANTINE = "raise", "skip", "quarantine"
+
+
+def _candidate_params(queues: Sequence[str], now: float, limit: int) -> list[Any]:
+    """The parameters of a claim's candidates (sqlite_codec's ``_candidates``)."""
+    return [*(value for q in queues for value in (q, now, limit)), limit]
 
 
 def _decode_rows(
