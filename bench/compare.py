@@ -488,6 +488,15 @@ class Kills:
     gone: list[float] = field(default_factory=list)
     ready: list[float] = field(default_factory=list)
 
+    def add(self, watch: ExitWatch, recorded: float, ready: float | None = None) -> None:
+        """One task's figures: its watch (its process is gone by now), and the
+        ``time.monotonic()`` of its outcome recorded and of its replacement ready."""
+        deadline = watch.deadline()
+        self.recorded.append((recorded - deadline) * 1000)
+        self.gone.append((watch.gone - deadline) * 1000)
+        if ready is not None:
+            self.ready.append((ready - deadline) * 1000)
+
 
 class ExitWatch:
     """Dates one ``anchor_tasks.overrun`` task: its start, which it reports to a datagram
@@ -522,9 +531,6 @@ class ExitWatch:
         if math.isnan(self.gone):
             raise RuntimeError("an overrunning task never reported, or its process never exited")
         return self.started + TIMEOUT
-
-    def gone_after(self, deadline: float) -> float:
-        return (self.gone - deadline) * 1000
 
 
 def omniq_timeout(samples: int, ignore_term: bool = False) -> Kills:
@@ -562,10 +568,7 @@ def omniq_timeout(samples: int, ignore_term: bool = False) -> Kills:
                     async with asyncio.timeout(30):  # the next sample starts on a full pool
                         while len(respawned) <= sample or pool.idle() < pool.size:
                             await asyncio.sleep(0.005)
-                    deadline = watch.deadline()  # at once: the process is gone by now
-                    kills.recorded.append((settled[sample] - deadline) * 1000)
-                    kills.gone.append(watch.gone_after(deadline))
-                    kills.ready.append((respawned[sample] - deadline) * 1000)
+                    kills.add(watch, settled[sample], respawned[sample])
         finally:
             await q.close()
         return kills
@@ -590,10 +593,7 @@ def pebble_timeout(samples: int, ignore_term: bool = False) -> Kills:
                 with contextlib.suppress(concurrent.futures.TimeoutError):
                     future.result()
                     raise RuntimeError("pebble ran an overrunning task to its end")
-                recorded = time.monotonic()
-                deadline = watch.deadline()
-                kills.recorded.append((recorded - deadline) * 1000)
-                kills.gone.append(watch.gone_after(deadline))
+                kills.add(watch, time.monotonic())
     finally:
         pool.stop()
         pool.join()
