@@ -87,13 +87,14 @@ def main(
             send(ipc.INIT_FAILED, {"error": error.to_dict()}, b"")
             sock.close()
             return
-    send(ipc.READY, {"pid": os.getpid()}, b"")
+    pid = os.getpid()
+    send(ipc.READY, {"pid": pid}, b"")
     served = 0
     frames = _Frames(sock, send)
     frames.answer_skips_while_busy()
     while (frame := frames.next_run()) is not None:
         task_id = frame.meta["task_id"]
-        send(ipc.STARTED, {"task_id": task_id, "pid": os.getpid()}, b"")
+        send(ipc.STARTED, {"task_id": task_id, "pid": pid}, b"")
         with logger.contextualize(task_id=task_id, correlation_id=task_id):
             meta, body = _execute(
                 task_id, frame.body, frame.meta.get("attempt", 1), signer, max_result_size
@@ -129,7 +130,7 @@ class _Frames:
     SKIP_POLL = 0.05  # seconds; the helper sleeps while the worker is idle
 
     def __init__(self, sock: socket.socket, send: Send) -> None:
-        self._sock = sock
+        self._reader = ipc.FrameReader(sock)
         self._send = send
         self._lock = threading.Lock()
         self._ahead: collections.deque[ipc.Frame | None] = collections.deque()  # None: end
@@ -145,7 +146,7 @@ class _Frames:
         while True:
             with self._lock:
                 self._running = False
-                self._ahead.extend(arrived)
+                self._take(arrived)
                 self._read_pending()
                 while self._ahead:
                     frame = self._ahead.popleft()
@@ -156,7 +157,7 @@ class _Frames:
                         return frame
             # Nothing waiting: block until the supervisor writes (the helper reads nothing
             # while no task runs).
-            arrived = [ipc.recv_frame(self._sock)]
+            arrived = self._reader.wait()
 
     def answer_skips_while_busy(self) -> None:
         """Start the helper thread (a daemon: it never holds up the worker's exit)."""
@@ -199,10 +200,14 @@ class _Frames:
         return True
 
     def _read_pending(self) -> None:
-        # Every frame that has arrived, without waiting for more; SKIPs are noted, the
-        # rest queued in order. After the end of the stream nothing more is read.
-        while (not self._ahead or self._ahead[-1] is not None) and ipc.pending(self._sock):
-            frame = ipc.recv_frame(self._sock)
+        # Every frame that has arrived, without waiting for more.
+        self._take(self._reader.arrived())
+
+    def _take(self, frames: list[ipc.Frame | None]) -> None:
+        # SKIPs are noted, the rest queued in order. Every frame goes through here, the
+        # ones a blocking wait brings included: a SKIP that arrives late, while the worker
+        # waits idle, is noted as one, never started as if it were a task.
+        for frame in frames:
             if frame is not None and frame.kind == ipc.SKIP:
                 number = int(frame.meta.get("n", 0))
                 if number > self._started:  # a SKIP of a task already started changes nothing

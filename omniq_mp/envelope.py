@@ -143,10 +143,16 @@ def split(payload: bytes) -> tuple[Header | None, memoryview]:
     (length,) = _LENGTH.unpack_from(payload, len(MAGIC))
     if len(payload) < start + length:
         raise ValueError("the task payload's header is truncated")
+    return _parse_header(bytes(view[start : start + length])), view[start + length :]
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_header(raw: bytes) -> Header:
+    # A worker meets the same few headers task after task: each is parsed once (a fifth
+    # of unpickling a no-op call).
     try:
-        data = json.loads(bytes(view[start : start + length]))
-        header = Header(str(data["py"]), str(data["cp"]), data.get("code"))
+        data = json.loads(raw)
+        return Header(str(data["py"]), str(data["cp"]), data.get("code"))
     # RecursionError: up to 64 KiB of "[" is absurd nesting, not a header.
     except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise ValueError(f"the task payload's header is damaged: {exc}") from None
-    return header, view[start + length :]

@@ -13,14 +13,13 @@ died, and then the whole channel is discarded with the process: no shared lock, 
 
 from __future__ import annotations
 
-import select
 import socket
 import struct
 from typing import Any, NamedTuple
 
 from omniq_mp import fastjson
 
-__all__ = ["Frame", "FrameParser", "encode", "pending", "recv_frame", "send_frame"]
+__all__ = ["Frame", "FrameParser", "FrameReader", "encode", "send_frame"]
 
 _HEADER = struct.Struct("!IQ")
 
@@ -121,12 +120,30 @@ class FrameParser:
         assert body is not None
         take = min(len(body) - self._filled, len(data))
         body[self._filled : self._filled + take] = memoryview(data)[:take]
-        self._filled += take
+        self._count_filled(take, frames)
+        return data[take:]
+
+    def body_room(self) -> memoryview | None:
+        """The part of a large body still to arrive, for a read straight into place
+        (then :meth:`body_filled`); None when no large body is arriving."""
+        if self._body is None:
+            return None
+        return memoryview(self._body)[self._filled :]
+
+    def body_filled(self, count: int) -> list[Frame]:
+        """Count ``count`` bytes read into :meth:`body_room`; the frame they complete."""
+        frames: list[Frame] = []
+        self._count_filled(count, frames)
+        return frames
+
+    def _count_filled(self, count: int, frames: list[Frame]) -> None:
+        body = self._body
+        assert body is not None
+        self._filled += count
         if self._filled == len(body):
             # The bytearray itself, not a bytes copy: the store binds any buffer.
             frames.append(_decode(self._head, body))  # type: ignore[arg-type]
             self._body, self._head, self._filled = None, b"", 0
-        return data[take:]
 
     @property
     def pending(self) -> int:
@@ -149,38 +166,71 @@ def _first_frame_ready(buf: bytearray) -> bool:
 def send_frame(
     sock: socket.socket, kind: str, meta: dict[str, Any] | None = None, body: bytes = b""
 ) -> None:
-    """Blocking write of one frame (the worker side)."""
-    for part in encode(kind, meta, body):
-        if part:
-            sock.sendall(part)
+    """Blocking write of one frame (the worker side), in one system call unless the
+    socket takes only part of it (a large body)."""
+    parts = encode(kind, meta, body)
+    sent = sock.sendmsg(parts)
+    for part in parts:
+        if sent >= len(part):
+            sent -= len(part)
+            continue
+        sock.sendall(memoryview(part)[sent:])
+        sent = 0
 
 
-def recv_frame(sock: socket.socket) -> Frame | None:
-    """Blocking read of one frame (the worker side); None at end of stream."""
-    header = _recv_exactly(sock, _HEADER.size)
-    if header is None:
-        return None
-    head_len, body_len = _HEADER.unpack(header)
-    head = _recv_exactly(sock, head_len)
-    body = _recv_exactly(sock, body_len) if body_len else b""
-    if head is None or body is None:
-        return None
-    return _decode(head, body)
+class FrameReader:
+    """Frames from a blocking socket (the worker side), in as few reads as the data
+    allows: one read takes every frame that has arrived (the supervisor sends a busy
+    worker its next tasks together), and a large body is read straight into its own
+    buffer, never through the read chunks.
 
+    Each call returns whole frames only, in order, then one None at the end of the
+    stream (the supervisor gone, or a half-written frame that will never end).
+    """
 
-def pending(sock: socket.socket) -> bool:
-    """Whether data waits to be read (the worker side; never blocks)."""
-    readable, _, _ = select.select([sock], [], [], 0)
-    return bool(readable)
+    CHUNK = 64 * 1024  # bytes asked for by one read; what is there comes, up to this
 
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._parser = FrameParser()
+        self._ended = False
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        chunk = sock.recv_into(view[got:])
-        if chunk == 0:
-            return None
-        got += chunk
-    return bytes(buf)
+    def arrived(self) -> list[Frame | None]:
+        """The frames that have arrived whole, without waiting for more."""
+        frames: list[Frame | None] = []
+        while not self._ended and self._read(frames, socket.MSG_DONTWAIT):
+            pass
+        return frames
+
+    def wait(self) -> list[Frame | None]:
+        """The frames that have arrived whole, waiting until there is at least one;
+        ``[None]`` once the stream has ended."""
+        frames = self.arrived()
+        while not frames:
+            if self._ended:
+                return [None]
+            self._read(frames, 0)
+        return frames
+
+    def _read(self, frames: list[Frame | None], flags: int) -> bool:
+        """One read, its whole frames added to ``frames``; whether another read may find
+        more (this one filled all it asked for). Non-blocking, False when nothing is
+        there."""
+        parser = self._parser
+        room = parser.body_room()
+        try:
+            if room is None:
+                data = self._sock.recv(self.CHUNK, flags)
+                count, wanted = len(data), self.CHUNK
+            else:
+                with room:
+                    wanted = len(room)
+                    count = self._sock.recv_into(room, 0, flags)
+        except BlockingIOError:
+            return False
+        if count == 0:
+            self._ended = True
+            frames.append(None)
+            return False
+        frames.extend(parser.feed(data) if room is None else parser.body_filled(count))
+        return count == wanted

@@ -69,3 +69,55 @@ def test_frames_sent_by_the_worker_side_parse_on_the_supervisor_side() -> None:
             frames += parser.feed(chunk)
         sender.join()
     assert frames == expected()
+
+
+# -- the worker side: FrameReader over a blocking socket ------------------------------------
+
+
+def _read_all(reader: ipc.FrameReader) -> list[ipc.Frame | None]:
+    frames: list[ipc.Frame | None] = []
+    while not frames or frames[-1] is not None:
+        frames += reader.wait()
+    return frames
+
+
+def test_the_worker_reads_every_frame_whole_and_in_order_then_the_end() -> None:
+    ours, theirs = socket.socketpair()
+
+    def supervisor() -> None:  # a thread: the socket buffer is smaller than the frames
+        for kind, meta, body in FRAMES:
+            ipc.send_frame(ours, kind, meta, body)
+        ours.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=supervisor)
+    sender.start()
+    with ours, theirs:
+        frames = _read_all(ipc.FrameReader(theirs))
+        sender.join()
+    assert frames == [*expected(), None]
+    large = frames[4]
+    assert large is not None and isinstance(large.body, bytearray)  # read into its own buffer
+
+
+def test_frames_sent_together_come_out_of_one_look_without_waiting() -> None:
+    small = [f for f in FRAMES if len(f[2]) < 1000]
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        reader = ipc.FrameReader(theirs)
+        assert reader.arrived() == []  # nothing yet: no wait
+        stream = b"".join(b"".join(ipc.encode(kind, meta, body)) for kind, meta, body in small)
+        ours.sendall(stream[:7])  # a frame's first bytes: not a frame yet
+        assert reader.arrived() == []
+        ours.sendall(stream[7:])
+        assert reader.arrived() == [ipc.Frame(kind, meta, body) for kind, meta, body in small]
+        assert reader.arrived() == []
+
+
+def test_a_frame_cut_short_by_the_end_of_the_stream_is_never_delivered() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.sendall(STREAM[: len(b"".join(ipc.encode(*FRAMES[0]))) + 5])
+        ours.shutdown(socket.SHUT_WR)
+        reader = ipc.FrameReader(theirs)
+        assert _read_all(reader) == [expected()[0], None]
+        assert reader.wait() == [None]  # asked again: still the end, at once
