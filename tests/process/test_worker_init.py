@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -95,12 +94,12 @@ def test_workers_that_stop_starting_make_the_supervisor_give_up_without_claiming
     tmp_path: Path,
 ) -> None:
     """The first worker starts; once its task kills it, every new one fails to start.
-    While it has no worker the supervisor claims nothing (tasks falling due meanwhile are
-    never seen RUNNING), and after max_start_failures failed starts (backoff 1 s, 2 s) it
-    exits 1 with the error."""
+    While it has no worker the supervisor claims nothing (tasks enqueued meanwhile, due
+    at once, are never seen RUNNING), and after max_start_failures failed starts (backoff
+    1 s, 2 s) it exits 1 with the error."""
     q = OmniQ(Settings(base_dir=tmp_path))
     dying = q.enqueue(f"{HELPERS}.die")
-    later = [q.enqueue("math.sqrt", 4, eta=timedelta(seconds=1)) for _ in range(3)]
+    later: list[str] = []
     settings = {
         "OMNIQ_WORKER_INIT": f"{HELPERS}.works_once",
         "OMNIQ_MAX_START_FAILURES": "3",
@@ -117,6 +116,9 @@ def test_workers_that_stop_starting_make_the_supervisor_give_up_without_claiming
             )
         deadline = time.monotonic() + 60
         while proc.poll() is None and time.monotonic() < deadline:
+            died = q.get_task(dying)
+            if not later and died is not None and died.crashes:  # its worker is gone
+                later = [q.enqueue("math.sqrt", 4) for _ in range(3)]
             for task_id in later:  # watched from outside, as an operator would
                 task = q.get_task(task_id)
                 if task is not None and task.status is TaskStatus.RUNNING:
@@ -125,7 +127,7 @@ def test_workers_that_stop_starting_make_the_supervisor_give_up_without_claiming
         assert proc.wait(timeout=5) == 1
         line = _error_line((tmp_path / "stderr").read_text())
         assert "licence server refused" in line, line
-        assert seen_running == set()
+        assert len(later) == 3 and seen_running == set()
         died = q.get_task(dying)  # one crash charged, queued again, never started again
         assert died is not None and died.status is TaskStatus.PENDING
         assert died.crashes == 1 and died.attempts == 1
