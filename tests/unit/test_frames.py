@@ -53,16 +53,23 @@ def test_any_cutting_of_the_stream_gives_the_same_frames(sizes: list[int]) -> No
     assert parser.pending == 0
 
 
+def sending_every_frame(sock: socket.socket) -> threading.Thread:
+    """A started thread that writes FRAMES to ``sock`` with ``send_frame``, then ends
+    the stream (a thread: the socket buffer is smaller than the frames)."""
+
+    def send() -> None:
+        for kind, meta, body in FRAMES:
+            ipc.send_frame(sock, kind, meta, body)
+        sock.shutdown(socket.SHUT_WR)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    return sender
+
+
 def test_frames_sent_by_the_worker_side_parse_on_the_supervisor_side() -> None:
     ours, theirs = socket.socketpair()
-
-    def worker() -> None:  # a thread: the socket buffer is smaller than the frames
-        for kind, meta, body in FRAMES:
-            ipc.send_frame(theirs, kind, meta, body)
-        theirs.shutdown(socket.SHUT_WR)
-
-    sender = threading.Thread(target=worker)
-    sender.start()
+    sender = sending_every_frame(theirs)
     with ours, theirs:
         parser, frames = ipc.FrameParser(), []
         while chunk := ours.recv(65_536):
@@ -83,14 +90,7 @@ def _read_all(reader: ipc.FrameReader) -> list[ipc.Frame | None]:
 
 def test_the_worker_reads_every_frame_whole_and_in_order_then_the_end() -> None:
     ours, theirs = socket.socketpair()
-
-    def supervisor() -> None:  # a thread: the socket buffer is smaller than the frames
-        for kind, meta, body in FRAMES:
-            ipc.send_frame(ours, kind, meta, body)
-        ours.shutdown(socket.SHUT_WR)
-
-    sender = threading.Thread(target=supervisor)
-    sender.start()
+    sender = sending_every_frame(ours)
     with ours, theirs:
         frames = _read_all(ipc.FrameReader(theirs))
         sender.join()
