@@ -184,8 +184,9 @@ class FrameReader:
     worker its next tasks together), and a large body is read straight into its own
     buffer, never through the read chunks.
 
-    Each call returns whole frames only, in order, then one None at the end of the
-    stream (the supervisor gone, or a half-written frame that will never end).
+    Calls return whole frames only, in order, then None once the stream ends (the
+    supervisor gone, or a half-written frame that will never end): :meth:`arrived`
+    returns it once, :meth:`wait` at every call from then on.
     """
 
     CHUNK = 64 * 1024  # bytes asked for by one read; what is there comes, up to this

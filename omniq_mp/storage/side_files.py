@@ -142,7 +142,7 @@ class SideFiles:
     def size(self, name: str) -> int | None:
         """The size in bytes of the file stored under ``name``; None when it is not there
         or cannot be looked at (reading it then reports why)."""
-        if not _NAME.fullmatch(name):
+        if not self.owns(name):
             return None
         try:
             return os.stat(self.folder / name).st_size
