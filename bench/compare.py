@@ -15,7 +15,7 @@ omniq_mp's ratio to each anchor.
 Workloads: durable no-op (enqueue, drain, end to end), single and batched enqueue,
 enqueue from concurrent producers (threads, and coroutines against Huey's threads), idle
 enqueue-to-result latency from another process, CPU-bound efficiency (200 x 20 ms),
-timeout settling, and memory (supervisor RSS idle and with a backlog, child USS).
+timeout settling, and memory (supervisor RSS and child USS, idle and with a backlog).
 
 ``--plot PATH`` draws omniq_mp's ratios as a bar chart (matplotlib): the README's plot is
 ``python bench/compare.py --plot bench/compare.png``.
@@ -317,8 +317,9 @@ def omniq_latency(samples: int, synchronous: str = "FULL") -> list[float]:
     return times
 
 
-def omniq_memory(backlog: int) -> tuple[float, float, float]:
-    """(supervisor RSS MiB idle, child USS MiB idle, supervisor RSS MiB with ``backlog``)."""
+def omniq_memory(backlog: int) -> tuple[float, float, float, float]:
+    """(supervisor RSS MiB idle, child USS MiB idle, supervisor RSS MiB and child USS MiB
+    with ``backlog`` tasks queued, the children each running one of them)."""
     from anchor_tasks import sleep
 
     from omniq_mp import OmniQ
@@ -331,8 +332,7 @@ def omniq_memory(backlog: int) -> tuple[float, float, float]:
             wait_until(lambda: len(supervisor.children()) >= PROCS, 30, "workers to start")
             time.sleep(2.0)  # let claims, leases and heartbeats settle
             children = [c for c in supervisor.children() if "forkserver" not in c.cmdline()[-1]]
-            uss = max(c.memory_full_info().uss for c in children[:PROCS]) / 2**20
-            return supervisor.memory_info().rss / 2**20, uss
+            return supervisor.memory_info().rss / 2**20, max_uss(children[:PROCS])
 
     with scratch_dir() as base_dir:
         idle_rss, child_uss = measure(base_dir / "idle")
@@ -342,8 +342,8 @@ def omniq_memory(backlog: int) -> tuple[float, float, float]:
                 q.enqueue_tasks([q.build(sleep, 30) for _ in range(min(10_000, backlog - start))])
         finally:
             q.close()
-        busy_rss, _ = measure(base_dir / "busy")
-    return idle_rss, child_uss, busy_rss
+        busy_rss, busy_uss = measure(base_dir / "busy")
+    return idle_rss, child_uss, busy_rss, busy_uss
 
 
 def omniq_idle_cpu(seconds: float) -> float:
@@ -448,7 +448,8 @@ def pool_latency(make: Callable[[], concurrent.futures.Executor], samples: int) 
 
 def pool_memory(
     make: Callable[[], concurrent.futures.Executor], backlog: int
-) -> tuple[float, float, float]:
+) -> tuple[float, float, float, float]:
+    """As :func:`omniq_memory`, for a pool in this process (the parent is the supervisor)."""
     from anchor_tasks import hold, noop
 
     me = psutil.Process()
@@ -458,18 +459,24 @@ def pool_memory(
         pool.submit(noop).result()
         time.sleep(1.0)
         workers = [p for p in me.children(recursive=True) if p.pid not in before]
-        uss = max(w.memory_full_info().uss for w in workers) / 2**20 if workers else 0.0
+        uss = max_uss(workers)
         idle = me.memory_info().rss / 2**20
         futures = [pool.submit(hold, str(release), 60) for _ in range(backlog)]
         time.sleep(1.0)
         busy = me.memory_info().rss / 2**20
+        busy_uss = max_uss(workers)
         # Cancel the backlog and let the few tasks already handed to workers return, so
         # the pool shuts down cleanly (killing its workers made the stdlib pool's manager
         # thread print an InvalidStateError for the cancelled futures).
         for future in futures:
             future.cancel()
         release.touch()
-    return idle, uss, busy
+    return idle, uss, busy, busy_uss
+
+
+def max_uss(processes: list[psutil.Process]) -> float:
+    """The largest USS among ``processes``, in MiB (0 for none)."""
+    return max((p.memory_full_info().uss for p in processes), default=0) / 2**20
 
 
 # -- timeouts --------------------------------------------------------------------------------
@@ -713,6 +720,9 @@ def huey_cpu(count: int, seconds: float) -> float:
 # -- the run ---------------------------------------------------------------------------------
 
 
+MEMORY_ROWS = ("rss", "uss", "rss_backlog", "uss_backlog")  # as omniq_memory returns them
+
+
 def measure(quick: bool) -> list[Row]:
     repeats = 1 if quick else 3
     n = 500 if quick else 20_000  # seconds per drain: one stall of the machine moves it less
@@ -761,6 +771,9 @@ def measure(quick: bool) -> list[Row]:
         "rss": Row("supervisor/parent RSS, idle", "MiB", False),
         "uss": Row("worker process USS, idle", "MiB", False),
         "rss_backlog": Row(f"supervisor/parent RSS, {backlog:,} tasks queued", "MiB", False),
+        "uss_backlog": Row(
+            f"worker process USS, {backlog:,} tasks queued, running one", "MiB", False
+        ),
     }
     pools = pool_factories()
     for repeat in range(repeats):
@@ -815,14 +828,10 @@ def measure(quick: bool) -> list[Row]:
         # Once per repeat: this VM's CPU cost per wake-up drifts by the minute.
         rows["idle_cpu"].add("omniq_mp", omniq_idle_cpu(3.0 if quick else 10.0))
         if repeat == 0:  # memory does not vary between repeats
-            for key, value in zip(
-                ("rss", "uss", "rss_backlog"), omniq_memory(backlog), strict=True
-            ):
+            for key, value in zip(MEMORY_ROWS, omniq_memory(backlog), strict=True):
                 rows[key].add("omniq_mp", value)
             for name, make in pools.items():
-                for key, value in zip(
-                    ("rss", "uss", "rss_backlog"), pool_memory(make, backlog), strict=True
-                ):
+                for key, value in zip(MEMORY_ROWS, pool_memory(make, backlog), strict=True):
                     rows[key].add(name, value)
     return list(rows.values())
 
