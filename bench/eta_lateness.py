@@ -33,7 +33,7 @@ def fail_first(marker: str) -> float:
 
 def measure(quick: bool) -> list[Figure]:
     """ETA and retry start lateness, in ms."""
-    samples = 5 if quick else 40
+    samples = 3 if quick else 40
     eta_late: list[float] = []
     retry_late: list[float] = []
     with scratch_dir() as base_dir:
