@@ -421,6 +421,20 @@ class SQLiteStorage:
         """
         if limit <= 0 or not queues:
             return []
+        body = self._claim_body(queues, limit, now, lease_until, worker_id, max_bytes, min_tasks)
+        return _in_claim_order(await self._transaction(body, durable=False), queues)
+
+    def _claim_body(
+        self,
+        queues: Sequence[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+        worker_id: str,
+        max_bytes: int | None,
+        min_tasks: int,
+    ) -> Callable[[sqlite3.Connection], list[tuple[Task, int]]]:
+        """The claim's work inside a transaction: the tasks claimed, each with its seq."""
         token = uuid.uuid4().hex  # one token per claim batch; a task's token is token:id
         sql = claim_statement(len(queues))
 
@@ -439,11 +453,7 @@ class SQLiteStorage:
             _quarantine(conn, damaged, now)
             return claimed
 
-        claimed = await self._transaction(body, durable=False)
-        # RETURNING gives no order guarantee; restore the claim order.
-        rank = {q: i for i, q in enumerate(queues)}
-        claimed.sort(key=lambda c: (rank[c[0].queue], -c[0].priority, c[0].eta, c[1]))
-        return [task for task, _ in claimed]
+        return body
 
     def _fitting(
         self,
@@ -481,9 +491,40 @@ class SQLiteStorage:
         interval tasks' next runs, of ``SIDE_FILE_MIN`` bytes or more are first written to
         files of their own (side_files.py) and the rows refer to them.
         """
+        applied, _ = await self._settle_then(settlements, None)
+        return applied
+
+    async def settle_and_claim(
+        self,
+        settlements: Sequence[Settlement],
+        queues: Sequence[str],
+        limit: int,
+        now: float,
+        lease_until: float,
+        worker_id: str,
+        max_bytes: int | None = None,
+        min_tasks: int = 1,
+    ) -> tuple[list[bool], list[Task]]:
+        """:meth:`settle`, then :meth:`claim`, in one fully synced transaction: what each
+        would return. A supervisor draining short tasks settles and claims all the time,
+        and the store's one thread runs one transaction at a time, so a claim waited
+        behind each settle; together they pay one BEGIN, one commit and one trip into the
+        thread. Either failing rolls back both."""
+        if limit <= 0 or not queues:
+            return await self.settle(settlements), []
+        body = self._claim_body(queues, limit, now, lease_until, worker_id, max_bytes, min_tasks)
+        applied, claimed = await self._settle_then(settlements, body)
+        return applied, _in_claim_order(claimed or [], queues)
+
+    async def _settle_then(
+        self,
+        settlements: Sequence[Settlement],
+        then: Callable[[sqlite3.Connection], T] | None,
+    ) -> tuple[list[bool], T | None]:
+        """Settle ``settlements`` and run ``then`` after them in the same transaction."""
         files = await self._to_side_files(settlements)
         try:
-            applied = await self._settle(settlements, files)
+            applied, after = await self._settle(settlements, files, then)
         except Exception:  # rolled back: no row names them
             await asyncio.to_thread(self._files.remove, files.values())
             raise
@@ -496,7 +537,7 @@ class SQLiteStorage:
             ids += [s.follow_up.id for s in settlements if s.follow_up and id(s.follow_up) in files]
             with contextlib.suppress(StorageError):  # closed meanwhile: the sweep's job
                 await self._open_thread().run(self._remove_unnamed, ids, files.values())
-        return applied
+        return applied, after
 
     async def _to_side_files(self, settlements: Sequence[Settlement]) -> dict[int, str]:
         """Write each result, and each next run's payload, of ``SIDE_FILE_MIN`` bytes or
@@ -515,9 +556,12 @@ class SQLiteStorage:
         return files
 
     async def _settle(
-        self, settlements: Sequence[Settlement], files: Mapping[int, str]
-    ) -> list[bool]:
-        def body(conn: sqlite3.Connection) -> list[bool]:
+        self,
+        settlements: Sequence[Settlement],
+        files: Mapping[int, str],
+        then: Callable[[sqlite3.Connection], T] | None,
+    ) -> tuple[list[bool], T | None]:
+        def settle(conn: sqlite3.Connection) -> list[bool]:
             tokens = _current_tokens(conn, [s.task_id for s in settlements])
             applied = []
             for s in settlements:
@@ -545,7 +589,12 @@ class SQLiteStorage:
                 conn.executemany(INSERT.replace("INSERT", "INSERT OR IGNORE", 1), rows)
             return applied
 
-        return await self._transaction(body) if settlements else []
+        def body(conn: sqlite3.Connection) -> tuple[list[bool], T | None]:
+            return settle(conn), None if then is None else then(conn)
+
+        if not settlements and then is None:
+            return [], None
+        return await self._transaction(body)
 
     async def extend_leases(self, leases: Mapping[str, str], lease_until: float) -> set[str]:
         """Renew in one transaction; ids whose token no longer matches are reported lost."""
@@ -1097,6 +1146,14 @@ def _raise_unless_locked(path: Path, exc: sqlite3.Error) -> None:
 
 def _stayed_locked(path: Path) -> StorageError:
     return StorageError(f"{path}: database stayed locked through {LOCK_RETRIES} tries")
+
+
+def _in_claim_order(claimed: list[tuple[Task, int]], queues: Sequence[str]) -> list[Task]:
+    """The tasks of a claim in claim order (RETURNING gives no order guarantee): queue by
+    queue as listed, then higher priority, earlier eta, first enqueued."""
+    rank = {q: i for i, q in enumerate(queues)}
+    claimed.sort(key=lambda c: (rank[c[0].queue], -c[0].priority, c[0].eta, c[1]))
+    return [task for task, _ in claimed]
 
 
 def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[Any]:

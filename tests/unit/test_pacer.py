@@ -106,9 +106,30 @@ def supervisor(held: int, idle_workers: int) -> AsyncWorkerPool:
 def test_claims_refill_by_halves_while_every_worker_has_work() -> None:
     # One claim per finished task cost a commit and its wake-ups per task (579 claims for
     # 600 tasks of 10 ms); a claim now waits until half the target is missing.
-    assert supervisor(held=5, idle_workers=0)._claim_size(None) == 0
-    assert supervisor(held=4, idle_workers=0)._claim_size(None) == 4
-    assert supervisor(held=7, idle_workers=1)._claim_size(None) == 1  # a worker waits
+    assert supervisor(held=5, idle_workers=0)._claim_size() == 0
+    assert supervisor(held=4, idle_workers=0)._claim_size() == 4
+    assert supervisor(held=7, idle_workers=1)._claim_size() == 1  # a worker waits
+
+
+def test_outcomes_stored_in_the_claims_transaction_no_longer_count_against_it() -> None:
+    # A claim carried in a settle's transaction: the tasks whose outcomes that commit
+    # stores are gone from the supervisor once it lands.
+    assert supervisor(held=8, idle_workers=0)._claim_size(settling=4) == 4
+    assert supervisor(held=8, idle_workers=0)._claim_size(settling=3) == 0  # not half yet
+
+
+def test_claims_under_way_count_against_the_target_and_the_limit() -> None:
+    # A claim alone and one carried by outcomes may be under way at once: neither may
+    # take what the other asked for.
+    workers = supervisor(held=2, idle_workers=1)
+    assert workers._claim_size() == 6
+    workers._asked = 6
+    assert workers._claim_size() == 0
+    workers._asked = 0
+    workers._claim_cap, workers._claimed_count = 10, 7  # process_tasks(limit=10)
+    assert workers._claim_size() == 3
+    workers._asked = 2
+    assert workers._claim_size() == 1
 
 
 def test_large_arguments_bound_the_prefetch_and_the_tasks_sent_ahead_by_bytes() -> None:
