@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -100,9 +100,33 @@ class AsyncTaskQueue:
         ``min_tasks`` whatever their size, then those whose payloads fit in ``max_bytes``
         (see :meth:`Storage.claim`)."""
         now = self.clock()
-        lease_until = now + lease_ttl
         return await self.storage.claim(
-            queues, limit, now, lease_until, worker_id, max_bytes, min_tasks
+            queues, limit, now, now + lease_ttl, worker_id, max_bytes, min_tasks
+        )
+
+    @property
+    def carries_claims(self) -> bool:
+        """Whether the store can claim in the transaction that stores outcomes
+        (:meth:`settle_and_claim`; SQLite can)."""
+        return hasattr(self.storage, "settle_and_claim")
+
+    async def settle_and_claim(
+        self,
+        settlements: Sequence[Settlement],
+        queues: Sequence[str],
+        limit: int,
+        worker_id: str,
+        lease_ttl: float,
+        max_bytes: int | None = None,
+        min_tasks: int = 1,
+    ) -> tuple[list[bool], list[Task]]:
+        """Store ``settlements`` and claim as :meth:`claim` does, in one transaction: what
+        each would return. Only on a store that :attr:`carries_claims`."""
+        together: Callable[..., Awaitable[tuple[list[bool], list[Task]]]]
+        together = self.storage.settle_and_claim  # type: ignore[attr-defined]
+        now = self.clock()
+        return await together(
+            settlements, queues, limit, now, now + lease_ttl, worker_id, max_bytes, min_tasks
         )
 
     async def dequeue(
