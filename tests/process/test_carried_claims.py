@@ -1,9 +1,11 @@
 """Claims carried by outcomes (SQLite): a supervisor draining short tasks stores their
 outcomes and claims its next tasks in one transaction. Every task still runs once, and
-``process_tasks(limit=)`` still claims no more than its limit and leaves nothing held."""
+``process_tasks(limit=)`` still claims no more than its limit and leaves nothing held; an
+outcome carries no claim once a claim has found the queue empty."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,3 +74,23 @@ async def test_a_limit_holds_with_carried_claims(tmp_path: Path) -> None:
     assert sum(storage.carried) > 0, "no claim was carried by outcomes"
     assert sum(storage.alone) + sum(storage.carried) == 600  # never past the limit
     assert (stats.completed, stats.pending, stats.running) == (600, 900, 0)
+
+
+async def test_an_outcome_carries_no_claim_once_a_claim_found_the_queue_empty(
+    tmp_path: Path,
+) -> None:
+    # Tasks one at a time (a notebook's enqueue and get_result): each claim comes back
+    # short, so each outcome commits alone instead of first claiming nothing.
+    storage = CountingSQLite(tmp_path / "omniq.db")
+    q = AsyncOmniQ(Settings(base_dir=tmp_path, procs=2), storage=storage)
+    await q.open()
+    try:
+        async with q.worker_pool() as workers:
+            job = asyncio.create_task(workers.process_tasks(limit=5))
+            for _ in range(5):
+                assert await q.get_result(await q.enqueue(noop), timeout=30) == 1
+            assert await job == 5
+    finally:
+        await q.close()
+    assert sum(storage.alone) == 5
+    assert storage.carried == []
