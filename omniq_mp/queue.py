@@ -107,7 +107,7 @@ class AsyncTaskQueue:
     @property
     def carries_claims(self) -> bool:
         """Whether the store can claim in the transaction that stores outcomes
-        (:meth:`settle_and_claim`; SQLite can)."""
+        (:meth:`settle_and_claim`; SQLite and PostgreSQL can)."""
         return hasattr(self.storage, "settle_and_claim")
 
     async def settle_and_claim(

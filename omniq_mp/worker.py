@@ -589,9 +589,9 @@ class AsyncWorkerPool:
 
     async def _settle_and_claim(self, pairs: list[tuple[Task, Settlement]]) -> list[bool]:
         """Store the outcomes of ``pairs``; which were applied. Where the store can
-        (SQLite's ``settle_and_claim``), the claim that storing them would make room for
-        goes in the same transaction: the store's one thread runs one transaction at a
-        time, and in a drain of short tasks each claim waited behind a settle while the
+        (``settle_and_claim``: SQLite, PostgreSQL), the claim that storing them would make
+        room for goes in the same transaction. SQLite's one thread runs one transaction at
+        a time, and in a drain of short tasks each claim waited behind a settle while the
         workers ran out of tasks (20,000-task no-op drains against separate transactions:
         24 alternating pairs, 18 faster, 4-6% more tasks/s)."""
         settlements = [s for _, s in pairs]

@@ -1,6 +1,6 @@
-"""SQLiteStorage.settle_and_claim: outcomes stored and the next tasks claimed in one
-transaction, each part answering as settle and claim would, and neither without the
-other."""
+"""``settle_and_claim`` (SQLite, PostgreSQL): outcomes stored and the next tasks claimed
+in one transaction, each part answering as settle and claim would, and neither without
+the other."""
 
 from __future__ import annotations
 
@@ -13,21 +13,40 @@ import pytest
 
 from omniq_mp.errors import StorageError
 from omniq_mp.models import Settlement, Task, TaskStatus, create_task
+from omniq_mp.storage.postgres import PostgresStorage
 from omniq_mp.storage.sqlite import SQLiteStorage
+from tests.contract.backends import BACKENDS, backend_params
 
 NOW = 1_000.0
 LEASE = NOW + 30
 
+Store = SQLiteStorage | PostgresStorage
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
-    s = SQLiteStorage(tmp_path / "omniq.db")
+
+@pytest.fixture(params=backend_params(["sqlite", "postgres"]))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A store of each kind that can carry claims."""
+    s = BACKENDS[request.param](tmp_path)
+    assert isinstance(s, SQLiteStorage | PostgresStorage)
     await s.open()
     yield s
     await s.close()
 
 
-async def running_and_pending(store: SQLiteStorage) -> tuple[Task, list[Task]]:
+def break_claims(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the store's claim statement fail as a damaged database would."""
+    if isinstance(store, SQLiteStorage):
+
+        def broken(*_: Any) -> list[Any]:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+
+        monkeypatch.setattr(store, "_rows_with_side_files", broken)
+    else:
+        wrong = "SELECT * FROM no_such_table_malformed"  # a relation that is not there
+        monkeypatch.setattr(type(store._sql), "claim", property(lambda _: wrong))
+
+
+async def running_and_pending(store: Store) -> tuple[Task, list[Task]]:
     """One task claimed (RUNNING), then three pending, the last of them most urgent."""
     await store.enqueue([create_task("math.sqrt", eta=0.0)])
     [running] = await store.claim(["default"], 1, NOW, LEASE, "w1")
@@ -42,7 +61,7 @@ def done(task: Task, token: str | None = None) -> Settlement:
 
 
 async def test_outcomes_are_stored_and_the_claim_comes_in_claim_order(
-    store: SQLiteStorage,
+    store: Store,
 ) -> None:
     running, pending = await running_and_pending(store)
     applied, claimed = await store.settle_and_claim(
@@ -63,7 +82,7 @@ async def test_outcomes_are_stored_and_the_claim_comes_in_claim_order(
 
 
 async def test_a_fenced_outcome_is_refused_and_the_claim_still_made(
-    store: SQLiteStorage,
+    store: Store,
 ) -> None:
     running, pending = await running_and_pending(store)
     applied, claimed = await store.settle_and_claim(
@@ -75,7 +94,7 @@ async def test_a_fenced_outcome_is_refused_and_the_claim_still_made(
     assert kept is not None and kept.status is TaskStatus.RUNNING
 
 
-async def test_no_room_to_claim_only_settles(store: SQLiteStorage) -> None:
+async def test_no_room_to_claim_only_settles(store: Store) -> None:
     running, pending = await running_and_pending(store)
     assert await store.settle_and_claim([done(running)], ["default"], 0, NOW, LEASE, "w2") == (
         [True],
@@ -85,14 +104,11 @@ async def test_no_room_to_claim_only_settles(store: SQLiteStorage) -> None:
 
 
 async def test_a_failing_claim_rolls_the_outcomes_back_with_it(
-    store: SQLiteStorage, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     running, pending = await running_and_pending(store)
 
-    def broken(*_: Any) -> list[Any]:
-        raise sqlite3.DatabaseError("database disk image is malformed")
-
-    monkeypatch.setattr(store, "_rows_with_side_files", broken)
+    break_claims(store, monkeypatch)
     with pytest.raises(StorageError, match="malformed"):
         await store.settle_and_claim([done(running)], ["default"], 5, NOW, LEASE, "w2")
     monkeypatch.undo()
