@@ -302,10 +302,9 @@ class PostgresStorage:
     ) -> tuple[list[bool], list[Task]]:
         """:meth:`settle`, then :meth:`claim`, in one transaction: what each would return.
 
-        A supervisor draining short tasks settles and claims all the time; together
-        they cost one connection checkout, one commit (each a WAL flush on a server
-        with ``synchronous_commit`` on) and one round of trips fewer. Either failing rolls
-        back both."""
+        A supervisor draining short tasks settles and claims all the time; together they
+        take one connection from the pool and one commit (a WAL flush, with the server's
+        ``synchronous_commit`` on) where they took two. Either failing rolls back both."""
         if limit <= 0 or not queues:
             return await self.settle(settlements), []
         async with self._pool.connection() as conn, conn.transaction():
