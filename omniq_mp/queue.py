@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from omniq_mp.errors import SerializationError
 from omniq_mp.models import (
@@ -28,6 +28,7 @@ from omniq_mp.retry import RetryPolicy
 from omniq_mp.serialization import dumps_result
 from omniq_mp.signing import RESULT, Signer
 from omniq_mp.storage.base import QueueStats, Storage
+from omniq_mp.storage.capabilities import CarriesClaims
 from omniq_mp.task_builder import build_task
 
 __all__ = ["AsyncTaskQueue", "build_task"]
@@ -56,6 +57,8 @@ class AsyncTaskQueue:
         signer: Signer | None = None,
     ) -> None:
         self.storage = storage
+        # Asked once: a runtime protocol check costs about 10 µs, and settles ask often.
+        self._carries_claims = isinstance(storage, CarriesClaims)
         self.signer = signer
         self.retry_policy = retry_policy or RetryPolicy()
         self.clock = clock
@@ -107,8 +110,8 @@ class AsyncTaskQueue:
     @property
     def carries_claims(self) -> bool:
         """Whether the store can claim in the transaction that stores outcomes
-        (:meth:`settle_and_claim`; SQLite and PostgreSQL can)."""
-        return hasattr(self.storage, "settle_and_claim")
+        (:class:`~omniq_mp.storage.capabilities.CarriesClaims`: SQLite and PostgreSQL)."""
+        return self._carries_claims
 
     async def settle_and_claim(
         self,
@@ -121,11 +124,15 @@ class AsyncTaskQueue:
         min_tasks: int = 1,
     ) -> tuple[list[bool], list[Task]]:
         """Store ``settlements`` and claim as :meth:`claim` does, in one transaction: what
-        each would return. Only on a store that :attr:`carries_claims`."""
-        together: Callable[..., Awaitable[tuple[list[bool], list[Task]]]]
-        together = self.storage.settle_and_claim  # type: ignore[attr-defined]
+        each would return.
+
+        :raises TypeError: the store does not :attr:`carries_claims`.
+        """
+        if not self._carries_claims:
+            raise TypeError(f"{type(self.storage).__name__} cannot claim while it settles")
+        store = cast(CarriesClaims, self.storage)  # checked above, once for all calls
         now = self.clock()
-        return await together(
+        return await store.settle_and_claim(
             settlements, queues, limit, now, now + lease_ttl, worker_id, max_bytes, min_tasks
         )
 

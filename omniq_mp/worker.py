@@ -49,6 +49,7 @@ from omniq_mp.queue import AsyncTaskQueue
 from omniq_mp.schedule import next_cron_time
 from omniq_mp.signing import Signer
 from omniq_mp.storage.base import Lease, Storage, WorkerInfo
+from omniq_mp.storage.capabilities import AnnouncesWork, judges_lease_expiry
 from omniq_mp.wakeup import CLIENTS, SUPERVISORS, Poker, WakeListener
 from omniq_mp.watch import WATCH_INTERVAL, TaskWatch, cpu_seconds, tree_rss
 
@@ -735,16 +736,13 @@ class AsyncWorkerPool:
     async def _notification_loop(self) -> None:
         # Stores that can push (PostgreSQL LISTEN/NOTIFY) wake the claim loop the moment
         # work arrives from any host; the others are polled every poll_interval.
-        wait_for_work = getattr(self.queue.storage, "wait_for_work", None)
-        if wait_for_work is None:
+        store = self.queue.storage
+        if not isinstance(store, AnnouncesWork):
             return
-        # Optional beside it: the earliest ETA the notifications announced.
-        notified_due = getattr(self.queue.storage, "notified_due", None)
         while True:
             try:
-                if await wait_for_work(5.0):
-                    due = None if notified_due is None else notified_due()
-                    self.wake(due)
+                if await store.wait_for_work(5.0):
+                    self.wake(store.notified_due())
             except Exception as exc:  # never spin on a failing store
                 logger.bind(action="service_error").warning("work notifications: {}", exc)
                 await asyncio.sleep(1.0)
@@ -817,7 +815,7 @@ class AsyncWorkerPool:
         supervisor does, by observation on its own monotonic clock (:meth:`_dead_leases`).
         """
         storage = self.queue.storage
-        if getattr(storage, "judges_lease_expiry", False):
+        if judges_lease_expiry(storage):
             expired = await storage.expired(self.queue.clock(), _RECOVERY_BATCH)
         else:
             expired = await self._dead_leases()

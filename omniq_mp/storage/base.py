@@ -3,7 +3,8 @@
 The supervisor and the queue speak only this protocol, never SQL or file paths, so the
 memory, SQLite and file backends are interchangeable and pass one contract suite
 (``tests/contract``). Every write that ends an attempt is *fenced* by the lease token the
-attempt was claimed with: a stale holder's late write changes nothing.
+attempt was claimed with: a stale holder's late write changes nothing. The faster paths a
+store may add beyond this protocol are in :mod:`omniq_mp.storage.capabilities`.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import pytest
 
 from omniq_mp.models import Settlement, Task, TaskStatus, create_task
 from omniq_mp.storage.base import Lease, Storage
+from omniq_mp.storage.capabilities import judges_lease_expiry
 
 NOW = 1_700_000_000.0
 
@@ -27,7 +28,7 @@ async def claim(store: Storage, limit: int = 10) -> list[Task]:
 
 def observed(store: Storage) -> bool:
     """True for stores whose supervisors judge leases by observation."""
-    return not getattr(store, "judges_lease_expiry", False)
+    return not judges_lease_expiry(store)
 
 
 async def test_lists_every_running_task_with_its_token_and_lease_end(store: Storage) -> None:

@@ -11,6 +11,7 @@ import pytest
 
 from omniq_mp.models import Settlement, TaskStatus
 from omniq_mp.storage.base import Storage
+from omniq_mp.storage.capabilities import ReadsOutcomes
 from omniq_mp.storage.sqlite import SQLiteStorage
 from tests.contract.test_storage_contract import NOW, claim, make
 
@@ -25,7 +26,8 @@ async def test_outcomes_are_the_tasks_without_their_payloads(store: Storage) -> 
     ok = Settlement(b.id, b.lease_token or "", TaskStatus.COMPLETED, result=b"r", finished_at=NOW)
     assert await store.settle([ok]) == [True]
     full = await store.get_many([running.id, done.id])
-    read = await store.get_outcomes([running.id, done.id, "no-such-task"])  # type: ignore[attr-defined]
+    assert isinstance(store, ReadsOutcomes)
+    read = await store.get_outcomes([running.id, done.id, "no-such-task"])
     assert len(full) == 2
     assert sorted(read, key=lambda t: t.id) == sorted(
         (dataclasses.replace(t, payload=b"") for t in full), key=lambda t: t.id

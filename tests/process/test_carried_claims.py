@@ -17,6 +17,7 @@ import pytest
 from omniq_mp import AsyncOmniQ, Settings
 from omniq_mp.models import Task
 from omniq_mp.storage.base import Storage
+from omniq_mp.storage.capabilities import CarriesClaims
 from omniq_mp.storage.postgres import PostgresStorage
 from omniq_mp.storage.sqlite import SQLiteStorage
 from tests.contract.backends import CREATED_SCHEMAS, drop_created_schemas
@@ -36,8 +37,9 @@ class Claims:
 
 def counted(storage: Storage) -> Claims:
     """``storage`` with its claims counted (its methods wrapped on the instance)."""
+    assert isinstance(storage, CarriesClaims)
     claims = Claims(storage)
-    claim, together = storage.claim, storage.settle_and_claim  # type: ignore[attr-defined]
+    claim, together = storage.claim, storage.settle_and_claim
 
     async def claim_alone(*args: Any, **kwargs: Any) -> list[Task]:
         tasks = await claim(*args, **kwargs)
@@ -50,7 +52,7 @@ def counted(storage: Storage) -> Claims:
         return applied, tasks
 
     storage.claim = claim_alone  # type: ignore[method-assign]
-    storage.settle_and_claim = claim_carried  # type: ignore[attr-defined]
+    storage.settle_and_claim = claim_carried  # type: ignore[method-assign]
     return claims
 
 
