@@ -329,10 +329,9 @@ def omniq_memory(backlog: int) -> tuple[float, float, float, float]:
         env = env_for(base_dir, OMNIQ_SHUTDOWN_GRACE="0")
         with background(command, env) as process:
             supervisor = psutil.Process(process.pid)
-            wait_until(lambda: len(supervisor.children()) >= PROCS, 30, "workers to start")
+            wait_until(lambda: len(omniq_workers(supervisor)) >= PROCS, 30, "workers to start")
             time.sleep(2.0)  # let claims, leases and heartbeats settle
-            children = [c for c in supervisor.children() if "forkserver" not in c.cmdline()[-1]]
-            return supervisor.memory_info().rss / 2**20, max_uss(children[:PROCS])
+            return supervisor.memory_info().rss / 2**20, max_uss(omniq_workers(supervisor))
 
     with scratch_dir() as base_dir:
         idle_rss, child_uss = measure(base_dir / "idle")
@@ -346,13 +345,21 @@ def omniq_memory(backlog: int) -> tuple[float, float, float, float]:
     return idle_rss, child_uss, busy_rss, busy_uss
 
 
+def omniq_workers(supervisor: psutil.Process) -> list[psutil.Process]:
+    """The worker processes of an ``omniq-mp workers``: its forkserver's children. (Its
+    own children are that forkserver and multiprocessing's resource tracker, neither of
+    which runs tasks: before the twentieth session this measured the tracker.)"""
+    servers = [c for c in supervisor.children() if "forkserver" in " ".join(c.cmdline())]
+    return [worker for server in servers for worker in server.children()]
+
+
 def omniq_idle_cpu(seconds: float) -> float:
     """Percent of one core used by an idle ``omniq-mp workers`` (supervisor and children)
     over ``seconds``, after it has settled."""
     command = [sys.executable, "-m", "omniq_mp", "workers", "--procs", str(PROCS)]
     with scratch_dir() as base_dir, background(command, env_for(base_dir)) as process:
         supervisor = psutil.Process(process.pid)
-        wait_until(lambda: len(supervisor.children()) >= PROCS, 30, "workers to start")
+        wait_until(lambda: len(omniq_workers(supervisor)) >= PROCS, 30, "workers to start")
         time.sleep(3.0)  # past start-up and the first heartbeats
 
         def used() -> float:
