@@ -8,40 +8,94 @@ with OmniQ() as q:
 
 from __future__ import annotations
 
-from loguru import logger
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from omniq_mp.config import OmniQConfig, Settings
-from omniq_mp.core import AsyncOmniQ
-from omniq_mp.decorator import TaskFunction
-from omniq_mp.envelope import VersionSkewError
-from omniq_mp.errors import (
-    ClientClosedError,
-    ConfigError,
-    OmniqError,
-    ResultTimeoutError,
-    ResultTooLarge,
-    SerializationError,
-    SignatureError,
-    StorageError,
-    StorageFullError,
-    StorageReadOnlyError,
-    TaskCancelledError,
-    TaskDeadError,
-    TaskFailedError,
-    TaskNotFoundError,
-)
-from omniq_mp.executor import OmniQExecutor
-from omniq_mp.futures import TaskFuture, TaskHandle
-from omniq_mp.models import Task, TaskError, TaskStatus
-from omniq_mp.payload_size import LargePayloadWarning
-from omniq_mp.queue import AsyncTaskQueue
-from omniq_mp.sync import OmniQ
-from omniq_mp.worker import AsyncWorkerPool
+from loguru import logger
 
 # A library stays quiet until the application asks for its logs (omniq_mp.logging.configure).
 logger.disable("omniq_mp")
 
 __version__ = "0.1.0"
+
+# Each public name and the module that defines it, imported on first use (PEP 562). A
+# worker process imports omniq_mp.child, and so this package, but none of the client,
+# supervisor and storage modules: importing them all made each worker start slower and
+# hold more private memory (the collector touches every object it inherited).
+_EXPORTS = {
+    "AsyncOmniQ": "omniq_mp.core",
+    "AsyncTaskQueue": "omniq_mp.queue",
+    "AsyncWorkerPool": "omniq_mp.worker",
+    "ClientClosedError": "omniq_mp.errors",
+    "ConfigError": "omniq_mp.errors",
+    "LargePayloadWarning": "omniq_mp.payload_size",
+    "OmniQ": "omniq_mp.sync",
+    "OmniQConfig": "omniq_mp.config",
+    "OmniQExecutor": "omniq_mp.executor",
+    "OmniqError": "omniq_mp.errors",
+    "ResultTimeoutError": "omniq_mp.errors",
+    "ResultTooLarge": "omniq_mp.errors",
+    "SerializationError": "omniq_mp.errors",
+    "Settings": "omniq_mp.config",
+    "SignatureError": "omniq_mp.errors",
+    "StorageError": "omniq_mp.errors",
+    "StorageFullError": "omniq_mp.errors",
+    "StorageReadOnlyError": "omniq_mp.errors",
+    "Task": "omniq_mp.models",
+    "TaskCancelledError": "omniq_mp.errors",
+    "TaskDeadError": "omniq_mp.errors",
+    "TaskError": "omniq_mp.models",
+    "TaskFailedError": "omniq_mp.errors",
+    "TaskFunction": "omniq_mp.decorator",
+    "TaskFuture": "omniq_mp.futures",
+    "TaskHandle": "omniq_mp.futures",
+    "TaskNotFoundError": "omniq_mp.errors",
+    "TaskStatus": "omniq_mp.models",
+    "VersionSkewError": "omniq_mp.envelope",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'omniq_mp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:  # what type checkers and editors see: the same names, imported
+    from omniq_mp.config import OmniQConfig, Settings
+    from omniq_mp.core import AsyncOmniQ
+    from omniq_mp.decorator import TaskFunction
+    from omniq_mp.envelope import VersionSkewError
+    from omniq_mp.errors import (
+        ClientClosedError,
+        ConfigError,
+        OmniqError,
+        ResultTimeoutError,
+        ResultTooLarge,
+        SerializationError,
+        SignatureError,
+        StorageError,
+        StorageFullError,
+        StorageReadOnlyError,
+        TaskCancelledError,
+        TaskDeadError,
+        TaskFailedError,
+        TaskNotFoundError,
+    )
+    from omniq_mp.executor import OmniQExecutor
+    from omniq_mp.futures import TaskFuture, TaskHandle
+    from omniq_mp.models import Task, TaskError, TaskStatus
+    from omniq_mp.payload_size import LargePayloadWarning
+    from omniq_mp.queue import AsyncTaskQueue
+    from omniq_mp.sync import OmniQ
+    from omniq_mp.worker import AsyncWorkerPool
 
 __all__ = [
     "AsyncOmniQ",
