@@ -1,5 +1,6 @@
 """``omniq-mp`` as real processes meet the outside world: a reader that stops reading,
-SIGTERM to ``workers`` while a task runs, SIGTERM to ``top`` on a terminal."""
+SIGTERM to ``workers`` while a task runs, SIGTERM to ``top`` on a terminal, Ctrl-C while
+the command is still loading."""
 
 from __future__ import annotations
 
@@ -139,3 +140,40 @@ def test_workers_stop_gracefully_when_their_terminal_hangs_up(tmp_path: Path) ->
         assert task.attempts == 0  # a graceful stop charges no attempt
     finally:
         q.close()
+
+
+# Holds the import of omniq_mp.cli, after saying so in a file, until a signal ends it:
+# the moment of a Ctrl-C on a slow start, made as long as the test needs.
+SLOW_CLI_IMPORT = """
+import importlib.abc, os, pathlib, sys, time
+
+class HoldTheCli(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "omniq_mp.cli":
+            pathlib.Path(os.environ["CLI_IMPORT_BEGUN"]).touch()
+            time.sleep(60)
+        return None
+
+sys.meta_path.insert(0, HoldTheCli())
+"""
+
+
+def test_ctrl_c_while_the_command_loads_aborts_without_a_traceback(tmp_path: Path) -> None:
+    hooks, begun = tmp_path / "hooks", tmp_path / "cli-import-begun"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SLOW_CLI_IMPORT)
+    path = os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omniq_mp", "workers"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(tmp_path / "store", PYTHONPATH=path, CLI_IMPORT_BEGUN=str(begun)),
+    )
+    try:
+        wait_for(begun.exists, timeout=30, what="the command to start loading its CLI")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert (proc.returncode, err) == (1, "Aborted!\n")
