@@ -6,9 +6,9 @@ needs none of their extras.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from omniq_mp.lazy_names import lazy_attributes
 from omniq_mp.results.base import ResultStorage, TaskResult
 from omniq_mp.results.file import FileResultStorage
 from omniq_mp.results.memory import MemoryResultStorage
@@ -37,11 +37,5 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a server backend's module when one of its names is first asked for."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
+# Server backends: imported when one of their names is first asked for.
+__getattr__ = lazy_attributes(globals(), _LAZY)
