@@ -6,7 +6,6 @@ held; an outcome carries no claim once a claim has found the queue empty."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +17,7 @@ from omniq_mp import AsyncOmniQ, Settings
 from omniq_mp.models import Task
 from omniq_mp.storage.base import Storage
 from omniq_mp.storage.capabilities import CarriesClaims
-from omniq_mp.storage.postgres import PostgresStorage
-from omniq_mp.storage.sqlite import SQLiteStorage
-from tests.contract.backends import CREATED_SCHEMAS, drop_created_schemas
-from tests.services import require
+from tests.contract.backends import BACKENDS, backend_params, drop_created_schemas
 
 pytestmark = pytest.mark.process
 
@@ -56,16 +52,10 @@ def counted(storage: Storage) -> Claims:
     return claims
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=backend_params(["sqlite", "postgres"]))
 def claims(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Claims]:
     """A store of each kind that can carry claims, its claims counted."""
-    if request.param == "sqlite":
-        yield counted(SQLiteStorage(tmp_path / "omniq.db"))
-        return
-    dsn = require("postgres").url
-    schema = f"omniq_test_{uuid.uuid4().hex[:12]}"
-    CREATED_SCHEMAS.add((dsn, schema))
-    yield counted(PostgresStorage(dsn, schema=schema))
+    yield counted(BACKENDS[request.param](tmp_path))
     drop_created_schemas()
 
 

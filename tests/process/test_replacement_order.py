@@ -15,6 +15,7 @@ from omniq_mp.models import Settlement
 from omniq_mp.pool import WorkerProcess
 from omniq_mp.storage.sqlite import SQLiteStorage
 from tests.process import tasks
+from tests.waiting import until
 
 pytestmark = pytest.mark.process
 
@@ -44,10 +45,11 @@ async def test_a_timed_out_tasks_outcome_is_stored_before_its_worker_is_replaced
             workers.pool._spawn = noted_spawn  # type: ignore[method-assign]
             task_id = await q.enqueue(tasks.sleep_for, 60, timeout=0.3, max_retries=0)
             assert await asyncio.wait_for(workers.process_tasks(limit=1), 30) == 1
-            for _ in range(300):  # the replacement starts once the outcome is on its way
-                if "replacement started" in steps:
-                    break
-                await asyncio.sleep(0.01)
+
+            async def replaced() -> bool:  # once the outcome is on its way
+                return "replacement started" in steps
+
+            await until(replaced, 3, "the timed-out worker's replacement to start")
         task = await q.get_task(task_id)
     finally:
         await q.close()
