@@ -11,6 +11,7 @@ from omniq_mp.extras import require
 
 __all__ = [
     "DEFAULT_DSN",
+    "connection_gone",
     "create_pool",
     "identifier",
     "is_identifier",
@@ -75,6 +76,25 @@ def _identifier_problem(name: object) -> str | None:
     if name.lower() in _RESERVED:  # the server folds unquoted names to lower case
         return "is a reserved word in PostgreSQL"
     return None
+
+
+def connection_gone(asyncpg: Any) -> tuple[type[BaseException], ...]:
+    """The driver's errors that mean a connection died (server restart, shutdown,
+    ``pg_terminate_backend``, network cut), as opposed to a statement refused or timed
+    out. Check ``TimeoutError`` first where that matters: it is an ``OSError``.
+
+    ``InternalClientError`` is among them: when the server's termination notice reaches an
+    idle connection before its end of stream does, asyncpg refuses the next statement with
+    "cannot switch to state ...; another operation (2) is in progress".
+    """
+    return (
+        OSError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.exceptions.AdminShutdownError,
+        asyncpg.exceptions.CrashShutdownError,
+        asyncpg.exceptions.ConnectionDoesNotExistError,
+        asyncpg.exceptions.InternalClientError,
+    )
 
 
 def schema_name(name: str) -> str:

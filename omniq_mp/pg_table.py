@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from omniq_mp.dsn import endpoint, redact
 from omniq_mp.errors import ConfigError, StorageError
 from omniq_mp.extras import require
-from omniq_mp.pg import create_pool, identifier, schema_name
+from omniq_mp.pg import connection_gone, create_pool, identifier, schema_name
 
 __all__ = ["PostgresTable"]
 
@@ -113,19 +113,25 @@ class PostgresTable:
         self, op: str, call: Callable[[Any], Awaitable[_T]], *, retry: bool = True
     ) -> _T:
         # A pooled connection the server killed (restart, pg_terminate_backend) is only
-        # found out by using it; an idempotent statement (retry=True) is then tried once
-        # more on a fresh connection, and the pool replaces the dead one either way.
+        # found out by using it. The pool then replaces its idle connections at their next
+        # use (a restart killed them all), and an idempotent statement (retry=True) is tried
+        # once more on a fresh connection.
         pool = self._pool
         if pool is None:
             raise StorageError(f"{self.what} {self.table} is not open")
         asyncpg = require("asyncpg", "postgres", self.what)
-        failures = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+        gone = connection_gone(asyncpg)
+        failures = (*gone, asyncpg.PostgresError, asyncpg.InterfaceError)
         for attempt in (1, 2):
             try:
                 async with pool.acquire() as conn:
                     return await call(conn)
             except failures as exc:
-                if retry and attempt == 1 and _connection_lost(asyncpg, exc):
+                # A timeout is an OSError too, but retrying it would only double the wait.
+                lost = isinstance(exc, gone) and not isinstance(exc, TimeoutError)
+                if lost:
+                    await pool.expire_connections()
+                if retry and attempt == 1 and lost:
                     continue
                 raise self._error(op, exc) from exc
         raise AssertionError("unreachable")
@@ -137,18 +143,6 @@ class PostgresTable:
             f"{self.what} {self.table} at {endpoint(self.dsn, 5432)}: {op} failed: "
             f"{type(exc).__name__}: {reason}"
         )
-
-
-def _connection_lost(asyncpg: Any, exc: BaseException) -> bool:
-    """True when ``exc`` says the connection died, not that the statement was refused or
-    ran out of time (retrying a timeout would only double the wait)."""
-    lost = (
-        OSError,
-        asyncpg.PostgresConnectionError,
-        asyncpg.exceptions.AdminShutdownError,
-        asyncpg.exceptions.CrashShutdownError,
-    )
-    return isinstance(exc, lost) and not isinstance(exc, TimeoutError)
 
 
 def lock_key(name: str) -> int:

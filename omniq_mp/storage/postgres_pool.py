@@ -15,7 +15,7 @@ from typing import Any
 from omniq_mp.dsn import endpoint, redact
 from omniq_mp.errors import StorageError
 from omniq_mp.extras import require
-from omniq_mp.pg import create_pool
+from omniq_mp.pg import connection_gone, create_pool
 
 __all__ = ["GuardedPool"]
 
@@ -39,12 +39,9 @@ class GuardedPool:
         # Failures meaning the connection (or the server) is gone: after one, every pooled
         # connection is suspect (a server restart kills them all).
         self._lost: tuple[type[BaseException], ...] = (
-            OSError,
+            *connection_gone(pg),
             pg.InterfaceError,
-            pg.PostgresConnectionError,
-            pg.exceptions.OperatorInterventionError,  # shutdown, pg_terminate_backend
-            # e.g. "another operation is in progress" on a connection the server killed
-            pg.exceptions.InternalClientError,
+            pg.exceptions.OperatorInterventionError,  # a cancel, an idle-session timeout
         )
         self._errors: tuple[type[BaseException], ...] = (*self._lost, pg.PostgresError)
         self.unique_violation: type[BaseException] = pg.UniqueViolationError

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -391,6 +392,48 @@ async def test_killed_idle_connections_are_replaced_on_the_next_call(server: Ser
     assert [s.event.task_id for s in await log.read()] == ["a-0", "a-1"]
     await results.close()
     await log.close()
+
+
+def deliver_termination_notice(store: Store) -> int:
+    """Hand each idle pooled connection of ``store`` the message a server sends before it
+    ends a session (pg_terminate_backend's FATAL 57P01), as if its end of stream had not
+    arrived yet: the state a kill leaves a connection in for a moment, which asyncpg
+    answers with InternalClientError. A real kill reaches that state only by chance, so the
+    message is fed to the driver's protocol (a private attribute) directly."""
+    fields = b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0"
+    notice = b"E" + struct.pack("!i", len(fields) + 4) + fields
+    delivered = 0
+    for holder in store._pool._holders:
+        conn = holder._con
+        if conn is not None and not conn.is_closed() and holder._in_use is None:
+            conn._protocol.data_received(notice)
+            delivered += 1
+    return delivered
+
+
+@pytest.mark.postgres
+async def test_connections_that_got_a_termination_notice_are_replaced(server: Server) -> None:
+    results = PostgreSQLResultStorage(server.dsn, server.table("results"))
+    log = PostgreSQLEventStorage(server.dsn, server.table("events"))
+    await results.open()
+    await log.open()
+    try:
+        await results.store([result("a")])
+        await log.append([event("a", 0)])
+        assert deliver_termination_notice(results) >= 1
+        assert deliver_termination_notice(log) >= 1
+
+        assert result_of(await results.get("a")).result == b"v"  # retried, no error
+        assert [s.event.task_id for s in await log.read()] == ["a-0"]  # retried too
+        assert deliver_termination_notice(log) >= 1
+        with pytest.raises(StorageError, match="InternalClientError") as failed:
+            await log.append([event("a", 1)])  # never retried: it may have committed
+        assert_one_line_without_password(failed.value)
+        await log.append([event("a", 1)])  # the pool gave up the poisoned connection
+        assert [s.event.task_id for s in await log.read()] == ["a-0", "a-1"]
+    finally:
+        await results.close()
+        await log.close()
 
 
 @pytest.mark.postgres
