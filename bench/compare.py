@@ -248,8 +248,8 @@ def omniq_enqueue_gathered(n: int) -> float:
 
 
 def omniq_enqueue_many(n: int) -> float:
-    """Tasks/s stored by ``OmniQ.enqueue_many`` (1,000 per transaction, pickling of the
-    next batch overlapping the commit of the previous one), pickling included."""
+    """Tasks/s stored by ``OmniQ.enqueue_many`` (1,000 per transaction, each batch built
+    and then committed in the calling thread), pickling included."""
     from anchor_tasks import noop
 
     from omniq_mp import OmniQ

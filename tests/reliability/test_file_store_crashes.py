@@ -43,9 +43,16 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# The crashed supervisor's claims are runnable again once their lease lapses: a short one
+# spares the test the default's 30 s wait, which is not what it checks.
+LEASE_TTL = 2.0
+
+
 def file_settings(base_dir: Path) -> Settings:
-    """A file store in ``base_dir`` with one worker and no events."""
-    return Settings(backend="file", base_dir=base_dir, event_storage_type="none", procs=1)
+    """A file store in ``base_dir`` with one worker, no events and a short lease."""
+    return Settings(
+        backend="file", base_dir=base_dir, event_storage_type="none", procs=1, lease_ttl=LEASE_TTL
+    )
 
 
 def test_a_crash_inside_a_file_store_write_leaves_each_entry_absent_or_whole(
@@ -78,7 +85,8 @@ def test_a_crash_inside_a_file_store_write_leaves_each_entry_absent_or_whole(
     crashed = subprocess.run(
         [sys.executable, "-m", "omniq_mp", "workers", "--burst", "--procs", "1"],
         env=child_env(OMNIQ_BACKEND="file", OMNIQ_BASE_DIR=str(base_dir),
-                 OMNIQ_EVENT_STORAGE_TYPE="none", **{CRASHPOINT_ENV: "file_before_rename:3"}),
+                 OMNIQ_EVENT_STORAGE_TYPE="none", OMNIQ_LEASE_TTL=str(LEASE_TTL),
+                 **{CRASHPOINT_ENV: "file_before_rename:3"}),
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert crashed.returncode == CRASH_EXIT_STATUS, crashed.stderr
