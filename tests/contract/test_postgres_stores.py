@@ -371,14 +371,31 @@ async def test_malformed_event_rows_are_skipped_and_counted(server: Server) -> N
     await log.close()
 
 
-@pytest.mark.postgres
-async def test_killed_idle_connections_are_replaced_on_the_next_call(server: Server) -> None:
+@pytest.fixture
+async def written(
+    server: Server,
+) -> AsyncIterator[tuple[PostgreSQLResultStorage, PostgreSQLEventStorage]]:
+    """An open result store holding task a's result and an open event log holding event
+    a-0; both closed afterwards, however the test ends (open pools would leak into the
+    next test)."""
     results = PostgreSQLResultStorage(server.dsn, server.table("results"))
     log = PostgreSQLEventStorage(server.dsn, server.table("events"))
-    await results.open()
-    await log.open()
-    await results.store([result("a")])
-    await log.append([event("a", 0)])
+    try:
+        await results.open()
+        await log.open()
+        await results.store([result("a")])
+        await log.append([event("a", 0)])
+        yield results, log
+    finally:
+        await results.close()
+        await log.close()
+
+
+@pytest.mark.postgres
+async def test_killed_idle_connections_are_replaced_on_the_next_call(
+    server: Server, written: tuple[PostgreSQLResultStorage, PostgreSQLEventStorage]
+) -> None:
+    results, log = written
     assert await server.kill() >= 2
 
     assert result_of(await results.get("a")).result == b"v"  # retried, no error
@@ -390,8 +407,6 @@ async def test_killed_idle_connections_are_replaced_on_the_next_call(server: Ser
         assert_one_line_without_password(exc)
         await log.append([event("a", 1)])  # ...but the next one works
     assert [s.event.task_id for s in await log.read()] == ["a-0", "a-1"]
-    await results.close()
-    await log.close()
 
 
 def deliver_termination_notice(store: Store) -> int:
@@ -412,28 +427,21 @@ def deliver_termination_notice(store: Store) -> int:
 
 
 @pytest.mark.postgres
-async def test_connections_that_got_a_termination_notice_are_replaced(server: Server) -> None:
-    results = PostgreSQLResultStorage(server.dsn, server.table("results"))
-    log = PostgreSQLEventStorage(server.dsn, server.table("events"))
-    await results.open()
-    await log.open()
-    try:
-        await results.store([result("a")])
-        await log.append([event("a", 0)])
-        assert deliver_termination_notice(results) >= 1
-        assert deliver_termination_notice(log) >= 1
+async def test_connections_that_got_a_termination_notice_are_replaced(
+    written: tuple[PostgreSQLResultStorage, PostgreSQLEventStorage],
+) -> None:
+    results, log = written
+    assert deliver_termination_notice(results) >= 1
+    assert deliver_termination_notice(log) >= 1
 
-        assert result_of(await results.get("a")).result == b"v"  # retried, no error
-        assert [s.event.task_id for s in await log.read()] == ["a-0"]  # retried too
-        assert deliver_termination_notice(log) >= 1
-        with pytest.raises(StorageError, match="InternalClientError") as failed:
-            await log.append([event("a", 1)])  # never retried: it may have committed
-        assert_one_line_without_password(failed.value)
-        await log.append([event("a", 1)])  # the pool gave up the poisoned connection
-        assert [s.event.task_id for s in await log.read()] == ["a-0", "a-1"]
-    finally:
-        await results.close()
-        await log.close()
+    assert result_of(await results.get("a")).result == b"v"  # retried, no error
+    assert [s.event.task_id for s in await log.read()] == ["a-0"]  # retried too
+    assert deliver_termination_notice(log) >= 1
+    with pytest.raises(StorageError, match="InternalClientError") as failed:
+        await log.append([event("a", 1)])  # never retried: it may have committed
+    assert_one_line_without_password(failed.value)
+    await log.append([event("a", 1)])  # the pool gave up the poisoned connection
+    assert [s.event.task_id for s in await log.read()] == ["a-0", "a-1"]
 
 
 @pytest.mark.postgres
