@@ -13,6 +13,12 @@ While ``busy()`` is false the probe sleeps ``idle_interval`` instead: an idle su
 has no lease or deadline that a stall could make late, and on a VM each wake-up costs a
 fraction of a millisecond of CPU, so ten a second for nothing was half its idle CPU.
 :meth:`hurry` ends an idle sleep at once when work arrives.
+
+A read also counts a wake-up that is already overdue by more than a sampling interval:
+after a stall the loop runs the callbacks that came due during it in the order of their
+due times, so a heartbeat due early in the stall runs before the probe wakes, and would
+otherwise report the stall one beat late. What a read counts is not counted again when
+the probe wakes.
 """
 
 from __future__ import annotations
@@ -56,24 +62,29 @@ class LoopLagProbe:
         self.overall = 0.0  # the largest lag seen since the probe started, in seconds
         self._recent = 0.0  # the largest since the last take()
         self._nap: asyncio.Future[None] | None = None  # an idle sleep in progress
-        self._due = 0.0  # when it should end, on the loop's clock
+        self._due = 0.0  # when the sleep in progress should end, on the loop's clock
+        self._loop: asyncio.AbstractEventLoop | None = None  # set while a sleep is on
 
     async def run(self) -> None:
         """Sleep and measure until cancelled (start it with ``asyncio.create_task``)."""
         loop = asyncio.get_running_loop()
         while True:
-            if self.busy():
-                self._due = loop.time() + self.interval
-                await asyncio.sleep(self.interval)
-            else:
-                self._due = loop.time() + self.idle_interval
-                self._nap = nap = loop.create_future()
-                timer = loop.call_later(self.idle_interval, _end_nap, nap)
-                try:
-                    await nap
-                finally:
-                    timer.cancel()
-                    self._nap = None
+            self._loop = loop
+            try:
+                if self.busy():
+                    self._due = loop.time() + self.interval
+                    await asyncio.sleep(self.interval)
+                else:
+                    self._due = loop.time() + self.idle_interval
+                    self._nap = nap = loop.create_future()
+                    timer = loop.call_later(self.idle_interval, _end_nap, nap)
+                    try:
+                        await nap
+                    finally:
+                        timer.cancel()
+                        self._nap = None
+            finally:
+                self._loop = None
             self.note(loop.time() - self._due)
 
     def hurry(self) -> None:
@@ -93,12 +104,24 @@ class LoopLagProbe:
 
     def peek(self) -> float:
         """The largest lag since the last :meth:`take`, in seconds, without resetting it."""
-        return self._recent
+        return max(self._recent, self._overdue())
 
     def take(self) -> float:
         """The largest lag since the last call, in seconds; starts the next period at 0."""
+        overdue = self._overdue()
+        if overdue:
+            self.note(overdue)
+            self._due += overdue  # counted now: the wake-up adds only what comes after
         lag, self._recent = self._recent, 0.0
         return lag
+
+    def _overdue(self) -> float:
+        """How late the wake-up the probe waits for already is, when that is more than a
+        sampling interval (a stall it has not woken up from yet); else 0."""
+        if self._loop is None:
+            return 0.0
+        late = self._loop.time() - self._due
+        return late if late > self.interval else 0.0
 
 
 def _end_nap(nap: asyncio.Future[None]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import omniq_mp.worker
 from omniq_mp import AsyncOmniQ, OmniQ, Settings, TaskStatus
 from tests.e2e.conftest import Cli, start_workers
 from tests.waiting import until, wait_for
@@ -68,8 +69,11 @@ def test_worker_stats_show_the_running_task_of_each_process(tmp_path: Path) -> N
 
 
 async def test_a_stall_of_the_supervisors_loop_shows_in_its_next_heartbeat_only(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The test waits for three beats: 0.5 s apart, not the default 2 s. (A beat that comes
+    # due during the stall may run before the lag probe wakes; the read counts the stall.)
+    monkeypatch.setattr(omniq_mp.worker, "HEARTBEAT_INTERVAL", 0.5)
     q = AsyncOmniQ(Settings(base_dir=tmp_path / "store", procs=1, event_storage_type="none"))
     await q.open()
     try:

@@ -49,6 +49,33 @@ def test_the_same_on_uvloop_which_the_supervisor_runs_on() -> None:
     run(_blocked_loop_is_seen_once())
 
 
+async def _a_stall_is_seen_by_a_read_that_comes_before_the_probe_wakes() -> None:
+    probe = LoopLagProbe(INTERVAL)
+    task = asyncio.create_task(probe.run())
+    await asyncio.sleep(0)  # the probe runs up to its first sleep
+    try:
+        time.sleep(BLOCK)
+        # No await in between: a heartbeat that came due early in the stall runs before
+        # the probe's wake-up does, and must report the stall all the same.
+        lag = probe.take()
+        assert lag >= 0.25
+        await asyncio.sleep(5 * INTERVAL)  # the probe wakes, late by what was counted
+        assert probe.take() < 0.25  # reported once, not again
+        assert probe.overall == lag
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_read_right_after_a_stall_reports_it_once() -> None:
+    await _a_stall_is_seen_by_a_read_that_comes_before_the_probe_wakes()
+
+
+def test_the_same_read_on_uvloop() -> None:
+    run(_a_stall_is_seen_by_a_read_that_comes_before_the_probe_wakes())
+
+
 class _CountingProbe(LoopLagProbe):
     samples = 0
 
