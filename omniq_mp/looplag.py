@@ -63,14 +63,16 @@ class LoopLagProbe:
         self._recent = 0.0  # the largest since the last take()
         self._nap: asyncio.Future[None] | None = None  # an idle sleep in progress
         self._due = 0.0  # when the sleep in progress should end, on the loop's clock
-        self._loop: asyncio.AbstractEventLoop | None = None  # set while a sleep is on
+        self._loop: asyncio.AbstractEventLoop | None = None  # set while run() runs
 
     async def run(self) -> None:
         """Sleep and measure until cancelled (start it with ``asyncio.create_task``)."""
         loop = asyncio.get_running_loop()
-        while True:
-            self._loop = loop
-            try:
+        # Whenever another task can read the probe, run() is inside one of its sleeps
+        # (it wakes, notes the lag and sleeps again without yielding): _due is that sleep's.
+        self._loop = loop
+        try:
+            while True:
                 if self.busy():
                     self._due = loop.time() + self.interval
                     await asyncio.sleep(self.interval)
@@ -83,9 +85,9 @@ class LoopLagProbe:
                     finally:
                         timer.cancel()
                         self._nap = None
-            finally:
-                self._loop = None
-            self.note(loop.time() - self._due)
+                self.note(loop.time() - self._due)
+        finally:
+            self._loop = None
 
     def hurry(self) -> None:
         """End an idle sleep now (work has arrived, so the next one is ``interval`` long);

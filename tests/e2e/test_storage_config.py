@@ -115,12 +115,13 @@ def _cleanup(q: OmniQ, ids: list[str]) -> None:
         _run(q, q._async.result_storage.delete(ids))
     events = q._async.event_storage
     if events is not None and q.settings.event_storage_type in SERVER and hasattr(events, "drop"):
-        _run(q, _drop_after_flush(q, events))
+        _run(q, _drop_after_close(q, events))
 
 
-async def _drop_after_flush(q: OmniQ, events: Any) -> None:
-    # Closed first, so every event is written and none comes later (the supervisor's
-    # stopping emits some): one bound for a dropped log is retried for close()'s patience.
+async def _drop_after_close(q: OmniQ, events: Any) -> None:
+    # The client is closed first, so its last events (those of the supervisor stopping)
+    # are written before the drop: written after it, each would fail and be retried for
+    # close()'s whole patience.
     await q._async.close()
     await events.open()
     try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -17,11 +19,21 @@ INTERVAL = 0.02
 BLOCK = 0.3
 
 
-async def _blocked_loop_is_seen_once() -> None:
-    probe = LoopLagProbe(INTERVAL)
+@contextlib.asynccontextmanager
+async def running(probe: LoopLagProbe) -> AsyncIterator[LoopLagProbe]:
+    """``probe`` running on this loop, up to its first sleep; cancelled afterwards."""
     task = asyncio.create_task(probe.run())
-    await asyncio.sleep(0)  # the probe runs up to its first sleep
+    await asyncio.sleep(0)
     try:
+        yield probe
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def _blocked_loop_is_seen_once() -> None:
+    async with running(LoopLagProbe(INTERVAL)) as probe:
         time.sleep(BLOCK)  # holds the loop, as a blocking call in a callback would
 
         async def seen() -> bool:
@@ -35,10 +47,6 @@ async def _blocked_loop_is_seen_once() -> None:
         # Only the scheduler's jitter now, even on a busy 2-core machine.
         assert probe.take() < 0.25
         assert probe.overall == lag  # the running maximum survives the reads
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_a_blocked_loop_is_reported_as_lag_and_reading_resets_it() -> None:
@@ -50,10 +58,7 @@ def test_the_same_on_uvloop_which_the_supervisor_runs_on() -> None:
 
 
 async def _a_stall_is_seen_by_a_read_that_comes_before_the_probe_wakes() -> None:
-    probe = LoopLagProbe(INTERVAL)
-    task = asyncio.create_task(probe.run())
-    await asyncio.sleep(0)  # the probe runs up to its first sleep
-    try:
+    async with running(LoopLagProbe(INTERVAL)) as probe:
         time.sleep(BLOCK)
         # No await in between: a heartbeat that came due early in the stall runs before
         # the probe's wake-up does, and must report the stall all the same.
@@ -62,10 +67,6 @@ async def _a_stall_is_seen_by_a_read_that_comes_before_the_probe_wakes() -> None
         await asyncio.sleep(5 * INTERVAL)  # the probe wakes, late by what was counted
         assert probe.take() < 0.25  # reported once, not again
         assert probe.overall == lag
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 async def test_a_read_right_after_a_stall_reports_it_once() -> None:
@@ -87,8 +88,7 @@ class _CountingProbe(LoopLagProbe):
 async def test_an_idle_probe_sleeps_long_and_work_ends_that_sleep_at_once() -> None:
     busy = False
     probe = _CountingProbe(INTERVAL, idle_interval=60, busy=lambda: busy)
-    task = asyncio.create_task(probe.run())
-    try:
+    async with running(probe):
         await asyncio.sleep(10 * INTERVAL)
         assert probe.samples == 0  # idle: no wake-up every INTERVAL
         busy = True
@@ -102,10 +102,6 @@ async def test_an_idle_probe_sleeps_long_and_work_ends_that_sleep_at_once() -> N
         before = probe.samples
         await asyncio.sleep(10 * INTERVAL)
         assert probe.samples > before + 2  # busy: every INTERVAL again
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
 
 def test_hurry_without_an_idle_sleep_does_nothing() -> None:
